@@ -1,0 +1,139 @@
+// pybind11 glue for paramkit._core: converts arguments and results, releases the GIL, relays
+// progress and Ctrl-C. No policy lives here; python/paramkit/backends/cpu_backend.py decides.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <system_error>
+
+#include "../src/engine.hpp"
+
+namespace py = pybind11;
+using namespace paramkit;
+
+namespace {
+
+py::dict pack(const std::vector<TensorResult>& rs, int nq) {
+  size_t n = rs.size();
+  py::array_t<uint64_t> counts({n, size_t(7)});
+  py::array_t<double> fext({n, size_t(3)});
+  py::array_t<int64_t> iext({n, size_t(2)});
+  py::array_t<uint64_t> uext({n, size_t(3)});
+  py::array_t<double> mom({n, size_t(4)});
+  py::array_t<double> q({n, size_t(nq)});
+  auto c = counts.mutable_unchecked<2>(); auto f = fext.mutable_unchecked<2>();
+  auto ii = iext.mutable_unchecked<2>(); auto u = uext.mutable_unchecked<2>();
+  auto m = mom.mutable_unchecked<2>(); auto qq = q.mutable_unchecked<2>();
+  for (size_t i = 0; i < n; ++i) {
+    const TensorResult& r = rs[i];
+    c(i, 0) = r.numel; c(i, 1) = r.nan; c(i, 2) = r.posinf; c(i, 3) = r.neginf;
+    c(i, 4) = r.zeros; c(i, 5) = r.subnormal; c(i, 6) = r.nonnan;
+    f(i, 0) = r.fmin; f(i, 1) = r.fmax; f(i, 2) = r.fabsmax;
+    ii(i, 0) = r.imin; ii(i, 1) = r.imax;
+    u(i, 0) = r.umin; u(i, 1) = r.umax; u(i, 2) = r.uabsmax;
+    m(i, 0) = r.nfinite; m(i, 1) = r.mean; m(i, 2) = r.std; m(i, 3) = r.l2;
+    for (int k = 0; k < nq; ++k) qq(i, k) = k < r.nq ? r.q[k] : NAN;
+  }
+  py::dict d;
+  d["counts"] = counts; d["fext"] = fext; d["iext"] = iext; d["uext"] = uext; d["moments"] = mom; d["quantiles"] = q;
+  return d;
+}
+
+py::dict run(const std::vector<std::string>& files, const std::vector<EngineTask>& tasks, EngineOptions opt,
+             py::object progress) {
+  PyObject *et = nullptr, *ev = nullptr, *etb = nullptr;
+  bool have_err = false;
+  auto cb = [&](uint64_t done) -> bool {
+    py::gil_scoped_acquire g;
+    if (PyErr_CheckSignals() != 0) { have_err = true; PyErr_Fetch(&et, &ev, &etb); return false; }
+    if (!progress.is_none()) {
+      try { progress(done); }
+      catch (py::error_already_set& e) { have_err = true; e.restore(); PyErr_Fetch(&et, &ev, &etb); return false; }
+    }
+    return true;
+  };
+  std::vector<TensorResult> rs;
+  EngineInfo info;
+  try {
+    py::gil_scoped_release nogil;
+    rs = run_stats(files, tasks, opt, cb, &info);
+  } catch (EngineCancelled&) {
+    if (have_err) { PyErr_Restore(et, ev, etb); throw py::error_already_set(); }
+    throw std::runtime_error("cancelled");
+  } catch (std::system_error& e) {
+    PyErr_SetFromErrnoWithFilename(PyExc_OSError, e.what());
+    throw py::error_already_set();
+  }
+  py::dict d = pack(rs, opt.quantiles ? int(opt.levels.size()) : 0);
+  d["isa"] = info.isa; d["threads"] = info.threads; d["units"] = info.units;
+  return d;
+}
+
+EngineOptions options(bool quantiles, int threads, uint64_t chunk_bytes, const std::string& io,
+                      const std::vector<double>& levels) {
+  if (levels.size() > size_t(kMaxQuantiles)) throw std::invalid_argument("too many quantile levels");
+  for (size_t i = 1; i < levels.size(); ++i)
+    if (!(levels[i - 1] <= levels[i])) throw std::invalid_argument("quantile levels must be ascending");
+  if (io != "pread" && io != "mmap") throw std::invalid_argument("io must be 'pread' or 'mmap'");
+  EngineOptions o;
+  o.quantiles = quantiles; o.threads = threads; o.chunk_bytes = chunk_bytes; o.use_mmap = io == "mmap"; o.levels = levels;
+  return o;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "paramkit CPU engine (private; use paramkit.scan / paramkit.tensor_stats)";
+  m.def("run_stats",
+        [](const std::vector<std::string>& files, py::array_t<int64_t, py::array::c_style | py::array::forcecast> spec,
+           bool quantiles, int threads, uint64_t chunk_bytes, const std::string& io, const std::vector<double>& levels,
+           py::object progress) {
+          if (spec.ndim() != 2 || spec.shape(1) != 5) throw std::invalid_argument("spec must be (n, 5): file, offset, nbytes, numel, dtype");
+          auto s = spec.unchecked<2>();
+          std::vector<EngineTask> tasks(size_t(spec.shape(0)));
+          for (size_t i = 0; i < tasks.size(); ++i) {
+            tasks[i].file = int(s(i, 0)); tasks[i].offset = uint64_t(s(i, 1)); tasks[i].nbytes = uint64_t(s(i, 2));
+            tasks[i].numel = uint64_t(s(i, 3)); tasks[i].dtype = int(s(i, 4));
+            if (tasks[i].dtype < 0 || tasks[i].dtype >= DTYPE_COUNT) throw std::invalid_argument("bad dtype id");
+            if (tasks[i].nbytes != tasks[i].numel * uint64_t(dtype_size(tasks[i].dtype))) throw std::invalid_argument("nbytes != numel * element size");
+          }
+          return run(files, tasks, options(quantiles, threads, chunk_bytes, io, levels), progress);
+        },
+        py::arg("files"), py::arg("spec"), py::arg("quantiles"), py::arg("threads"), py::arg("chunk_bytes"),
+        py::arg("io"), py::arg("levels"), py::arg("progress"));
+  m.def("array_stats",
+        [](py::buffer buf, int dtype, bool quantiles, uint64_t chunk_bytes, const std::vector<double>& levels) {
+          py::buffer_info bi = buf.request();
+          if (dtype < 0 || dtype >= DTYPE_COUNT) throw std::invalid_argument("bad dtype id");
+          uint64_t nbytes = uint64_t(bi.size) * uint64_t(bi.itemsize);
+          for (py::ssize_t k = bi.ndim - 1, expect = bi.itemsize; k >= 0; --k) {
+            if (bi.shape[k] > 1 && bi.strides[k] != expect) throw std::invalid_argument("array must be C-contiguous");
+            expect *= bi.shape[k];
+          }
+          uint64_t es = uint64_t(dtype_size(dtype));
+          if (nbytes % es) throw std::invalid_argument("buffer size is not a multiple of the element size");
+          EngineTask t; t.mem = static_cast<const uint8_t*>(bi.ptr); t.nbytes = nbytes; t.numel = nbytes / es; t.dtype = dtype;
+          return run({}, {t}, options(quantiles, 1, chunk_bytes, "pread", levels), py::none());
+        },
+        py::arg("buffer"), py::arg("dtype"), py::arg("quantiles"), py::arg("chunk_bytes"), py::arg("levels"));
+  m.def("build_info", []() {
+    py::dict d;
+#if defined(__clang__)
+    d["compiler"] = std::string("clang ") + __clang_version__;
+#elif defined(__GNUC__)
+    d["compiler"] = std::string("gcc ") + __VERSION__;
+#else
+    d["compiler"] = "unknown";
+#endif
+    d["isa"] = active_isa();
+#if defined(__x86_64__)
+    d["isa_compiled"] = std::vector<std::string>{"generic", "avx2"};
+#else
+    d["isa_compiled"] = std::vector<std::string>{"generic"};
+#endif
+    d["default_threads"] = default_threads();
+    d["build_type"] = PARAMKIT_BUILD_TYPE;
+    d["version"] = PARAMKIT_VERSION;
+    return d;
+  });
+}

@@ -1,0 +1,308 @@
+// The CPU statistics engine (see engine.hpp): scheduling, I/O, per-tensor merging.
+#include "engine.hpp"
+
+#include <algorithm>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <system_error>
+#include <thread>
+
+#include <fcntl.h>
+#include <sched.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "kernels.hpp"
+
+namespace paramkit {
+
+namespace {
+
+struct Piece { uint32_t task, index; uint64_t begin, nbytes; };   // begin: byte offset inside the tensor
+struct Unit { int file; uint64_t offset, nbytes; const uint8_t* mem; uint32_t first, count; };
+
+struct Bin { uint32_t raw; uint64_t count; };
+
+struct TaskState {
+  uint32_t npieces = 0;
+  std::atomic<uint32_t> left{0};
+  std::mutex mu;
+  std::unique_ptr<uint64_t[]> hist;   // merged histogram of a multi-piece tensor
+  std::vector<PieceStats> pieces;     // wide dtypes: per-piece partials, merged in order
+};
+
+struct File {
+  int fd = -1;
+  const uint8_t* map = nullptr;
+  uint64_t size = 0;
+};
+
+// Walk a dense raw-indexed histogram in value order.
+template <class C>
+void dense_bins(int dt, bool prefix, const C* h, std::vector<Bin>& out) {
+  out.clear();
+  int nb = prefix ? 65536 : (dtype_key_bits(dt) == 8 ? 256 : 65536);
+  for (int key = 0; key < nb; ++key) {
+    uint32_t raw = prefix ? float_unkey16(key) : small_unkey(dt, key);
+    uint64_t c = h[raw];
+    if (c) out.push_back({raw, c});
+  }
+}
+
+}  // namespace
+
+int default_threads() {
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
+  return std::max(1u, std::thread::hardware_concurrency());
+}
+
+const char* active_isa() { return select_kernels().isa; }
+
+std::vector<TensorResult> run_stats(const std::vector<std::string>& files, const std::vector<EngineTask>& tasks,
+                                    const EngineOptions& opt, const std::function<bool(uint64_t)>& progress,
+                                    EngineInfo* info) {
+  const Kernels& K = select_kernels();
+  const int nq = int(std::min<size_t>(opt.levels.size(), kMaxQuantiles));
+  const double* qs = opt.quantiles && nq > 0 ? opt.levels.data() : nullptr;
+  const uint64_t cb = std::max<uint64_t>(64, opt.chunk_bytes / 64 * 64);
+  std::vector<TensorResult> results(tasks.size());
+
+  // --- open files (every read is bounds-checked against the size seen here)
+  std::vector<File> fh(files.size());
+  auto close_all = [&]() {
+    for (auto& f : fh) {
+      if (f.map) munmap(const_cast<uint8_t*>(f.map), f.size);
+      if (f.fd >= 0) close(f.fd);
+    }
+  };
+  for (size_t i = 0; i < files.size(); ++i) {
+    int fd = open(files[i].c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) { int e = errno; close_all(); throw std::system_error(e, std::generic_category(), files[i]); }
+    fh[i].fd = fd;
+    struct stat st;
+    if (fstat(fd, &st) != 0) { int e = errno; close_all(); throw std::system_error(e, std::generic_category(), files[i]); }
+    fh[i].size = uint64_t(st.st_size);
+    posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    if (opt.use_mmap && fh[i].size > 0) {
+      void* m = mmap(nullptr, fh[i].size, PROT_READ, MAP_SHARED, fd, 0);
+      if (m == MAP_FAILED) { int e = errno; close_all(); throw std::system_error(e, std::generic_category(), files[i]); }
+      madvise(m, fh[i].size, MADV_SEQUENTIAL);
+      fh[i].map = static_cast<const uint8_t*>(m);
+    }
+  }
+  for (const auto& t : tasks) {
+    if (t.mem == nullptr && (t.file < 0 || size_t(t.file) >= files.size() || t.offset > fh[t.file].size ||
+                             t.nbytes > fh[t.file].size - t.offset)) {
+      close_all();
+      throw std::system_error(EINVAL, std::generic_category(),
+                              "tensor bytes lie beyond the end of the file (was it truncated after the header was read?)");
+    }
+  }
+
+  // --- cut into pieces (fixed by chunk size) and group contiguous pieces into units
+  std::vector<Piece> pieces;
+  std::vector<Unit> units;
+  std::unique_ptr<TaskState[]> st(new TaskState[tasks.size()]);
+  for (uint32_t t = 0; t < tasks.size(); ++t) {
+    const EngineTask& T = tasks[t];
+    uint64_t es = uint64_t(dtype_size(T.dtype));
+    uint64_t pb = std::max<uint64_t>(es, cb / es * es);
+    uint32_t np = T.nbytes == 0 ? 1 : uint32_t((T.nbytes + pb - 1) / pb);
+    st[t].npieces = np;
+    st[t].left.store(np);
+    if (!dtype_is_small(T.dtype)) st[t].pieces.resize(np);
+    results[t].numel = T.numel;
+    for (uint32_t k = 0; k < np; ++k) {
+      uint64_t b = uint64_t(k) * pb, n = std::min(pb, T.nbytes - std::min(T.nbytes, b));
+      uint64_t off = T.offset + b;
+      Unit* u = units.empty() ? nullptr : &units.back();
+      bool join = u && T.mem == nullptr && u->mem == nullptr && u->file == T.file &&
+                  u->offset + u->nbytes == off && u->nbytes + n <= cb;
+      if (!join) units.push_back({T.file, off, 0, T.mem ? T.mem + b : nullptr, uint32_t(pieces.size()), 0});
+      units.back().nbytes += n;
+      units.back().count += 1;
+      pieces.push_back({t, k, b, n});
+    }
+  }
+
+  int nthreads = opt.threads > 0 ? opt.threads : default_threads();
+  nthreads = int(std::max<size_t>(1, std::min<size_t>(size_t(nthreads), units.size())));
+  if (info) { info->isa = K.isa; info->threads = nthreads; info->units = units.size(); }
+
+  std::atomic<size_t> next{0};
+  std::atomic<uint64_t> bytes_done{0};
+  std::atomic<bool> stop{false};
+  std::mutex err_mu;
+  std::string err_msg; int err_no = 0;
+  std::atomic<int> running{nthreads};
+  std::mutex done_mu; std::condition_variable done_cv;
+
+  auto worker = [&]() {
+    // worker-owned buffers: the read buffer and 4 interleaved sub-histograms
+    std::unique_ptr<uint8_t, void (*)(void*)> buf(nullptr, std::free);
+    std::vector<uint32_t> hist(4 * 65536, 0);
+    std::vector<Bin> bins;
+    bins.reserve(65536);
+    auto fail = [&](int e, const std::string& m) {
+      std::lock_guard<std::mutex> g(err_mu);
+      if (!err_no) { err_no = e; err_msg = m; }
+      stop = true;
+    };
+    // Move the sub-histograms' counts out (as bins, or into a shared dense histogram) and zero them.
+    // Sparse path for small pieces: revisit the piece's elements instead of every bin.
+    auto drain = [&](int dt, bool prefix, const uint8_t* p, uint64_t n, uint64_t* into) {
+      int nb = prefix ? 65536 : (dtype_key_bits(dt) == 8 ? 256 : 65536);
+      uint32_t *h0 = hist.data(), *h1 = h0 + nb, *h2 = h1 + nb, *h3 = h2 + nb;
+      bins.clear();
+      if (n * 4 < uint64_t(nb)) {
+        int es = dtype_size(dt);
+        for (uint64_t i = 0; i < n; ++i) {
+          uint32_t raw;
+          if (prefix) {
+            uint64_t r = 0; std::memcpy(&r, p + i * es, es);
+            if (dtype_is_float(dt) && decode_to_double(dt, r) != decode_to_double(dt, r)) continue;  // NaN
+            raw = f32_to_bits(wide_to_f32(dt, r)) >> 16;
+          } else if (es == 1) raw = p[i];
+          else { uint16_t r; std::memcpy(&r, p + 2 * i, 2); raw = r; }
+          uint64_t c = uint64_t(h0[raw]) + h1[raw] + h2[raw] + h3[raw];
+          if (!c) continue;
+          h0[raw] = h1[raw] = h2[raw] = h3[raw] = 0;
+          if (into) into[raw] += c; else bins.push_back({raw, c});
+        }
+        if (!into) {
+          std::sort(bins.begin(), bins.end(), [&](const Bin& a, const Bin& b) {
+            uint32_t ka = prefix ? float_sort_key16(a.raw) : small_key(dt, a.raw);
+            uint32_t kb = prefix ? float_sort_key16(b.raw) : small_key(dt, b.raw);
+            return ka < kb;
+          });
+        }
+      } else {
+        for (int raw = 0; raw < nb; ++raw) {
+          uint64_t c = uint64_t(h0[raw]) + h1[raw] + h2[raw] + h3[raw];
+          if (c && into) into[raw] += c;
+          h0[raw] = h1[raw] = h2[raw] = h3[raw] = 0;
+          (void)c;
+        }
+        if (!into) {
+          // not reached: dense single-piece tensors go through a temporary dense copy below
+        }
+      }
+    };
+    std::vector<uint64_t> dense_tmp;
+
+    for (;;) {
+      if (stop.load(std::memory_order_relaxed)) break;
+      size_t ui = next.fetch_add(1);
+      if (ui >= units.size()) break;
+      const Unit& u = units[ui];
+      const uint8_t* base;
+      if (u.mem) base = u.mem;
+      else if (fh[u.file].map) base = fh[u.file].map + u.offset;
+      else {
+        if (!buf) {
+          void* m = nullptr;
+          if (posix_memalign(&m, 4096, cb) != 0) { fail(ENOMEM, "cannot allocate the read buffer"); break; }
+          buf.reset(static_cast<uint8_t*>(m));
+        }
+        uint64_t got = 0;
+        while (got < u.nbytes) {
+          ssize_t r = pread(fh[u.file].fd, buf.get() + got, u.nbytes - got, off_t(u.offset + got));
+          if (r < 0) { if (errno == EINTR) continue; fail(errno, files[u.file]); break; }
+          if (r == 0) { fail(EIO, files[u.file] + ": file ended early (truncated while being read?)"); break; }
+          got += uint64_t(r);
+        }
+        if (got < u.nbytes) break;
+        base = buf.get();
+      }
+      uint64_t pos = 0;
+      for (uint32_t k = 0; k < u.count; ++k) {
+        const Piece& pc = pieces[u.first + k];
+        const EngineTask& T = tasks[pc.task];
+        TaskState& S = st[pc.task];
+        const uint8_t* p = base + pos;
+        pos += pc.nbytes;
+        int dt = T.dtype;
+        uint64_t n = pc.nbytes / uint64_t(dtype_size(dt));
+        bool small = dtype_is_small(dt);
+        bool want_hist = small || qs != nullptr;
+        if (small) {
+          if (dtype_key_bits(dt) == 8) K.hist8(p, n, hist.data()); else K.hist16(p, n, hist.data());
+        } else {
+          PieceStats ps;
+          K.wide(dt, p, n, ps, qs ? hist.data() : nullptr);
+          S.pieces[pc.index] = ps;
+        }
+        bool prefix = !small;
+        int nb = prefix ? 65536 : (dtype_key_bits(dt) == 8 ? 256 : 65536);
+        if (want_hist) {
+          if (S.npieces == 1) {
+            if (n * 4 < uint64_t(nb)) drain(dt, prefix, p, n, nullptr);
+            else {
+              dense_tmp.assign(nb, 0);
+              drain(dt, prefix, p, n, dense_tmp.data());
+              dense_bins(dt, prefix, dense_tmp.data(), bins);
+            }
+          } else {
+            std::lock_guard<std::mutex> g(S.mu);
+            if (!S.hist) S.hist.reset(new uint64_t[nb]());
+            drain(dt, prefix, p, n, S.hist.get());
+          }
+        }
+        bytes_done.fetch_add(pc.nbytes, std::memory_order_relaxed);
+        if (S.left.fetch_sub(1) == 1) {   // last piece of this tensor: finalize it
+          TensorResult& R = results[pc.task];
+          if (S.npieces > 1 && want_hist) { dense_bins(dt, prefix, S.hist.get(), bins); S.hist.reset(); }
+          if (small) {
+            finalize_small(dt, bins.data(), int(bins.size()), qs, qs ? nq : 0, R);
+            R.numel = T.numel;
+          } else {
+            std::atomic_thread_fence(std::memory_order_acquire);
+            PieceStats all = S.pieces[0];
+            for (uint32_t j = 1; j < S.npieces; ++j) merge_piece(all, S.pieces[j]);
+            finish_piece(dt, R, all);
+            R.numel = T.numel;
+            if (qs) finalize_prefix_quantiles(bins.data(), int(bins.size()), qs, nq, all.nonnan, R);
+            std::vector<PieceStats>().swap(S.pieces);
+          }
+          if (!qs) R.nq = 0;
+          R.done = true;
+        }
+      }
+    }
+    if (running.fetch_sub(1) == 1) { std::lock_guard<std::mutex> g(done_mu); done_cv.notify_all(); }
+  };
+
+  std::vector<std::thread> pool;
+  pool.reserve(size_t(nthreads));
+  for (int i = 0; i < nthreads; ++i) pool.emplace_back(worker);
+  bool cancelled = false;
+  {
+    std::unique_lock<std::mutex> lk(done_mu);
+    while (running.load() > 0) {
+      done_cv.wait_for(lk, std::chrono::milliseconds(100));
+      if (running.load() == 0) break;
+      if (progress && !cancelled) {
+        lk.unlock();
+        bool ok = progress(bytes_done.load());
+        lk.lock();
+        if (!ok) { cancelled = true; stop = true; }
+      }
+    }
+  }
+  for (auto& th : pool) th.join();
+  close_all();
+  if (cancelled) throw EngineCancelled{};
+  if (err_no) throw std::system_error(err_no, std::generic_category(), err_msg);
+  if (progress) progress(bytes_done.load());
+  return results;
+}
+
+}  // namespace paramkit

@@ -1,0 +1,46 @@
+// The CPU statistics engine: cuts tensors into fixed pieces, groups contiguous pieces into
+// byte-range work units read once (pread or mmap), runs the kernels on worker threads and merges
+// each tensor's pieces in order, so results are bit-identical for any thread count.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+#include "paramkit/stats.hpp"
+
+namespace paramkit {
+
+struct EngineTask {
+  int file = -1;               // index into files, or -1 when `mem` holds the bytes
+  uint64_t offset = 0;         // absolute byte offset in the file
+  uint64_t nbytes = 0;
+  uint64_t numel = 0;
+  int dtype = 0;               // paramkit::DType
+  const uint8_t* mem = nullptr;
+};
+
+struct EngineOptions {
+  bool quantiles = true;
+  int threads = 0;                         // 0: every core this process may use
+  uint64_t chunk_bytes = 4ull << 20;       // piece size; independent of the thread count
+  bool use_mmap = false;                   // false: pread into reused aligned buffers
+  std::vector<double> levels;              // quantile levels, ascending
+};
+
+struct EngineInfo {
+  std::string isa;
+  int threads = 0;
+  uint64_t units = 0;
+};
+
+// progress(bytes_done) is called on the calling thread about every 100 ms; returning false
+// cancels the run (the engine then throws EngineCancelled). I/O errors throw std::system_error.
+struct EngineCancelled {};
+std::vector<TensorResult> run_stats(const std::vector<std::string>& files, const std::vector<EngineTask>& tasks,
+                                    const EngineOptions& opt, const std::function<bool(uint64_t)>& progress,
+                                    EngineInfo* info = nullptr);
+
+int default_threads();
+const char* active_isa();
+
+}  // namespace paramkit

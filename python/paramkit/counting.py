@@ -1,0 +1,791 @@
+"""Exact parameter counting from a TensorTable (headers + config.json, no tensor data): the role of
+every tensor (parameter, buffer, quantization state, packed quantized weight), ties, MoE total vs active.
+
+Rules (formats.md "What counts as a parameter", issue 5), in the order they are applied:
+
+1. Quantized checkpoints.  The method comes from ``config.json``'s ``quantization_config``
+   (``quant_method``: gptq, awq, bitsandbytes, compressed-tensors, fp8, fbgemm_fp8, mxfp4, ...);
+   without one, from name patterns (``.qweight`` + ``.scales``/``.qzeros``/``.g_idx`` = GPTQ/AWQ,
+   ``.weight`` U8 + ``.weight.absmax``/``.quant_state.bitsandbytes__*`` = bitsandbytes 4-bit,
+   ``.weight`` I8 + ``.SCB`` = bitsandbytes 8-bit, ``weight_packed`` = compressed-tensors,
+   ``*_blocks`` U8 + ``*_scales`` = MXFP4).  Packed weights count ``stored bits / logical bits``
+   logical parameters (GPTQ/AWQ I32 ``qweight`` = 32/bits per element, bnb 4-bit and MXFP4 U8 = 2).
+   Scales, zero points, ``g_idx``, ``absmax``, ``quant_map``, ``nested_*``, ``SCB``,
+   ``weight_scale*``, ``input_scale``, ``weight_shape`` and E8M0 tensors are ``quant_state``.
+2. Buffers by name: ``position_ids``, ``token_type_ids``, ``inv_freq``, ``masked_bias``,
+   ``num_batches_tracked``, ``running_mean``/``running_var``, and ``attn.bias`` /
+   ``attention.bias`` with 2+ dimensions (GPT-2's causal masks, saved as F32 in some
+   checkpoints) — whatever their dtype.
+3. Otherwise integer / bool tensors are buffers, floating-point (and complex) ones parameters.
+
+Then ties (``tie_word_embeddings``: an absent lm_head is normal; a present one with the
+embedding's shape is counted once), and MoE (routed experts by ``experts.N.`` names or as
+stacked tensors under an ``experts`` module; shared experts and routers always active).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+from .dtypes import DTYPES
+from .table import TensorInfo, TensorTable
+
+ROLES = ("parameter", "buffer", "quant_state", "packed_parameter")
+
+# --------------------------------------------------------------------------- config helpers
+
+_NESTED_CONFIGS = ("text_config", "language_config", "llm_config", "ffn_config", "thinker_config")
+
+
+def config_get(config: dict | None, *keys: str, default: Any = None) -> Any:
+    """First non-None value of any of ``keys`` in config.json, then in its nested text/LLM config."""
+    if not isinstance(config, dict):
+        return default
+    scopes = [config]
+    for sub in _NESTED_CONFIGS:
+        if isinstance(config.get(sub), dict):
+            scopes.append(config[sub])
+            inner = config[sub].get("text_config")
+            if isinstance(inner, dict):
+                scopes.append(inner)
+    for scope in scopes:
+        for k in keys:
+            v = scope.get(k)
+            if v is not None:
+                return v
+    return default
+
+
+def config_has(config: dict | None, key: str) -> bool:
+    if not isinstance(config, dict):
+        return False
+    if key in config:
+        return True
+    return any(isinstance(config.get(s), dict) and key in config[s] for s in _NESTED_CONFIGS)
+
+
+TOPK_KEYS = ("num_experts_per_tok", "num_experts_per_token", "experts_per_token", "moe_top_k",
+             "num_selected_experts", "moe_k", "top_k", "router_top_k")
+NEXPERTS_KEYS = ("num_local_experts", "n_routed_experts", "num_experts", "moe_num_experts",
+                 "num_routed_experts", "n_experts", "expert_num")
+NSHARED_KEYS = ("n_shared_experts", "num_shared_experts", "moe_num_shared_experts")
+
+
+# --------------------------------------------------------------------------- results
+
+@dataclass
+class TensorRole:
+    name: str
+    role: str                       # one of ROLES
+    dtype: str
+    shape: tuple[int, ...]
+    stored_numel: int               # elements as the file stores them
+    logical_numel: int              # parameters this tensor stands for (0 for buffers / quant state)
+    pack_factor: float = 1          # logical / stored elements (1 unless packed)
+    logical_bits: float | None = None  # bits per logical weight of a packed tensor
+    quant_method: str | None = None
+    reason: str = ""                # which rule decided the role
+    counted: bool = True            # contributes to total_params (False for a tied duplicate)
+    expert: dict | None = None      # {"kind": "routed"|"shared", "index", "stacked", "layer"}
+    flags: list[str] = field(default_factory=list)  # "tied", "tied_duplicate", "router", ...
+
+    def to_dict(self) -> dict:
+        pf = self.pack_factor
+        return {
+            "name": self.name, "role": self.role, "dtype": self.dtype, "shape": list(self.shape),
+            "stored_numel": self.stored_numel, "logical_numel": self.logical_numel,
+            "pack_factor": int(pf) if float(pf).is_integer() else float(pf),
+            "logical_bits": self.logical_bits, "quant_method": self.quant_method,
+            "reason": self.reason, "counted": self.counted, "expert": self.expert,
+            "flags": list(self.flags),
+        }
+
+
+@dataclass
+class Counting:
+    path: str
+    format: str
+    roles: list[TensorRole]
+    total_params: int
+    total_elements: int
+    parameter_elements: int          # stored elements of plain parameters (counted ones)
+    packed_stored_elements: int
+    packed_logical_params: int
+    buffer_elements: int
+    quant_state_elements: int
+    elements_by_dtype: dict[str, int]
+    params_by_dtype: dict[str, int]
+    bytes_total: int
+    bytes_by_role: dict[str, int]
+    groups: dict[str, dict[str, dict[str, int]]]
+    declared: dict[str, dict]
+    quantization: dict
+    ties: dict
+    moe: dict
+    active_params: int | None
+    active_params_reason: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def stored_elements_by_dtype(self) -> dict[str, int]:
+        return self.elements_by_dtype
+
+    @property
+    def n_tensors(self) -> int:
+        return len(self.roles)
+
+    def role_counts(self) -> dict[str, int]:
+        out = {r: 0 for r in ROLES}
+        for r in self.roles:
+            out[r.role] += 1
+        return out
+
+    def to_dict(self, *, tensors: bool = True) -> dict:
+        d = {
+            "path": self.path,
+            "format": self.format,
+            "n_tensors": self.n_tensors,
+            "total_params": self.total_params,
+            "active_params": self.active_params,
+            "active_params_reason": self.active_params_reason,
+            "total_elements": self.total_elements,
+            "parameter_elements": self.parameter_elements,
+            "packed_stored_elements": self.packed_stored_elements,
+            "packed_logical_params": self.packed_logical_params,
+            "buffer_elements": self.buffer_elements,
+            "quant_state_elements": self.quant_state_elements,
+            "elements_by_dtype": dict(self.elements_by_dtype),
+            "stored_elements_by_dtype": dict(self.elements_by_dtype),
+            "params_by_dtype": dict(self.params_by_dtype),
+            "bytes_total": self.bytes_total,
+            "bytes_by_role": dict(self.bytes_by_role),
+            "tensors_by_role": self.role_counts(),
+            "groups": {k: {n: dict(v) for n, v in g.items()} for k, g in self.groups.items()},
+            "declared": {k: dict(v) for k, v in self.declared.items()},
+            "quantization": dict(self.quantization),
+            "ties": dict(self.ties),
+            "moe": dict(self.moe),
+            "notes": list(self.notes),
+        }
+        if tensors:
+            d["roles"] = [r.to_dict() for r in self.roles]
+        return d
+
+
+# --------------------------------------------------------------------------- quantization config
+
+@dataclass
+class _Quant:
+    method: str | None = None        # normalised quant_method
+    source: str | None = None        # "config.json quantization_config" | "name patterns"
+    bits: int | None = None          # weight bits
+    group_size: int | None = None
+    fmt: str | None = None           # compressed-tensors format, bnb quant type, checkpoint format
+    bnb_4bit: bool = False
+    bnb_8bit: bool = False
+    raw: dict | None = None
+
+    def to_dict(self) -> dict:
+        return {"method": self.method, "source": self.source, "bits": self.bits,
+                "group_size": self.group_size, "format": self.fmt}
+
+
+def _parse_quant_config(config: dict | None) -> _Quant:
+    qc = None
+    if isinstance(config, dict):
+        for key in ("quantization_config", "compression_config"):
+            qc = config_get(config, key)
+            if isinstance(qc, dict):
+                break
+            qc = None
+    if not qc:
+        return _Quant()
+    q = _Quant(source="config.json quantization_config", raw=qc)
+    method = str(qc.get("quant_method") or "").lower().replace("_", "-") or None
+    if method is None and ("load_in_4bit" in qc or "load_in_8bit" in qc):
+        method = "bitsandbytes"
+    if method is None and "config_groups" in qc:
+        method = "compressed-tensors"
+    if method in ("bitsandbytes", "bitsandbytes-4bit", "bitsandbytes-8bit"):
+        method = "bitsandbytes"
+        q.bnb_4bit = bool(qc.get("load_in_4bit")) or str(qc.get("quant_method")).endswith("4bit")
+        q.bnb_8bit = bool(qc.get("load_in_8bit")) or str(qc.get("quant_method")).endswith("8bit")
+        if q.bnb_4bit:
+            q.bits = 4
+            q.fmt = qc.get("bnb_4bit_quant_type", "fp4")
+            q.group_size = 64
+        elif q.bnb_8bit:
+            q.bits = 8
+            q.fmt = "llm.int8"
+    elif method in ("gptq", "awq"):
+        q.bits = qc.get("bits", qc.get("w_bit"))
+        q.group_size = qc.get("group_size", qc.get("q_group_size"))
+        q.fmt = qc.get("checkpoint_format") or qc.get("version") or qc.get("format")
+    elif method == "compressed-tensors":
+        q.fmt = qc.get("format")
+        for grp in (qc.get("config_groups") or {}).values():
+            w = (grp or {}).get("weights") or {}
+            if w.get("num_bits") is not None:
+                q.bits = w.get("num_bits")
+                q.group_size = w.get("group_size")
+                q.fmt = grp.get("format") or q.fmt
+                break
+    elif method in ("fp8", "fbgemm-fp8"):
+        q.bits = 8
+        q.fmt = qc.get("fmt") or "e4m3"
+        bs = qc.get("weight_block_size")
+        q.group_size = bs
+    elif method == "mxfp4":
+        q.bits = 4
+        q.group_size = 32
+    else:
+        q.bits = qc.get("bits", qc.get("w_bit", qc.get("nbits")))
+        q.group_size = qc.get("group_size")
+    q.method = method
+    if isinstance(q.bits, str) and q.bits.isdigit():
+        q.bits = int(q.bits)
+    return q
+
+
+# --------------------------------------------------------------------------- classification
+
+_QSTATE_LEAVES = {
+    # GPTQ / AWQ
+    "qzeros", "g_idx",
+    # bitsandbytes
+    "absmax", "quant_map", "nested_absmax", "nested_quant_map", "SCB", "weight_format",
+    # compressed-tensors / FP8 / NVFP4 / ModelOpt
+    "weight_scale", "weight_scale_inv", "weight_zero_point", "weight_global_scale",
+    "weight_shape", "weight_g_idx", "input_scale", "input_global_scale", "input_zero_point",
+    "output_scale", "output_zero_point", "k_scale", "v_scale", "q_scale", "prob_scale",
+}
+_BUFFER_LEAVES = {"position_ids", "token_type_ids", "inv_freq", "masked_bias",
+                  "num_batches_tracked", "running_mean", "running_var", "_float_tensor",
+                  "cos_cached", "sin_cached", "original_inv_freq"}
+
+_EXPERT_INDEX_RE = re.compile(r"(?:^|\.)experts\.(?:expert_)?(\d+)\.")
+_SHARED_RE = re.compile(r"(?:^|\.)(shared_experts?|shared_mlp)\.")
+_LAYER_RE = re.compile(r"^(.*?(?:^|\.)\d+)(?:\.|$)")
+
+
+def _split(name: str) -> tuple[str, str]:
+    if "." in name:
+        base, leaf = name.rsplit(".", 1)
+        return base, leaf
+    return "", name
+
+
+def _sib(base: str, leaf: str) -> str:
+    return f"{base}.{leaf}" if base else leaf
+
+
+def _layer_of(name: str) -> str | None:
+    parts = name.split(".")
+    for i, p in enumerate(parts[:-1]):
+        if p.isdigit():
+            return ".".join(parts[: i + 1])
+    return None
+
+
+class _Classifier:
+    def __init__(self, table: TensorTable, quant: _Quant):
+        self.by_name: dict[str, TensorInfo] = {t.name: t for t in table.tensors}
+        self.q = quant
+        self.detected: dict[str, int] = {}      # method detected from names -> tensors
+        self.notes: list[str] = []
+
+    # --- helpers
+    def _has(self, name: str) -> bool:
+        return name in self.by_name
+
+    def _detect(self, method: str) -> None:
+        self.detected[method] = self.detected.get(method, 0) + 1
+
+    def _packed(self, t: TensorInfo, bits: float, method: str, reason: str) -> TensorRole:
+        stored_bits = t.numel * DTYPES[t.dtype].bits
+        logical = Fraction(stored_bits) / Fraction(bits)
+        if logical.denominator != 1:
+            self.notes.append(f"{t.name}: {stored_bits} stored bits are not a multiple of "
+                              f"{bits} bits per weight; logical count rounded down")
+        logical_n = int(logical)
+        factor = Fraction(DTYPES[t.dtype].bits) / Fraction(bits)
+        self._detect(method)
+        return TensorRole(t.name, "packed_parameter", t.dtype, tuple(t.shape), t.numel, logical_n,
+                          float(factor) if factor.denominator != 1 else int(factor),
+                          float(bits) if not float(bits).is_integer() else int(bits),
+                          method, reason)
+
+    def _state(self, t: TensorInfo, method: str | None, reason: str) -> TensorRole:
+        if method:
+            self._detect(method)
+        return TensorRole(t.name, "quant_state", t.dtype, tuple(t.shape), t.numel, 0, 1, None,
+                          method, reason)
+
+    def _gptq_awq_bits(self, t: TensorInfo, base: str) -> tuple[int, str]:
+        """Bits per weight of a GPTQ/AWQ qweight: config first, else inferred from sibling shapes."""
+        q = self.q
+        if q.method in ("gptq", "awq") and q.bits:
+            return int(q.bits), f"quantization_config bits={q.bits}"
+        sc = self.by_name.get(_sib(base, "scales"))
+        qz = self.by_name.get(_sib(base, "qzeros"))
+        gi = self.by_name.get(_sib(base, "g_idx"))
+        dbits = DTYPES[t.dtype].bits
+        if len(t.shape) == 2 and sc is not None and len(sc.shape) == 2:
+            if sc.shape[-1] == t.shape[-1]:          # GPTQ layout: packed along the input dim
+                if qz is not None and len(qz.shape) == 2 and qz.shape[-1] and \
+                        (dbits * qz.shape[-1]) % t.shape[-1] == 0:
+                    return dbits * qz.shape[-1] // t.shape[-1], "inferred from qzeros/qweight shapes"
+                if gi is not None and len(gi.shape) == 1 and gi.shape[0] and \
+                        (dbits * t.shape[0]) % gi.shape[0] == 0:
+                    return dbits * t.shape[0] // gi.shape[0], "inferred from g_idx/qweight shapes"
+            elif sc.shape[-1] and (dbits * t.shape[-1]) % sc.shape[-1] == 0:  # AWQ layout
+                return dbits * t.shape[-1] // sc.shape[-1], "inferred from scales/qweight shapes (AWQ layout)"
+        self.notes.append(f"{t.name}: bits per weight unknown (no quantization_config, shapes "
+                          "inconclusive); assuming 4")
+        return 4, "assumed 4 bits"
+
+    # --- the rules
+    def classify(self, t: TensorInfo) -> TensorRole:
+        q = self.q
+        base, leaf = _split(t.name)
+        dt = DTYPES[t.dtype]
+        kind = dt.kind
+        is_int = kind in ("int", "uint", "bool")
+        qmeth = q.method
+
+        # 1. quantized checkpoints ------------------------------------------------------
+        if leaf == "qweight" and is_int:
+            bits, why = self._gptq_awq_bits(t, base)
+            method = qmeth if qmeth in ("gptq", "awq") else (
+                "awq" if (sc := self.by_name.get(_sib(base, "scales"))) is not None
+                and len(sc.shape) == 2 and len(t.shape) == 2 and sc.shape[-1] != t.shape[-1]
+                else "gptq")
+            return self._packed(t, bits, method, f"{method} qweight, {why}")
+        if leaf in ("qzeros", "g_idx") or (leaf in ("scales", "zeros") and
+                                            (self._has(_sib(base, "qweight")) or
+                                             self._has(_sib(base, "weight_packed")))):
+            return self._state(t, qmeth or ("gptq" if self._has(_sib(base, "qweight")) else None),
+                               f"quantization state ({leaf})")
+        if leaf == "weight_packed" and is_int:
+            if qmeth == "compressed-tensors" and q.bits:
+                bits, why = int(q.bits), f"quantization_config num_bits={q.bits}"
+            elif t.dtype == "U8":       # nvfp4-pack-quantized
+                bits, why = 4, "U8 weight_packed (nvfp4 pack)"
+            else:
+                bits, why = 4, "assumed 4 bits"
+                self.notes.append(f"{t.name}: weight_packed without quantization_config; assuming 4 bits")
+            return self._packed(t, bits, "compressed-tensors", f"compressed-tensors weight_packed, {why}")
+        if leaf in _QSTATE_LEAVES or ".quant_state." in t.name or t.dtype == "F8_E8M0":
+            method = qmeth
+            if method is None:
+                if leaf in ("absmax", "quant_map", "nested_absmax", "nested_quant_map", "SCB") \
+                        or ".quant_state." in t.name:
+                    method = "bitsandbytes"
+                elif leaf.startswith(("weight_", "input_")) and leaf != "weight_format":
+                    method = "compressed-tensors" if "weight_scale_inv" != leaf else "fp8"
+            why = "E8M0 block scale" if t.dtype == "F8_E8M0" else f"quantization state ({leaf})"
+            return self._state(t, method, why)
+        if leaf.endswith("_blocks") and t.dtype == "U8" and \
+                self._has(_sib(base, leaf[: -len("_blocks")] + "_scales")):
+            bits = 4
+            return self._packed(t, bits, "mxfp4", "MXFP4 _blocks: two E2M1 values per U8")
+        if leaf.endswith("_scales") and is_int and \
+                self._has(_sib(base, leaf[: -len("_scales")] + "_blocks")):
+            return self._state(t, "mxfp4", "MXFP4 E8M0 block scales")
+        if leaf == "weight" and is_int:
+            if t.dtype == "U8" and (self._has(t.name + ".absmax") or
+                                     any(self._has(f"{t.name}.quant_state.bitsandbytes__{k}")
+                                         for k in ("nf4", "fp4")) or
+                                     (qmeth == "bitsandbytes" and q.bnb_4bit)):
+                return self._packed(t, 4, "bitsandbytes", "bitsandbytes 4-bit: two 4-bit values per U8")
+            if t.dtype == "I8" and (self._has(_sib(base, "SCB")) or
+                                     (qmeth == "bitsandbytes" and q.bnb_8bit)):
+                return self._packed(t, 8, "bitsandbytes", "bitsandbytes 8-bit (LLM.int8) weight")
+            if self._has(_sib(base, "weight_scale")) or self._has(_sib(base, "weight_scale_inv")):
+                bits = int(q.bits) if q.bits else dt.bits
+                return self._packed(t, bits, qmeth or "compressed-tensors",
+                                    f"integer weight with weight_scale ({bits}-bit)")
+            if qmeth is not None:
+                bits = int(q.bits) if q.bits else dt.bits
+                return self._packed(t, bits, qmeth, f"integer weight in a {qmeth} checkpoint "
+                                                    f"({bits}-bit per quantization_config)")
+
+        # 2. buffers by name --------------------------------------------------------------
+        if leaf in _BUFFER_LEAVES:
+            return TensorRole(t.name, "buffer", t.dtype, tuple(t.shape), t.numel, 0,
+                              reason=f"buffer by name ({leaf})")
+        if leaf == "bias" and len(t.shape) >= 2 and base.split(".")[-1] in ("attn", "attention"):
+            return TensorRole(t.name, "buffer", t.dtype, tuple(t.shape), t.numel, 0,
+                              reason="causal attention mask (attn.bias with 2+ dims)")
+
+        # 3. dtype rule ------------------------------------------------------------------
+        if is_int:
+            return TensorRole(t.name, "buffer", t.dtype, tuple(t.shape), t.numel, 0,
+                              reason=f"{kind} dtype")
+        role = TensorRole(t.name, "parameter", t.dtype, tuple(t.shape), t.numel, t.numel,
+                          reason=f"{kind} dtype")
+        if kind == "float" and dt.bits == 8 and (self._has(_sib(base, "weight_scale")) or
+                                                  self._has(_sib(base, "weight_scale_inv")) or
+                                                  (leaf == "weight" and qmeth in ("fp8", "fbgemm-fp8",
+                                                                                  "compressed-tensors"))):
+            role.quant_method = qmeth or ("fp8" if self._has(_sib(base, "weight_scale_inv"))
+                                          else "compressed-tensors")
+            role.flags.append("fp8_quantized")
+            role.reason = "FP8 weight (scaled)"
+            self._detect(role.quant_method)
+        return role
+
+
+# --------------------------------------------------------------------------- ties
+
+_EMBED_PATTERNS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight",
+                   "tok_embeddings.weight", "embed_in.weight", "token_embedding.weight",
+                   "tok_embeddings.weight", "embedding.weight", "shared.weight", "embed.weight",
+                   "word_embedding.weight", "token_embd.weight")
+_LMHEAD_NAMES = ("lm_head.weight", "output.weight", "embed_out.weight", "lm_head.decoder.weight",
+                 "cls.predictions.decoder.weight", "generator_lm_head.weight",
+                 "language_model.lm_head.weight", "model.lm_head.weight")
+
+
+def _find_embedding(roles: list[TensorRole]) -> TensorRole | None:
+    best = None
+    for r in roles:
+        if r.role not in ("parameter", "packed_parameter") or r.expert:
+            continue
+        if any(r.name == p or r.name.endswith("." + p) for p in _EMBED_PATTERNS):
+            if "position" in r.name or "token_type" in r.name:
+                continue
+            if best is None or r.logical_numel > best.logical_numel:
+                best = r
+    return best
+
+
+def _find_lm_head(roles: list[TensorRole]) -> TensorRole | None:
+    for n in _LMHEAD_NAMES:
+        for r in roles:
+            if r.name == n and r.role in ("parameter", "packed_parameter"):
+                return r
+    for r in roles:
+        if r.name.endswith(".lm_head.weight") and r.role in ("parameter", "packed_parameter"):
+            return r
+    return None
+
+
+def _bytes_equal(a: TensorInfo, b: TensorInfo, mode: str) -> bool | None:
+    """Compare the bytes of two tensors: "sample" = three 64 KiB windows, "full" = everything."""
+    if a.nbytes != b.nbytes:
+        return False
+    try:
+        with open(a.file, "rb") as fa, open(b.file, "rb") as fb:
+            n = a.nbytes
+            if mode == "full":
+                windows = [(o, min(1 << 24, n - o)) for o in range(0, n, 1 << 24)]
+            else:
+                w = min(1 << 16, n)
+                windows = sorted({(0, w), (max(0, n // 2 - w // 2), w), (n - w, w)})
+            for off, ln in windows:
+                fa.seek(a.offset + off)
+                fb.seek(b.offset + off)
+                if fa.read(ln) != fb.read(ln):
+                    return False
+        return True
+    except OSError:
+        return None
+
+
+# --------------------------------------------------------------------------- main entry
+
+def _grp() -> dict[str, int]:
+    return {"params": 0, "elements": 0, "bytes": 0, "tensors": 0}
+
+
+def count_table(table: TensorTable, *, tie_check: str = "sample") -> Counting:
+    """Count a model from its TensorTable (and ``table.config``).
+
+    ``tie_check`` decides how a present lm_head that config.json says is tied to the embedding
+    is confirmed: ``"none"`` reads nothing (trust config.json), ``"sample"`` (default) compares
+    three 64 KiB windows of the two tensors, ``"full"`` compares all bytes. This is the only
+    tensor data counting ever reads, and only in that case.
+    """
+    config = table.config if isinstance(table.config, dict) else None
+    quant = _parse_quant_config(config)
+    clf = _Classifier(table, quant)
+    roles = [clf.classify(t) for t in table.tensors]
+    notes = list(clf.notes)
+    by_name = {t.name: t for t in table.tensors}
+
+    # quantization summary
+    qsum = quant.to_dict()
+    if quant.method is None and clf.detected:
+        top = max(clf.detected, key=clf.detected.get)
+        qsum.update(method=top, source="name patterns")
+        bits = {r.logical_bits for r in roles if r.role == "packed_parameter" and r.quant_method == top}
+        if len(bits) == 1:
+            qsum["bits"] = bits.pop()
+    elif quant.method and not clf.detected:
+        notes.append(f"config.json declares quant_method={quant.method!r} but no quantized "
+                     "tensor was recognised")
+    qsum["detected_in_tensors"] = dict(clf.detected)
+
+    # ties ----------------------------------------------------------------------------
+    tie_cfg = config_get(config, "tie_word_embeddings")
+    if not isinstance(tie_cfg, bool):
+        tie_cfg = None
+    emb = _find_embedding(roles)
+    head = _find_lm_head(roles)
+    ties: dict[str, Any] = {"tie_word_embeddings": tie_cfg,
+                            "embedding": emb.name if emb else None,
+                            "lm_head": head.name if head else None,
+                            "status": None, "bytes_compared": None}
+    if emb is not None and head is None:
+        ties["status"] = "lm_head absent: output projection tied to the embedding (counted once)" \
+            if tie_cfg is not False else "lm_head absent although tie_word_embeddings is false"
+        if tie_cfg is False:
+            notes.append("config.json says tie_word_embeddings=false but no lm_head tensor was found")
+        emb.flags.append("tied" if tie_cfg is not False else "lm_head_absent")
+    elif emb is not None and head is not None:
+        same_shape = tuple(by_name[emb.name].shape) == tuple(by_name[head.name].shape) and \
+            emb.dtype == head.dtype
+        if tie_cfg is True and same_shape:
+            equal = None
+            if tie_check in ("sample", "full"):
+                equal = _bytes_equal(by_name[emb.name], by_name[head.name], tie_check)
+                ties["bytes_compared"] = tie_check
+            if equal is False:
+                ties["status"] = "tie_word_embeddings is true but lm_head bytes differ: counted twice"
+                head.flags.append("tie_mismatch")
+                notes.append(ties["status"])
+            else:
+                head.counted = False
+                head.flags.append("tied_duplicate")
+                emb.flags.append("tied")
+                ties["status"] = ("lm_head present, identical to the embedding: counted once"
+                                  if equal else
+                                  "lm_head present, tied per config.json (bytes not compared): counted once")
+        elif tie_cfg is True:
+            ties["status"] = "tie_word_embeddings is true but lm_head shape/dtype differs: counted twice"
+            notes.append(ties["status"])
+        else:
+            ties["status"] = "untied: lm_head and embedding both counted"
+
+    # MoE --------------------------------------------------------------------------------
+    moe = _moe(roles, config, notes)
+
+    # totals -----------------------------------------------------------------------------
+    total_params = 0
+    parameter_elements = packed_stored = packed_logical = buffer_el = qstate_el = 0
+    elements_by_dtype: dict[str, int] = {}
+    params_by_dtype: dict[str, int] = {}
+    bytes_by_role = {r: 0 for r in ROLES}
+    modules: dict[str, dict[str, int]] = {}
+    layers: dict[str, dict[str, int]] = {}
+    for t, r in zip(table.tensors, roles):
+        elements_by_dtype[t.dtype] = elements_by_dtype.get(t.dtype, 0) + t.numel
+        bytes_by_role[r.role] += t.nbytes
+        counted = r.logical_numel if (r.counted and r.role in ("parameter", "packed_parameter")) else 0
+        total_params += counted
+        if r.role == "parameter":
+            if r.counted:
+                parameter_elements += t.numel
+                params_by_dtype[t.dtype] = params_by_dtype.get(t.dtype, 0) + t.numel
+        elif r.role == "packed_parameter":
+            packed_stored += t.numel
+            if r.counted:
+                packed_logical += r.logical_numel
+                pf = r.pack_factor
+                key = f"{t.dtype}×{int(pf) if float(pf).is_integer() else round(float(pf), 4)}"
+                params_by_dtype[key] = params_by_dtype.get(key, 0) + r.logical_numel
+        elif r.role == "buffer":
+            buffer_el += t.numel
+        else:
+            qstate_el += t.numel
+        top = t.name.split(".", 1)[0]
+        lay = _layer_of(t.name)
+        for key, bucket in ((top, modules), (lay, layers)):
+            if key is None:
+                continue
+            g = bucket.setdefault(key, _grp())
+            g["params"] += counted
+            g["elements"] += t.numel
+            g["bytes"] += t.nbytes
+            g["tensors"] += 1
+    elements_by_dtype = dict(sorted(elements_by_dtype.items(), key=lambda kv: (-kv[1], kv[0])))
+    params_by_dtype = dict(sorted(params_by_dtype.items(), key=lambda kv: (-kv[1], kv[0])))
+    bytes_total = sum(t.nbytes for t in table.tensors)
+
+    # declared totals --------------------------------------------------------------------
+    declared: dict[str, dict] = {}
+    sources = [("index", table.index_metadata or {}), ("metadata", table.metadata or {})]
+    for key, computed in (("total_parameters", total_params), ("total_size", bytes_total)):
+        for src, meta in sources:
+            v = meta.get(key) if isinstance(meta, dict) else None
+            if v is None:
+                continue
+            try:
+                dv = int(v)
+            except (TypeError, ValueError):
+                notes.append(f"declared {key} {v!r} is not an integer")
+                continue
+            declared[key] = {"declared": dv, "computed": computed, "difference": computed - dv,
+                             "source": src}
+            if dv != computed:
+                what = "parameters" if key == "total_parameters" else "data bytes"
+                notes.append(f"{src} metadata declares {key}={dv:,}; computed {what}: {computed:,} "
+                             f"(difference {computed - dv:+,})")
+            break
+
+    if moe.get("detected"):
+        active, reason = moe.get("active_params"), moe.get("active_reason", "")
+    else:
+        active, reason = total_params, "dense model: every parameter is active"
+    moe.pop("active_params", None)
+    moe.pop("active_reason", None)
+
+    return Counting(
+        path=table.path, format=table.format, roles=roles, total_params=total_params,
+        total_elements=sum(t.numel for t in table.tensors), parameter_elements=parameter_elements,
+        packed_stored_elements=packed_stored, packed_logical_params=packed_logical,
+        buffer_elements=buffer_el, quant_state_elements=qstate_el,
+        elements_by_dtype=elements_by_dtype, params_by_dtype=params_by_dtype,
+        bytes_total=bytes_total, bytes_by_role=bytes_by_role,
+        groups={"modules": modules, "layers": layers}, declared=declared, quantization=qsum,
+        ties=ties, moe=moe, active_params=active, active_params_reason=reason, notes=notes)
+
+
+# --------------------------------------------------------------------------- MoE
+
+def _moe(roles: list[TensorRole], config: dict | None, notes: list[str]) -> dict:
+    n_cfg = config_get(config, *NEXPERTS_KEYS)
+    k_cfg = config_get(config, *TOPK_KEYS)
+    shared_cfg = config_get(config, *NSHARED_KEYS)
+    try:
+        n_cfg = int(n_cfg) if n_cfg is not None else None
+        k_cfg = int(k_cfg) if k_cfg is not None else None
+    except (TypeError, ValueError):
+        n_cfg = k_cfg = None
+    if n_cfg is not None and n_cfg <= 1:
+        n_cfg = None  # "num_experts": 1 / 0 = dense
+
+    routed_by_layer: dict[str, int] = {}
+    experts_by_layer: dict[str, set[int] | int] = {}
+    shared_params = router_params = routed_params = 0
+    for r in roles:
+        name = r.name
+        lay = _layer_of(name) or ""
+        m = _EXPERT_INDEX_RE.search(name)
+        parts = name.split(".")
+        if _SHARED_RE.search(name):
+            r.expert = {"kind": "shared", "index": None, "stacked": None, "layer": lay}
+        elif m:
+            r.expert = {"kind": "routed", "index": int(m.group(1)), "stacked": None, "layer": lay}
+            s = experts_by_layer.setdefault(lay, set())
+            if isinstance(s, set):
+                s.add(int(m.group(1)))
+        elif (in_experts := "experts" in parts[:-1]) or any("moe" in p for p in parts[:-1]):
+            stacked = routed = None
+            if r.role in ("parameter", "packed_parameter", "quant_state") and \
+                    len(r.shape) >= 2 and not _is_router(parts):
+                n0 = r.shape[0]
+                if n_cfg is not None:
+                    if n0 == n_cfg and (in_experts or len(r.shape) >= 3):
+                        stacked = n_cfg          # [E, ...] stacked experts
+                    elif in_experts and len(r.shape) == 2 and n0 % n_cfg == 0:
+                        stacked = n_cfg          # experts concatenated along dim 0 (DBRX)
+                    routed = stacked is not None
+                else:
+                    routed = in_experts or len(r.shape) >= 3
+                    if len(r.shape) >= 3 or name.endswith("bias"):
+                        stacked = n0
+            if routed:
+                r.expert = {"kind": "routed", "index": None, "stacked": stacked, "layer": lay}
+                if stacked:
+                    prev = experts_by_layer.get(lay)
+                    experts_by_layer[lay] = max(stacked, prev if isinstance(prev, int) else 0)
+        if r.expert is None and _is_router(parts) and r.role == "parameter":
+            r.flags.append("router")
+        if not (r.counted and r.role in ("parameter", "packed_parameter")):
+            continue
+        if r.expert and r.expert["kind"] == "routed":
+            routed_params += r.logical_numel
+            routed_by_layer[lay] = routed_by_layer.get(lay, 0) + r.logical_numel
+        elif r.expert:
+            shared_params += r.logical_numel
+        elif "router" in r.flags:
+            router_params += r.logical_numel
+
+    # routers are only routers in layers that have experts
+    moe_layers = sorted(routed_by_layer, key=_natural)
+    if not moe_layers:
+        for r in roles:
+            if "router" in r.flags:
+                r.flags.remove("router")
+        return {"detected": False}
+    for r in roles:
+        if "router" in r.flags and (_layer_of(r.name) or "") not in routed_by_layer:
+            r.flags.remove("router")
+            router_params -= r.logical_numel if r.counted else 0
+    all_layers = sorted({_layer_of(r.name) for r in roles if _layer_of(r.name)}, key=_natural)
+    dense_layers = [l for l in all_layers if l not in routed_by_layer]
+    detected_n = sorted({len(v) if isinstance(v, set) else v for v in experts_by_layer.values()})
+    total = sum(r.logical_numel for r in roles
+                if r.counted and r.role in ("parameter", "packed_parameter"))
+    always = total - routed_params
+    out: dict[str, Any] = {
+        "detected": True,
+        "num_experts": n_cfg, "num_experts_detected": detected_n, "top_k": k_cfg,
+        "num_shared_experts": shared_cfg,
+        "routed_expert_params": routed_params, "shared_expert_params": shared_params,
+        "router_params": router_params, "always_active_params": always,
+        "moe_layers": len(moe_layers), "dense_layers": dense_layers,
+        "expert_layout": "stacked" if any(r.expert and r.expert["kind"] == "routed" and
+                                          r.expert["index"] is None for r in roles) else "indexed",
+    }
+    n = n_cfg
+    if n is None and len(detected_n) == 1:
+        n = detected_n[0]
+        if k_cfg is not None:
+            notes.append(f"expert count not in config.json; using {n} detected from tensor names")
+    if n_cfg is not None and detected_n and detected_n != [n_cfg]:
+        notes.append(f"config.json says {n_cfg} experts; tensors show {detected_n}")
+    if k_cfg is None or n is None:
+        why = ("no config.json beside the weights" if config is None else
+               "config.json has no top-k key (" + ", ".join(TOPK_KEYS[:3]) + ", ...)"
+               if k_cfg is None else "expert count unknown")
+        out["active_params"] = None
+        out["active_reason"] = f"unknown: {why}; experts were detected " \
+                               f"({routed_params:,} routed expert parameters)"
+        out["active_formula"] = None
+        return out
+    active = Fraction(always) + Fraction(routed_params * k_cfg, n)
+    out["active_params"] = int(round(active))
+    out["active_formula"] = (f"{always:,} always-active + {k_cfg}/{n} × {routed_params:,} routed "
+                             f"expert params = {int(round(active)):,}")
+    out["active_reason"] = out["active_formula"]
+    return out
+
+
+def _is_router(parts: list[str]) -> bool:
+    if "router" in parts[:-1] or "gate" == (parts[-2] if len(parts) >= 2 else "") and \
+            parts[-1] in ("weight", "bias", "e_score_correction_bias"):
+        return True
+    return any(p in ("router", "switch_router") for p in parts[:-1])
+
+
+def _natural(s: str):
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", s)]
+
+
+def human(n: float, unit: str = "") -> str:
+    """1234567 -> '1.23M' (decimal prefixes), for tables."""
+    if n is None:
+        return "?"
+    a = abs(n)
+    for div, suf in ((1e12, "T"), (1e9, "B" if not unit else "G"), (1e6, "M"), (1e3, "k")):
+        if a >= div:
+            return f"{n / div:.2f}{suf}{unit}"
+    return f"{n:g}{unit}" if isinstance(n, float) else f"{n}{unit}"
+
+
+__all__ = ["count_table", "Counting", "TensorRole", "ROLES", "config_get", "human"]

@@ -1,0 +1,76 @@
+"""The safetensors dtype table, in one place: bit widths, value kinds, the numpy dtype used to
+decode each one, and the numeric id shared with the C++ engine (cpp/include/paramkit/dtype.hpp)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class DType:
+    name: str          # safetensors spelling, e.g. "BF16"
+    bits: int          # bits per element
+    kind: str          # "float" | "int" | "uint" | "bool" | "complex" | "other"
+    engine_id: int     # id in cpp/include/paramkit/dtype.hpp, -1 = no statistics
+    numpy_name: str | None  # numpy / ml_dtypes name to decode with, None if not decodable
+
+    @property
+    def has_stats(self) -> bool:
+        return self.engine_id >= 0
+
+    @property
+    def is_floating(self) -> bool:
+        return self.kind == "float"
+
+
+_ROWS = [
+    # name, bits, kind, engine id, numpy name
+    ("F64", 64, "float", 0, "float64"),
+    ("F32", 32, "float", 1, "float32"),
+    ("F16", 16, "float", 2, "float16"),
+    ("BF16", 16, "float", 3, "bfloat16"),
+    ("F8_E4M3", 8, "float", 4, "float8_e4m3fn"),
+    ("F8_E5M2", 8, "float", 5, "float8_e5m2"),
+    ("I8", 8, "int", 6, "int8"),
+    ("U8", 8, "uint", 7, "uint8"),
+    ("I16", 16, "int", 8, "int16"),
+    ("U16", 16, "uint", 9, "uint16"),
+    ("I32", 32, "int", 10, "int32"),
+    ("U32", 32, "uint", 11, "uint32"),
+    ("I64", 64, "int", 12, "int64"),
+    ("U64", 64, "uint", 13, "uint64"),
+    ("BOOL", 8, "bool", 14, "bool"),
+    # valid in files, counted, but no statistics (yet)
+    ("F4", 4, "float", -1, None),
+    ("F6_E2M3", 6, "float", -1, None),
+    ("F6_E3M2", 6, "float", -1, None),
+    ("F8_E8M0", 8, "float", -1, None),
+    ("F8_E4M3FNUZ", 8, "float", -1, None),
+    ("F8_E5M2FNUZ", 8, "float", -1, None),
+    ("C64", 64, "complex", -1, None),
+]
+
+DTYPES: dict[str, DType] = {r[0]: DType(*r) for r in _ROWS}
+BY_ENGINE_ID: dict[int, DType] = {d.engine_id: d for d in DTYPES.values() if d.engine_id >= 0}
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    """The numpy dtype that decodes a safetensors dtype (bf16/f8 need the ml_dtypes package)."""
+    d = DTYPES[name]
+    if d.numpy_name is None:
+        raise ValueError(f"dtype {name} has no numpy decoding")
+    if d.numpy_name in ("bfloat16", "float8_e4m3fn", "float8_e5m2"):
+        import ml_dtypes  # noqa: F401  (registers the dtypes)
+        return np.dtype(getattr(ml_dtypes, d.numpy_name))
+    return np.dtype(d.numpy_name)
+
+
+def from_numpy(dt: np.dtype) -> DType:
+    """The safetensors dtype of a numpy array's dtype (ml_dtypes bfloat16/float8 included)."""
+    dt = np.dtype(dt)
+    for d in DTYPES.values():
+        if d.numpy_name is not None and d.numpy_name == dt.name and dt.byteorder in ("=", "<", "|"):
+            return d
+    raise TypeError(f"no statistics for numpy dtype {dt} (supported: "
+                    + ", ".join(d.numpy_name for d in DTYPES.values() if d.numpy_name) + ")")

@@ -1,0 +1,537 @@
+"""Strict safetensors reader: turns a .safetensors file, a sharded model's index, or a directory of
+them into a TensorTable, reading headers only and rejecting every malformed file with a stable code."""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+import reprlib
+import stat
+from typing import Any
+
+from ..dtypes import DTYPES
+from ..errors import FormatError
+from ..table import TensorInfo, TensorTable
+
+__all__ = ["ERROR_CODES", "MAX_HEADER_SIZE", "open_table", "read_file"]
+
+# The largest header the reference implementation accepts (its MAX_HEADER_SIZE).
+MAX_HEADER_SIZE = 100_000_000
+_U64_MAX = 2**64 - 1
+_INDEX_MAX_SIZE = 100_000_000   # a *.index.json or config.json larger than this is not one
+_PEEK = 4096                    # bytes looked at to recognise a file whose declared N is implausible
+
+# Every code this module raises, with a one-line description (the README prints this table).
+ERROR_CODES: dict[str, str] = {
+    "unknown_format": "not a safetensors file: the bytes after the 8-byte length do not start a JSON object "
+                      "('{'), or the path is neither a file nor a directory",
+    "file_too_short": "file shorter than the 8-byte header length field",
+    "header_too_large": "declared header length N exceeds 100,000,000 bytes",
+    "header_beyond_eof": "declared header (8 + N bytes) extends past the end of the file (truncated file?)",
+    "header_not_utf8": "header bytes are not valid UTF-8",
+    "header_not_json": "header is not valid JSON (or is not a JSON object)",
+    "duplicate_key": "a key appears twice in one JSON object of the header (tensor name, __metadata__ "
+                     "key, or a field of a tensor entry)",
+    "metadata_invalid": "__metadata__ is not a map of string to string (strict=False tolerates this)",
+    "tensor_not_object": "a tensor entry is not a JSON object",
+    "tensor_missing_field": "a tensor entry lacks one of dtype, shape, data_offsets",
+    "dtype_unknown": "a tensor's dtype is not one of the safetensors dtypes",
+    "shape_invalid": "a tensor's shape is not a list of non-negative integers (each < 2**64)",
+    "numel_overflow": "a tensor's element count (product of its shape) does not fit in 64 bits",
+    "offsets_invalid": "data_offsets is not a pair [BEGIN, END] of non-negative integers with BEGIN <= END",
+    "sub_byte_misaligned": "elements x dtype bits is not a multiple of 8 (sub-byte dtypes F4/F6 need "
+                           "whole bytes)",
+    "size_mismatch": "END - BEGIN differs from the byte size implied by dtype and shape",
+    "data_gap": "tensors sorted by BEGIN leave unused bytes (first BEGIN != 0 or BEGIN > previous END)",
+    "data_overlap": "tensors sorted by BEGIN overlap (BEGIN < previous END)",
+    "data_beyond_eof": "the tensors' data extends past the end of the file (truncated file)",
+    "trailing_bytes": "the file has bytes after the last tensor's data",
+    "no_weights": "the directory contains no *.safetensors file and no *.safetensors.index.json",
+    "index_ambiguous": "the directory has several *.safetensors.index.json files and no "
+                       "model.safetensors.index.json",
+    "index_invalid": "the index is not valid JSON, or has no 'weight_map' object of tensor name to "
+                     "shard file name (a relative path inside the index's directory)",
+    "shard_missing": "a shard file named by the index does not exist",
+    "tensor_missing_from_shard": "a tensor listed in the index is absent from the shard it is assigned to",
+    "tensor_duplicate": "a tensor is stored in two files of the model, or in a shard other than the one "
+                        "the index assigns it to",
+    "tensor_not_in_index": "a shard contains a tensor that the index does not list",
+    "config_invalid": "config.json beside the weights is not a valid JSON object",
+}
+
+_NON_WS = re.compile(rb"[^ \t\r\n]")          # JSON whitespace is exactly these four bytes
+_REQUIRED = ("dtype", "shape", "data_offsets")
+_BITS: dict[str, int] = {name: d.bits for name, d in DTYPES.items()}
+_DTYPE_LIST = ", ".join(DTYPES)
+_short = reprlib.Repr()
+_short.maxstring = 60
+_short.maxother = 60
+_show = _short.repr
+
+
+def _err(code: str, message: str, path: str, tensor: str | None = None) -> FormatError:
+    return FormatError(code, message, path=path, tensor=tensor)
+
+
+# --- TensorInfo construction ------------------------------------------------------------------
+# TensorInfo is a frozen dataclass; its generated __init__ costs ~7 object.__setattr__ calls, which
+# dominates for 100k-tensor MoE headers. When TensorInfo is a plain (dict-backed, no __post_init__)
+# dataclass with the expected fields, fill its __dict__ directly (~35% faster); otherwise use the
+# constructor, so a change to table.py can only make this slower, never wrong.
+_FIELDS = ("name", "dtype", "shape", "file", "offset", "nbytes", "numel")
+
+
+def _fast_tensorinfo_ok() -> bool:
+    try:
+        import dataclasses
+        names = tuple(f.name for f in dataclasses.fields(TensorInfo))
+        if names != _FIELDS or "__slots__" in TensorInfo.__dict__ or hasattr(TensorInfo, "__post_init__"):
+            return False
+        probe = object.__new__(TensorInfo)
+        object.__setattr__(probe, "__dict__", {"name": "x", "dtype": "F32", "shape": (1,), "file": "f",
+                                               "offset": 8, "nbytes": 4, "numel": 1})
+        return probe == TensorInfo("x", "F32", (1,), "f", 8, 4, 1)
+    except Exception:  # pragma: no cover - defensive
+        return False
+
+
+_FAST_TI = _fast_tensorinfo_ok()
+
+
+# --- reading ----------------------------------------------------------------------------------
+def _read_exact(f, n: int) -> bytes:
+    """Read exactly n bytes (fewer only at end of file); n has been checked against the file size."""
+    data = f.read(n)
+    if len(data) == n or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < n:
+        chunk = f.read(n - got)
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    return b"".join(parts)
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"non-standard JSON constant {name} (NaN/Infinity are not JSON)")
+
+
+def _find_duplicate(text: str) -> tuple[str, str | None, str] | None:
+    """Exact (slow) duplicate-key search: returns (where, tensor, key) for the most relevant duplicate,
+    where is 'top', 'metadata', 'entry' or 'nested'; None when the header has no duplicate key."""
+    dups: list[tuple[dict, str]] = []
+
+    def hook(pairs):
+        d = dict(pairs)
+        if len(d) != len(pairs):
+            seen = set()
+            for k, _ in pairs:
+                if k in seen:
+                    dups.append((d, k))
+                    break
+                seen.add(k)
+        return d
+
+    try:
+        top = json.loads(text, object_pairs_hook=hook, parse_constant=_reject_constant)
+    except (ValueError, RecursionError):  # pragma: no cover - text already parsed once
+        return None
+    if not dups or type(top) is not dict:
+        return None
+    for d, k in dups:
+        if d is top:
+            return ("top", None if k == "__metadata__" else k, k)
+    meta = top.get("__metadata__")
+    for d, k in dups:
+        if d is meta:
+            return ("metadata", None, k)
+    owner = {id(v): name for name, v in top.items() if type(v) is dict}
+    for d, k in dups:
+        if id(d) in owner:
+            return ("entry", owner[id(d)], k)
+    return ("nested", None, dups[0][1])
+
+
+def _raise_if_duplicate(text: str, path: str) -> None:
+    found = _find_duplicate(text)
+    if found is None:
+        return
+    where, tensor, key = found
+    if where == "top":
+        if tensor is None:
+            msg = "the header has more than one '__metadata__' key; expected at most one"
+        else:
+            msg = f"tensor name {key!r} appears more than once in the header; tensor names must be unique"
+    elif where == "metadata":
+        msg = f"key {key!r} appears more than once in __metadata__; metadata keys must be unique"
+    elif where == "entry":
+        msg = f"field {key!r} appears more than once in the entry of tensor {tensor!r}"
+    else:
+        msg = f"key {key!r} appears more than once in a nested JSON object of the header"
+    raise _err("duplicate_key", msg, path, tensor)
+
+
+def read_file(path: str, *, strict: bool = True) -> tuple[list[TensorInfo], dict[str, str], int]:
+    """Parse and validate one safetensors file's header.
+
+    Returns (tensors sorted by byte offset, __metadata__ as str->str, header bytes = 8 + N).
+    `path` should be absolute: it is stored in every TensorInfo.file and FormatError.path.
+    Raises FormatError for malformed files, OSError for I/O problems.
+    """
+    with open(path, "rb", buffering=0) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size < 8:
+            raise _err("file_too_short",
+                       f"file is {size} bytes; a safetensors file starts with an 8-byte header length",
+                       path)
+        head = _read_exact(f, 8)
+        if len(head) < 8:  # pragma: no cover - file shrank while reading
+            raise _err("file_too_short", "file ended inside the 8-byte header length", path)
+        n = int.from_bytes(head, "little")
+        plausible = n <= MAX_HEADER_SIZE and 8 + n <= size
+        # Never allocate from an untrusted N: read N bytes only once N is known to fit in the file.
+        header = _read_exact(f, n) if plausible else _read_exact(f, min(size - 8, n, _PEEK))
+    m = _NON_WS.search(header)
+    if m is not None and header[m.start()] != 0x7B:  # '{'
+        raise _err("unknown_format",
+                   f"not a safetensors file: bytes 8.. start with {header[m.start():m.start() + 8]!r}, "
+                   "expected the JSON header object '{' after the 8-byte length", path)
+    if n > MAX_HEADER_SIZE:
+        raise _err("header_too_large",
+                   f"declared header length {n:,} bytes exceeds the limit of {MAX_HEADER_SIZE:,} bytes "
+                   f"(file is {size:,} bytes)", path)
+    if 8 + n > size:
+        raise _err("header_beyond_eof",
+                   f"declared header of {n:,} bytes needs a file of at least {8 + n:,} bytes, "
+                   f"but the file has {size:,} (truncated?)", path)
+    if len(header) != n:  # pragma: no cover - file shrank while reading
+        raise _err("header_beyond_eof", f"file ended after {len(header)} of {n} header bytes", path)
+    if m is None:
+        raise _err("unknown_format",
+                   f"not a safetensors file: the declared {n}-byte header is empty or blank, "
+                   "expected a JSON object", path)
+    try:
+        text = header.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise _err("header_not_utf8",
+                   f"header byte {e.start} (file offset {8 + e.start}) is not valid UTF-8: {e.reason}",
+                   path) from None
+    return _parse_header(text, header, path, n, size, strict)
+
+
+def _parse_header(text: str, raw: bytes, path: str, n: int, size: int, strict: bool):
+    gc_was_enabled = gc.isenabled()
+    gc.disable()  # 100k dicts/lists from json: generational GC passes would double the time
+    try:
+        try:
+            obj = json.loads(text, parse_constant=_reject_constant)
+        except RecursionError:
+            raise _err("header_not_json", "header JSON is nested too deeply", path) from None
+        except ValueError as e:
+            raise _err("header_not_json", f"header is not valid JSON: {e}", path) from None
+        if type(obj) is not dict:  # pragma: no cover - the header starts with '{'
+            raise _err("header_not_json", f"header is a JSON {type(obj).__name__}, expected an object", path)
+        try:
+            return _validate(obj, text, raw, path, n, size, strict)
+        except FormatError:
+            # a duplicate key may be the root cause (the later value shadowed the earlier one)
+            _raise_if_duplicate(text, path)
+            raise
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+
+
+def _validate(obj: dict, text: str, raw: bytes, path: str, n: int, size: int, strict: bool):
+    expected_colons = len(obj)
+    meta_raw = obj.pop("__metadata__", None)
+    metadata: dict[str, str] = {}
+    if meta_raw is not None:  # null is accepted as "no metadata", like the reference (Option<..>)
+        if type(meta_raw) is dict:
+            expected_colons += len(meta_raw)
+            for k, v in meta_raw.items():
+                if type(v) is str:
+                    metadata[k] = v
+                elif strict:
+                    raise _err("metadata_invalid",
+                               f"__metadata__[{k!r}] is {_show(v)} ({type(v).__name__}); "
+                               "expected a string value (pass strict=False to tolerate)", path)
+                else:
+                    metadata[k] = json.dumps(v)
+        elif strict:
+            raise _err("metadata_invalid",
+                       f"__metadata__ is a JSON {type(meta_raw).__name__} ({_show(meta_raw)}); expected "
+                       "an object of string to string (pass strict=False to tolerate)", path)
+        # strict=False and not an object: dropped (there are no string pairs to keep)
+
+    bits_of = _BITS
+    U64 = _U64_MAX
+    items: list[tuple] = []
+    append = items.append
+    npairs = 0
+    # Per-entry checks are inlined (no helper calls) because this loop runs 100k times for MoE headers.
+    # Extra keys in an entry are ignored, like the reference implementation (serde without
+    # deny_unknown_fields; safetensors 0.8 loads such files); missing keys are errors.
+    for name, e in obj.items():
+        if type(e) is not dict:
+            raise _err("tensor_not_object",
+                       f"entry is a JSON {type(e).__name__} ({_show(e)}); expected an object with "
+                       "dtype, shape and data_offsets", path, name)
+        npairs += len(e)
+        try:
+            dtype = e["dtype"]
+            shape = e["shape"]
+            offs = e["data_offsets"]
+        except KeyError:
+            missing = [k for k in _REQUIRED if k not in e]
+            raise _err("tensor_missing_field",
+                       f"entry lacks {', '.join(missing)}; found keys {sorted(e)}, expected dtype, shape "
+                       "and data_offsets", path, name) from None
+        bits = bits_of.get(dtype) if type(dtype) is str else None
+        if bits is None:
+            raise _err("dtype_unknown", f"dtype {_show(dtype)} is not a safetensors dtype; expected one of "
+                       f"{_DTYPE_LIST}", path, name)
+        if type(shape) is not list:
+            raise _err("shape_invalid", f"shape is {_show(shape)}; expected a list of non-negative integers",
+                       path, name)
+        numel = 1
+        for d in shape:
+            if type(d) is not int or d < 0:  # bool is not int here: type() is exact
+                raise _err("shape_invalid", f"shape {_show(shape)} has dimension {_show(d)}; expected "
+                           "non-negative integers", path, name)
+            numel *= d
+        if numel > U64:
+            raise _err("numel_overflow", f"shape {_show(shape)} has {numel} elements, more than 2**64-1",
+                       path, name)
+        if numel == 0 and shape and max(shape) > U64:
+            raise _err("shape_invalid", f"shape {_show(shape)} has a dimension above 2**64-1", path, name)
+        if type(offs) is not list or len(offs) != 2:
+            raise _err("offsets_invalid", f"data_offsets is {_show(offs)}; expected [BEGIN, END]", path, name)
+        begin, end = offs
+        if type(begin) is not int or type(end) is not int or begin < 0 or end < begin:
+            raise _err("offsets_invalid", f"data_offsets is {_show(offs)}; expected [BEGIN, END] with "
+                       "0 <= BEGIN <= END", path, name)
+        nbits = numel * bits
+        if nbits & 7:
+            raise _err("sub_byte_misaligned",
+                       f"{numel} elements x {bits} bits ({dtype}) = {nbits} bits, not a whole number of "
+                       "bytes", path, name)
+        nbytes = nbits >> 3
+        if end - begin != nbytes:
+            raise _err("size_mismatch",
+                       f"data_offsets [{begin}, {end}] span {end - begin} bytes; dtype {dtype} with shape "
+                       f"{shape} needs {nbytes} bytes", path, name)
+        append((begin, end, name, dtype, shape, nbytes, numel))
+
+    # Duplicate keys: json keeps the last value silently. Every key/value pair of every object costs
+    # one ':' outside strings, so when the raw ':' count equals the pairs we hold, nothing was shadowed
+    # (':' inside strings only makes the count larger). Otherwise do the exact, slower search.
+    if raw.count(b":") != expected_colons + npairs:
+        _raise_if_duplicate(text, path)
+
+    items.sort()  # by (BEGIN, END, name); already in order for files written by safetensors
+    data_len = size - 8 - n
+    pos = 0
+    for it in items:
+        begin = it[0]
+        if begin != pos:
+            if begin > pos:
+                raise _err("data_gap", f"data_offsets begin at {begin}, but the previous tensor ends at "
+                           f"{pos}: {begin - pos} bytes unaccounted for", path, it[2])
+            raise _err("data_overlap", f"data_offsets begin at {begin}, before the previous tensor ends at "
+                       f"{pos}: {pos - begin} bytes overlap", path, it[2])
+        pos = it[1]
+        if pos > data_len:
+            raise _err("data_beyond_eof",
+                       f"data ends at buffer offset {pos} (file offset {8 + n + pos}), but the file "
+                       f"is {size} bytes (data buffer {data_len} bytes); truncated file?", path, it[2])
+    if pos != data_len:
+        raise _err("trailing_bytes", f"the tensors' data ends at file offset {8 + n + pos}, but the file has "
+                   f"{data_len - pos} more bytes (file is {size} bytes)", path)
+
+    base = 8 + n
+    tensors: list[TensorInfo]
+    if _FAST_TI:
+        new = object.__new__
+        setattr_ = object.__setattr__
+        TI = TensorInfo
+        tensors = []
+        tappend = tensors.append
+        for begin, end, name, dtype, shape, nbytes, numel in items:
+            t = new(TI)
+            setattr_(t, "__dict__", {"name": name, "dtype": dtype, "shape": tuple(shape), "file": path,
+                                     "offset": base + begin, "nbytes": nbytes, "numel": numel})
+            tappend(t)
+    else:  # pragma: no cover - only if table.TensorInfo changes shape
+        tensors = [TensorInfo(name, dtype, tuple(shape), path, base + begin, nbytes, numel)
+                   for begin, end, name, dtype, shape, nbytes, numel in items]
+    return tensors, metadata, base
+
+
+# --- models: files, indexes, directories --------------------------------------------------------
+def _read_json_file(path: str, code: str, what: str) -> Any:
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > _INDEX_MAX_SIZE:
+            raise _err(code, f"{what} is {size:,} bytes, more than the {_INDEX_MAX_SIZE:,} accepted", path)
+        raw = f.read()
+    try:
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as e:
+        raise _err(code, f"{what} is not valid UTF-8 at byte {e.start}: {e.reason}", path) from None
+    except RecursionError:
+        raise _err(code, f"{what} JSON is nested too deeply", path) from None
+    except ValueError as e:
+        raise _err(code, f"{what} is not valid JSON: {e}", path) from None
+
+
+def _read_config(directory: str) -> dict | None:
+    cpath = os.path.join(directory, "config.json")
+    if not os.path.isfile(cpath):
+        return None
+    cfg = _read_json_file(cpath, "config_invalid", "config.json")
+    if type(cfg) is not dict:
+        raise _err("config_invalid", f"config.json holds a JSON {type(cfg).__name__}; expected an object",
+                   cpath)
+    return cfg
+
+
+def _safetensors_in(directory: str) -> list[str]:
+    """Absolute paths of the regular *.safetensors files in `directory`, sorted by name."""
+    out = []
+    for name in sorted(os.listdir(directory)):
+        if name.endswith(".safetensors"):
+            p = os.path.join(directory, name)
+            if os.path.isfile(p):
+                out.append(p)
+    return out
+
+
+def _merge_meta(into: dict[str, str], meta: dict[str, str]) -> None:
+    for k, v in meta.items():
+        into.setdefault(k, v)  # first file wins
+
+
+def _open_files(user_path: str, files: list[str], directory: str, strict: bool) -> TensorTable:
+    tensors: list[TensorInfo] = []
+    metadata: dict[str, str] = {}
+    header_bytes = 0
+    where: dict[str, str] = {}
+    for fp in files:
+        ts, meta, hb = read_file(fp, strict=strict)
+        if len(files) > 1:
+            for t in ts:
+                prev = where.setdefault(t.name, fp)
+                if prev != fp:
+                    raise _err("tensor_duplicate", f"tensor is stored both here and in {prev}; a model's "
+                               "files must not repeat a tensor", fp, t.name)
+        tensors.extend(ts)
+        _merge_meta(metadata, meta)
+        header_bytes += hb
+    return TensorTable(path=user_path, format="safetensors", files=list(files), tensors=tensors,
+                       metadata=metadata, config=_read_config(directory), header_bytes=header_bytes)
+
+
+def _open_index(user_path: str, index_path: str, strict: bool) -> TensorTable:
+    obj = _read_json_file(index_path, "index_invalid", "index")
+    if type(obj) is not dict:
+        raise _err("index_invalid", f"index holds a JSON {type(obj).__name__}; expected an object with a "
+                   "'weight_map'", index_path)
+    wm = obj.get("weight_map")
+    if type(wm) is not dict:
+        raise _err("index_invalid", f"'weight_map' is {_show(wm)}; expected an object mapping tensor names "
+                   "to shard file names", index_path)
+    index_meta = obj.get("metadata")
+    if index_meta is not None and type(index_meta) is not dict:
+        raise _err("index_invalid", f"'metadata' is {_show(index_meta)}; expected an object", index_path)
+
+    base = os.path.dirname(index_path)
+    shard_of_value: dict[str, str] = {}     # weight_map value -> absolute shard path
+    for name, v in wm.items():
+        if type(v) is str and v in shard_of_value:
+            continue
+        if type(v) is not str or not v or os.path.isabs(v) or ".." in re.split(r"[\\/]", v):
+            raise _err("index_invalid", f"weight_map assigns the tensor to {_show(v)}; expected a shard file "
+                       "name relative to the index's directory", index_path, name)
+        shard_of_value[v] = os.path.normpath(os.path.join(base, v))
+    shards = list(dict.fromkeys(shard_of_value.values()))  # order of first appearance in weight_map
+    for sp in shards:
+        if not os.path.isfile(sp):
+            example = next(k for k, v in wm.items() if shard_of_value[v] == sp)
+            raise _err("shard_missing", f"shard file does not exist (or is not a file); the index "
+                       f"{os.path.basename(index_path)} assigns tensors to it, e.g. {example!r}", sp)
+
+    tensors: list[TensorInfo] = []
+    metadata: dict[str, str] = {}
+    header_bytes = 0
+    where: dict[str, str] = {}
+    for sp in shards:
+        ts, meta, hb = read_file(sp, strict=strict)
+        for t in ts:
+            prev = where.setdefault(t.name, sp)
+            if prev != sp:
+                raise _err("tensor_duplicate", f"tensor is stored both here and in shard {prev}",
+                           sp, t.name)
+        tensors.extend(ts)
+        _merge_meta(metadata, meta)
+        header_bytes += hb
+    # Design choice: a shard tensor the index does not list is an error (tensor_not_in_index): the
+    # index is the model's table of contents, and a loader going by it would silently skip the tensor.
+    for t in tensors:
+        v = wm.get(t.name)
+        if v is None:
+            raise _err("tensor_not_in_index", f"shard contains a tensor that the index "
+                       f"{os.path.basename(index_path)} does not list", t.file, t.name)
+        assigned = shard_of_value[v]
+        if assigned != t.file:
+            raise _err("tensor_duplicate", f"tensor is stored in this shard, but the index assigns it to "
+                       f"{v}", t.file, t.name)
+    if len(where) != len(wm):
+        for name, v in wm.items():
+            if name not in where:
+                raise _err("tensor_missing_from_shard", f"the index assigns this tensor to {v}, but that "
+                           "shard does not contain it", shard_of_value[v], name)
+
+    referenced = set(shards)
+    unreferenced = [p for p in _safetensors_in(base) if os.path.normpath(p) not in referenced]
+    return TensorTable(path=user_path, format="safetensors", files=shards, tensors=tensors, metadata=metadata,
+                       index_metadata=index_meta, config=_read_config(base), unreferenced_files=unreferenced,
+                       header_bytes=header_bytes)
+
+
+def open_table(path, *, strict: bool = True) -> TensorTable:
+    """Read the tensor table of a safetensors file, a *.safetensors.index.json, or a directory.
+
+    strict=False only tolerates a malformed __metadata__ (non-string values are kept as JSON text).
+    Raises FileNotFoundError for a missing path, FormatError for malformed input, OSError for I/O.
+    """
+    user_path = os.fspath(path)
+    if isinstance(user_path, bytes):
+        user_path = os.fsdecode(user_path)
+    st = os.stat(user_path)  # FileNotFoundError / PermissionError stay OSError
+    ap = os.path.abspath(user_path)
+    if stat.S_ISDIR(st.st_mode):
+        names = sorted(os.listdir(ap))
+        indexes = [n for n in names if n.endswith(".safetensors.index.json")
+                   and os.path.isfile(os.path.join(ap, n))]
+        if "model.safetensors.index.json" in indexes:
+            return _open_index(user_path, os.path.join(ap, "model.safetensors.index.json"), strict)
+        if len(indexes) == 1:
+            return _open_index(user_path, os.path.join(ap, indexes[0]), strict)
+        if len(indexes) > 1:
+            raise _err("index_ambiguous", f"directory has several indexes ({', '.join(indexes)}) and no "
+                       "model.safetensors.index.json; pass the index file to use", ap)
+        files = _safetensors_in(ap)
+        if not files:
+            raise _err("no_weights", "directory has no *.safetensors file and no *.safetensors.index.json",
+                       ap)
+        return _open_files(user_path, files, ap, strict)
+    if not stat.S_ISREG(st.st_mode):
+        raise _err("unknown_format", "path is neither a regular file nor a directory", ap)
+    if ap.endswith(".json"):
+        return _open_index(user_path, ap, strict)
+    return _open_files(user_path, [ap], os.path.dirname(ap), strict)

@@ -1,0 +1,189 @@
+"""ScanReport: the result of paramkit.scan — plain dataclasses with a versioned dict/JSON schema
+(README "Report schema"), a DataFrame view, model-level aggregates and the deployment plan."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class TensorReport:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    numel: int
+    nbytes: int
+    role: str
+    logical_numel: int
+    file: str
+    stats: dict | None = None
+
+    def to_dict(self) -> dict:
+        d = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "numel": self.numel,
+             "nbytes": self.nbytes, "role": self.role, "stats": self.stats}
+        if self.logical_numel != self.numel:
+            d["logical_numel"] = self.logical_numel
+        return d
+
+
+def aggregate(tensors: list[TensorReport]) -> dict | None:
+    """Model-level statistics over the parameter tensors that have statistics: exact counts and
+    extremes, mean/std merged with Chan's formula in float64, l2 = sqrt(sum of squared l2)."""
+    rows = [t for t in tensors if t.role == "parameter" and t.stats is not None]
+    if not rows:
+        return None
+    agg: dict[str, Any] = {"tensors": len(rows), "numel": 0, "nan": 0, "posinf": 0, "neginf": 0,
+                           "zeros": 0, "subnormal": 0}
+    mn = mx = am = None
+    n = mean = m2 = 0.0
+    l2sq = 0.0
+    for t in rows:
+        s = t.stats
+        agg["numel"] += t.numel
+        for k in ("nan", "posinf", "neginf", "zeros", "subnormal"):
+            agg[k] += s[k]
+        if s["min"] is not None:
+            mn = s["min"] if mn is None else min(mn, s["min"])
+            mx = s["max"] if mx is None else max(mx, s["max"])
+            am = s["absmax"] if am is None else max(am, s["absmax"])
+        nf = t.numel - s["nan"] - s["posinf"] - s["neginf"]
+        if nf > 0 and s["mean"] is not None:
+            b_mean, b_m2 = float(s["mean"]), float(s["std"]) ** 2 * nf
+            tot = n + nf
+            d = b_mean - mean
+            mean += d * (nf / tot)
+            m2 += b_m2 + d * d * (n * nf / tot)
+            n = tot
+        l2sq += float(s["l2"]) ** 2
+    agg.update({"min": mn, "max": mx, "absmax": am,
+                "mean": mean if n else None, "std": math.sqrt(m2 / n) if n else None,
+                "l2": math.sqrt(l2sq),
+                "sparsity": agg["zeros"] / agg["numel"] if agg["numel"] else None})
+    return agg
+
+
+def _json_safe(x):
+    """Strict JSON: non-finite floats become the strings "NaN", "Infinity", "-Infinity"."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return "NaN" if math.isnan(x) else ("Infinity" if x > 0 else "-Infinity")
+    if isinstance(x, dict):
+        return {k: _json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_json_safe(v) for v in x]
+    return x
+
+
+@dataclass
+class ScanReport:
+    path: str
+    format: str
+    backend: str | None           # engine that computed the statistics (None: stats=False)
+    files: list[str]
+    counting: Any                 # paramkit.counting.Counting
+    tensors: list[TensorReport]
+    metadata: dict[str, str]
+    index_metadata: dict | None
+    config: dict | None
+    unreferenced_files: list[str]
+    options: dict
+    timing: dict
+    aggregates: dict | None = None
+    engine_info: dict = field(default_factory=dict)
+
+    # headline numbers
+    @property
+    def total_params(self) -> int:
+        return self.counting.total_params
+
+    @property
+    def total_elements(self) -> int:
+        return self.counting.total_elements
+
+    @property
+    def buffer_elements(self) -> int:
+        return self.counting.buffer_elements
+
+    @property
+    def elements_by_dtype(self) -> dict[str, int]:
+        return dict(self.counting.elements_by_dtype)
+
+    @property
+    def bytes_total(self) -> int:
+        return self.counting.bytes_total
+
+    @property
+    def groups(self) -> dict:
+        return self.counting.groups
+
+    def tensor(self, name: str) -> TensorReport:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(name)
+
+    def to_dict(self) -> dict:
+        from . import __version__
+        c = self.counting.to_dict(tensors=False)
+        d: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "paramkit_version": __version__,
+            "path": self.path,
+            "format": self.format,
+            "backend": self.backend,
+            "files": list(self.files),
+            "options": dict(self.options),
+            "total_params": self.total_params,
+            "total_elements": self.total_elements,
+            "buffer_elements": self.buffer_elements,
+            "elements_by_dtype": self.elements_by_dtype,
+            "bytes_total": self.bytes_total,
+            "groups": self.groups,
+            "metadata": {"file": dict(self.metadata), "index": self.index_metadata,
+                         "declared": c.get("declared")},
+        }
+        for k, v in c.items():   # the rest of the counting (roles, quantization, ties, MoE, ...)
+            if k not in d and k not in ("path", "format", "declared"):
+                d[k] = v
+        d["aggregates"] = self.aggregates
+        d["unreferenced_files"] = list(self.unreferenced_files)
+        d["timing"] = dict(self.timing)
+        d["engine"] = dict(self.engine_info)
+        d["tensors"] = [t.to_dict() for t in self.tensors]
+        return d
+
+    def to_json(self, indent: int | None = None) -> str:
+        """Strict JSON (non-finite floats as "NaN"/"Infinity"/"-Infinity" strings)."""
+        return json.dumps(_json_safe(self.to_dict()), indent=indent, allow_nan=False)
+
+    def to_dataframe(self):
+        """One row per tensor, statistics flattened into columns (quantiles as q0.001 ...)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise ImportError("ScanReport.to_dataframe() needs pandas: pip install pandas") from None
+        rows = []
+        for t in self.tensors:
+            r = {"name": t.name, "dtype": t.dtype, "shape": tuple(t.shape), "numel": t.numel,
+                 "nbytes": t.nbytes, "role": t.role, "logical_numel": t.logical_numel}
+            if t.stats is not None:
+                for k, v in t.stats.items():
+                    if k == "quantiles":
+                        for qk, qv in (v or {}).items():
+                            r[f"q{qk}"] = qv
+                    else:
+                        r[k] = v
+            rows.append(r)
+        return pd.DataFrame(rows)
+
+    def plan(self, context: int = 8192, batch: int = 1, gpus=None, **kw):
+        """What it takes to run or train this model (see paramkit.planning.plan)."""
+        from .planning import plan
+        return plan(self.counting, self.config, context=context, batch=batch, gpus=gpus, **kw)
+
+    def __repr__(self) -> str:
+        return (f"ScanReport(path={self.path!r}, format={self.format!r}, total_params={self.total_params:,}, "
+                f"tensors={len(self.tensors)}, backend={self.backend!r})")
