@@ -34,6 +34,12 @@ def _fmt(v) -> str:
     return f"{v:.4g}"
 
 
+def _console():
+    """A rich console for stdout; wide enough for the tensor table when stdout is not a terminal."""
+    from rich.console import Console
+    return Console() if sys.stdout.isatty() else Console(width=160)
+
+
 def render_scan(r, console, show_all: bool = False, limit: int = 40) -> None:
     from rich.table import Table
 
@@ -80,9 +86,10 @@ def render_scan(r, console, show_all: bool = False, limit: int = 40) -> None:
     cols = ["name", "dtype", "shape", "role"]
     stat_cols = ["min", "max", "mean", "std", "absmax", "zeros", "nan", "inf"] if r.backend else []
     for col in cols:
-        tt.add_column(col, overflow="fold")
+        tt.add_column(col, overflow="fold", ratio=3 if col == "name" else None,
+                      no_wrap=col != "name")
     for col in stat_cols:
-        tt.add_column(col, justify="right")
+        tt.add_column(col, justify="right", no_wrap=True)
     rows = r.tensors if show_all else r.tensors[:limit]
     for t in rows:
         vals = [t.name, t.dtype, "×".join(map(str, t.shape)) or "scalar", t.role]
@@ -117,7 +124,7 @@ def cmd_scan(args) -> int:
     if args.json:
         print(r.to_json(indent=2))
     else:
-        render_scan(r, Console(), show_all=args.all)
+        render_scan(r, _console(), show_all=args.all)
     return 0
 
 
@@ -126,7 +133,7 @@ def cmd_demo(args) -> int:
     from .api import scan
     from .demo import write_demo_checkpoint
     path = write_demo_checkpoint(args.dir)
-    console = Console()
+    console = _console()
     console.print(f"[dim]wrote the demo checkpoint {path}[/dim]")
     r = scan(path, backend=args.backend)
     if args.json:
@@ -238,7 +245,8 @@ def main(argv=None) -> int:
     try:
         return int(args.func(args) or 0)
     except FormatError as e:
-        print(f"paramkit: error [{e.code}]: {e}", file=sys.stderr)
+        where = f" (file {e.path}" + (f", tensor {e.tensor}" if e.tensor else "") + ")" if e.path else ""
+        print(f"paramkit: error [{e.code}]: {e.message}{where}", file=sys.stderr)
         return 2
     except (BackendUnavailable, OSError, ValueError, TypeError, ImportError) as e:
         print(f"paramkit: error: {e}", file=sys.stderr)

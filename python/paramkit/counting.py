@@ -449,6 +449,10 @@ _LMHEAD_NAMES = ("lm_head.weight", "output.weight", "embed_out.weight", "lm_head
                  "language_model.lm_head.weight", "model.lm_head.weight")
 
 
+_LM_ARCH_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForMaskedLM", "ForConditionalGeneration",
+                     "ForPreTraining", "WithLMHead")
+
+
 def _find_embedding(roles: list[TensorRole]) -> TensorRole | None:
     best = None
     for r in roles:
@@ -539,12 +543,17 @@ def count_table(table: TensorTable, *, tie_check: str = "sample") -> Counting:
                             "embedding": emb.name if emb else None,
                             "lm_head": head.name if head else None,
                             "status": None, "bytes_compared": None}
+    archs = [str(a) for a in (config or {}).get("architectures") or []]
+    has_lm_arch = any(a.endswith(_LM_ARCH_SUFFIXES) for a in archs)
     if emb is not None and head is None:
-        ties["status"] = "lm_head absent: output projection tied to the embedding (counted once)" \
-            if tie_cfg is not False else "lm_head absent although tie_word_embeddings is false"
-        if tie_cfg is False:
+        if tie_cfg is True or (tie_cfg is None and has_lm_arch):
+            ties["status"] = "lm_head absent: output projection tied to the embedding (counted once)"
+            emb.flags.append("tied")
+        elif tie_cfg is False:
+            ties["status"] = "lm_head absent although tie_word_embeddings is false"
             notes.append("config.json says tie_word_embeddings=false but no lm_head tensor was found")
-        emb.flags.append("tied" if tie_cfg is not False else "lm_head_absent")
+        else:
+            ties["status"] = "no lm_head tensor (a base model, or an output layer tied to the embedding)"
     elif emb is not None and head is not None:
         same_shape = tuple(by_name[emb.name].shape) == tuple(by_name[head.name].shape) and \
             emb.dtype == head.dtype

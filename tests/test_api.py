@@ -1,0 +1,172 @@
+"""End-to-end tests of the public API: scan() on real safetensors files, the report schema,
+header-only scans, reproducibility across thread counts, tensor_stats, backend selection."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+import paramkit
+from paramkit.stats import QUANTILE_KEYS, STATS_KEYS
+
+from conftest import available_backends
+
+REQUIRED_KEYS = {"schema_version", "path", "format", "backend", "total_params", "total_elements",
+                 "buffer_elements", "elements_by_dtype", "bytes_total", "groups", "metadata", "tensors",
+                 "aggregates"}
+
+
+def test_scan_report_schema(small_checkpoint):
+    r = paramkit.scan(small_checkpoint)
+    d = r.to_dict()
+    assert REQUIRED_KEYS <= set(d)
+    assert d["schema_version"] == 1 and d["format"] == "safetensors"
+    names = [t["name"] for t in d["tensors"]]
+    assert len(names) == 8
+    # file order = byte-offset order
+    from paramkit.formats import open_table
+    offs = [t.offset for t in open_table(small_checkpoint).tensors]
+    assert offs == sorted(offs)
+    for t in d["tensors"]:
+        assert set(t) >= {"name", "dtype", "shape", "numel", "nbytes", "role", "stats"}
+        assert t["role"] in ("parameter", "buffer")
+        assert set(t["stats"]) == set(STATS_KEYS)
+        assert set(t["stats"]["quantiles"]) == set(QUANTILE_KEYS)
+    roles = {t["name"]: t["role"] for t in d["tensors"]}
+    assert roles["position_ids"] == "buffer" and roles["mask"] == "buffer"
+    assert roles["model.embed_tokens.weight"] == "parameter"
+    assert d["total_params"] == 300 * 64 + 128 * 64 + 64 + 128 * 64 + 1 + 0
+    assert d["buffer_elements"] == 77 + 3
+    assert d["elements_by_dtype"] == {"BF16": 19200, "F16": 8192, "F32": 65, "F64": 8192, "I64": 77, "BOOL": 3}
+    assert d["bytes_total"] == os.path.getsize(small_checkpoint) - 8 - int.from_bytes(
+        open(small_checkpoint, "rb").read(8), "little")
+    assert d["metadata"]["file"] == {"format": "pt"}
+    # groups: per top-level module and per layer
+    assert d["groups"]["layers"]["model.layers.0"]["params"] == 128 * 64 + 64
+    json.loads(r.to_json())  # strict JSON
+
+
+def test_scan_stats_values_match_float64(small_checkpoint):
+    from safetensors.numpy import load_file
+    import torch
+    from safetensors.torch import load_file as tload
+    ref = tload(small_checkpoint)
+    r = paramkit.scan(small_checkpoint)
+    for t in r.tensors:
+        x = ref[t.name]
+        x = x.to(torch.float64).numpy().ravel() if x.dtype != torch.bool else x.numpy().astype(np.float64).ravel()
+        s = t.stats
+        if x.size == 0:
+            assert s["min"] is None and s["mean"] is None and s["l2"] == 0.0
+            continue
+        assert s["min"] == x.min() and s["max"] == x.max() and s["absmax"] == np.abs(x).max()
+        assert math.isclose(s["mean"], x.mean(), rel_tol=1e-6, abs_tol=1e-12)
+        assert math.isclose(s["std"], x.std(), rel_tol=1e-6, abs_tol=1e-12)
+        assert math.isclose(s["l2"], np.sqrt((x * x).sum()), rel_tol=1e-6)
+        assert s["zeros"] == int((x == 0).sum())
+
+
+def test_header_only_reads_no_tensor_data(tmp_path):
+    """stats=False must not touch the data region: a 4 GB sparse file whose data is a hole scans
+    instantly, and the engines are never asked for anything."""
+    hdr = json.dumps({"w": {"dtype": "BF16", "shape": [65536, 32768], "data_offsets": [0, 65536 * 32768 * 2]}}).encode()
+    p = tmp_path / "big.safetensors"
+    with open(p, "wb") as f:
+        f.write(len(hdr).to_bytes(8, "little") + hdr)
+    os.truncate(p, 8 + len(hdr) + 65536 * 32768 * 2)
+    r = paramkit.scan(str(p), stats=False)
+    assert r.total_params == 65536 * 32768
+    assert r.backend is None and r.tensors[0].stats is None
+    assert r.to_dict()["tensors"][0]["stats"] is None
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_thread_count_reproducible(small_checkpoint, backend):
+    a = paramkit.scan(small_checkpoint, backend=backend, threads=1).to_dict()
+    b = paramkit.scan(small_checkpoint, backend=backend, threads=3).to_dict()
+    c = paramkit.scan(small_checkpoint, backend=backend, threads=3).to_dict()
+    for d in (a, b, c):
+        d.pop("timing"); d.pop("engine"); d["options"].pop("threads")
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True) == json.dumps(c, sort_keys=True)
+
+
+def test_reproducible_across_pieces_and_threads_on_multi_piece_tensors(tmp_path, monkeypatch):
+    """Tensors larger than the engine's piece size are split into several pieces; the result must
+    not depend on how many threads processed them."""
+    if "cpu" not in available_backends():
+        pytest.fail("cpu backend missing: the C++ extension must be built for this test")
+    from paramkit.backends import cpu_backend
+    from safetensors.numpy import save_file
+    monkeypatch.setattr(cpu_backend, "CHUNK_BYTES", 4096)
+    rng = np.random.default_rng(1)
+    path = str(tmp_path / "m.safetensors")
+    save_file({"a": rng.normal(size=50_001).astype(np.float32), "b": rng.normal(size=30_000).astype(np.float16),
+               "c": rng.integers(-2**40, 2**40, size=9_999, dtype=np.int64)}, path)
+    outs = []
+    for th in (1, 2, 5):
+        d = paramkit.scan(path, backend="cpu", threads=th).to_dict()
+        outs.append(json.dumps(d["tensors"], sort_keys=True))
+    assert outs[0] == outs[1] == outs[2]
+    ref = paramkit.scan(path, backend="numpy").to_dict()["tensors"]
+    got = json.loads(outs[0])
+    for g, r in zip(got, ref):
+        for k in ("min", "max", "absmax", "zeros", "nan", "quantiles"):
+            assert g["stats"][k] == r["stats"][k], (g["name"], k)
+        for k in ("mean", "std", "l2"):
+            assert math.isclose(g["stats"][k], r["stats"][k], rel_tol=1e-9, abs_tol=1e-12)
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_tensor_stats_numpy_and_torch(backend):
+    import ml_dtypes
+    import torch
+    x = np.random.default_rng(0).normal(size=1001).astype(np.float32)
+    s = paramkit.tensor_stats(x, backend=backend)
+    assert s["min"] == float(x.min()) and s["max"] == float(x.max())
+    b = x.astype(ml_dtypes.bfloat16)
+    sb = paramkit.tensor_stats(b, backend=backend)
+    st = paramkit.tensor_stats(torch.from_numpy(x).to(torch.bfloat16), backend=backend)
+    sr = paramkit.tensor_stats(b.view(np.uint16), dtype="BF16", backend=backend)
+    assert sb == st == sr
+    assert sb["max"] == float(b.astype(np.float64).max())
+    with pytest.raises(TypeError):
+        paramkit.tensor_stats(np.zeros(3, dtype=np.complex64), backend=backend)
+
+
+def test_backend_selection_and_errors(monkeypatch):
+    names = {b.name: b for b in paramkit.backends()}
+    assert set(names) == {"cuda", "cpu", "numpy"}
+    assert names["numpy"].available
+    for b in names.values():
+        assert b.reason
+    if not names["cuda"].available:
+        with pytest.raises(paramkit.BackendUnavailable, match="cuda"):
+            paramkit.tensor_stats(np.zeros(3, np.float32), backend="cuda")
+    with pytest.raises(paramkit.BackendUnavailable, match="unknown backend"):
+        paramkit.tensor_stats(np.zeros(3, np.float32), backend="tpu")
+    monkeypatch.setenv("PARAMKIT_BACKEND", "numpy")
+    from paramkit.backends import get_engine
+    assert get_engine("auto").name == "numpy"
+
+
+def test_to_dataframe(small_checkpoint):
+    df = paramkit.scan(small_checkpoint).to_dataframe()
+    assert len(df) == 8 and {"name", "min", "q0.5", "role"} <= set(df.columns)
+
+
+def test_progress_callable_and_total(small_checkpoint):
+    seen = []
+    paramkit.scan(small_checkpoint, progress=lambda done, total: seen.append((done, total)))
+    assert seen and seen[-1][0] == seen[-1][1]
+
+
+def test_scan_many_keeps_going(tmp_path, small_checkpoint):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}      ")
+    out = list(paramkit.scan_many([small_checkpoint, str(bad), str(tmp_path / "missing.safetensors")], stats=False))
+    assert out[0][1] is not None and out[0][2] is None
+    assert out[1][1] is None and out[1][2]["code"] == "header_not_json"
+    assert out[2][2]["code"] == "os_error"

@@ -1,0 +1,56 @@
+"""The command line as a user runs it: exit codes, --json output, doctor, demo, python -m paramkit."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import paramkit
+from paramkit.cli import main
+
+
+def test_scan_json(small_checkpoint, capsys):
+    assert main(["scan", small_checkpoint, "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["total_params"] == paramkit.scan(small_checkpoint, stats=False).total_params
+    assert d["tensors"][0]["stats"] is not None
+
+
+def test_scan_table_and_no_stats(small_checkpoint, capsys):
+    assert main(["scan", small_checkpoint, "--no-stats"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters" in out and "skipped" in out
+    assert main(["scan", small_checkpoint, "--backend", "numpy", "--threads", "1"]) == 0
+    assert "model.embed_tokens.weight" in capsys.readouterr().out
+
+
+def test_format_error_exit_code_2(tmp_path, capsys):
+    p = tmp_path / "x.safetensors"
+    p.write_bytes(b"\x01")
+    assert main(["scan", str(p)]) == 2
+    assert "[file_too_short]" in capsys.readouterr().err
+
+
+def test_other_errors_exit_code_1(tmp_path, capsys):
+    assert main(["scan", str(tmp_path / "nope.safetensors")]) == 1
+    assert main(["scan", str(tmp_path), "--backend", "cuda"]) in (1, 2)
+
+
+def test_doctor(capsys):
+    assert main(["doctor", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert {b["name"] for b in d["backends"]} == {"cuda", "cpu", "numpy"}
+    assert main(["doctor"]) == 0
+    assert "backends" in capsys.readouterr().out
+
+
+def test_demo_and_python_m(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "paramkit", "demo", "--dir", str(tmp_path), "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    d = json.loads(out[out.index("{"):])
+    from paramkit.demo import demo_tensors
+    expect = sum(int(np.prod(s)) for n, dt, s, _ in demo_tensors() if dt == "BF16")
+    assert d["total_params"] == expect and d["buffer_elements"] == 512
+
+
+import numpy as np  # noqa: E402
