@@ -167,17 +167,19 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def moments_close(a, b, *, rel: float, scale: float) -> bool:
+def moments_close(a, b, *, rel: float, scale: float, slack: float = 1e-9) -> bool:
     if a is None or b is None:
         return a is None and b is None
     if not (math.isfinite(a) and math.isfinite(b)):
         return _same(a, b)
-    return abs(a - b) <= rel * max(abs(a), abs(b)) + 1e-9 * scale + TINY
+    return abs(a - b) <= rel * max(abs(a), abs(b)) + slack * scale + TINY
 
 
-def compare_stats(got: dict | None, want: dict | None, *, rel: float = 1e-6) -> list[str]:
+def compare_stats(got: dict | None, want: dict | None, *, rel: float = 1e-6,
+                  slack: float = 1e-9) -> list[str]:
     """Differences between two stats dicts: counts, min/max/absmax and quantiles exactly (NaN equal
-    to NaN), mean/std/l2 within `rel` relative plus 1e-9 of the data's RMS scale (|mean|, std)."""
+    to NaN), mean/std/l2 within `rel` relative plus `slack` times the data's RMS scale
+    (max(|mean|, std) of `want`: rounding in a near-zero mean or std is relative to it)."""
     if got is None or want is None:
         return [] if got is None and want is None else [f"got {got!r}, want {want!r}"]
     bad = []
@@ -189,7 +191,7 @@ def compare_stats(got: dict | None, want: dict | None, *, rel: float = 1e-6) -> 
     m, s = want.get("mean"), want.get("std")
     scale = max(abs(m) if m is not None else 0.0, s if s is not None else 0.0)
     for k in MOMENTS:
-        if not moments_close(got.get(k), want.get(k), rel=rel, scale=scale):
+        if not moments_close(got.get(k), want.get(k), rel=rel, scale=scale, slack=slack):
             bad.append(f"{k}: got {got.get(k)!r}, want {want.get(k)!r}")
     gq, wq = got.get("quantiles"), want.get("quantiles")
     if (gq is None) != (wq is None):
@@ -203,6 +205,7 @@ def compare_stats(got: dict | None, want: dict | None, *, rel: float = 1e-6) -> 
     return bad
 
 
-def assert_stats_match(got: dict | None, want: dict | None, *, rel: float = 1e-6, what: str = ""):
-    bad = compare_stats(got, want, rel=rel)
+def assert_stats_match(got: dict | None, want: dict | None, *, rel: float = 1e-6,
+                       slack: float = 1e-9, what: str = "") -> None:
+    bad = compare_stats(got, want, rel=rel, slack=slack)
     assert not bad, f"{what}: " + "; ".join(bad)

@@ -177,6 +177,8 @@ def _int_group_asym(g: int) -> Scheme:
         follows="AutoGPTQ quantizer.py (asymmetric, per group) / AWQ, with the scale stored fp16.",
         deviations="GPTQ dequantizes with the fp32 scale during its search; here the stored fp16 "
                    "scale is used, as the packed checkpoint does. A short last group is allowed. "
+                   "A group without a non-zero finite element keeps GPTQ's -1/+1 range: its zeros "
+                   "stay exact and ±Inf there map to the extreme codes of that range. "
                    + _NONFINITE + " " + _FP16_CLAMP)
 
 
