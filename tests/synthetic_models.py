@@ -342,6 +342,14 @@ def llama31_8b() -> Model:
     return _llama(LLAMA31_8B_CONFIG, "BF16", name="Llama-3.1-8B")
 
 
+LLAMA3_70B_CONFIG = dict(LLAMA3_8B_CONFIG, hidden_size=8192, intermediate_size=28672,
+                         num_attention_heads=64, num_hidden_layers=80)
+
+
+def llama3_70b() -> Model:
+    return _llama(LLAMA3_70B_CONFIG, "BF16", name="Meta-Llama-3-70B")
+
+
 def llama32_1b(*, with_lm_head: bool = False) -> Model:
     """Llama-3.2-1B: tied; the published file has no lm_head.weight."""
     return _llama(LLAMA32_1B_CONFIG, "BF16", name="Llama-3.2-1B", lm_head=with_lm_head)
@@ -618,7 +626,7 @@ def roberta_base() -> Model:
 
 
 ALL = {
-    "llama3_8b": llama3_8b, "llama31_8b": llama31_8b, "llama32_1b": llama32_1b,
+    "llama3_8b": llama3_8b, "llama3_70b": llama3_70b, "llama31_8b": llama31_8b, "llama32_1b": llama32_1b,
     "llama31_8b_bnb4": llama31_8b_bnb4, "llama31_8b_gptq": llama31_8b_gptq,
     "llama31_8b_awq": llama31_8b_awq, "llama31_8b_w4a16_compressed": llama31_8b_w4a16_compressed,
     "llama31_8b_fp8": llama31_8b_fp8, "mixtral_8x7b": mixtral_8x7b, "gpt_oss_20b": gpt_oss_20b,

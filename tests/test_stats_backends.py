@@ -80,6 +80,11 @@ SPECIALS["U64"] += _TIES64 + [(1 << 64) - (1 << 39), (1 << 64) - (1 << 40) + 1]
 assert set(SPECIALS) == set(DTYPE_NAMES)
 
 
+def pick(rng: np.random.Generator, dtype: str, k: int) -> np.ndarray:
+    """k special bit patterns of `dtype`, chosen at random."""
+    return to_raw([SPECIALS[dtype][i] for i in rng.integers(0, len(SPECIALS[dtype]), k)], dtype)
+
+
 def to_raw(values, dtype: str) -> np.ndarray:
     """Element bit patterns (Python ints) -> unsigned array of the dtype's width."""
     return np.array(values, dtype=UINT[R.ITEMSIZE[dtype]])
@@ -374,7 +379,7 @@ def test_large_odd_size(backend, dtype, monkeypatch):
         raw = rng.integers(0, 1 << (8 * R.ITEMSIZE[dtype]), n, dtype=UINT[R.ITEMSIZE[dtype]],
                            endpoint=False)
     pos = rng.integers(0, n, 500)
-    raw[pos] = to_raw(rng.choice(SPECIALS[dtype], 500).tolist(), dtype)
+    raw[pos] = pick(rng, dtype, 500)
     check_array(backend, raw, dtype)
 
 
@@ -443,7 +448,7 @@ def test_run_stats_numpy_writer_and_no_stats_dtypes(backend, tmp_path):
     rng = np.random.default_rng(3)
     arrays = {"w": rng.standard_normal((40, 25)).astype(np.float32),
               "b": rng.integers(-9, 9, 7).astype(np.int16), "m": rng.random(13) < 0.5,
-              "h": np.float16(2.5).reshape(()), "e": np.zeros((0, 4), np.float64)}
+              "h": np.array(2.5, dtype=np.float16), "e": np.zeros((0, 4), np.float64)}
     path = str(tmp_path / "np.safetensors")
     np_save_file(arrays, path)
     infos = tensor_infos(path)
@@ -524,7 +529,7 @@ def test_chunk_boundaries(dtype, chunk, monkeypatch, tmp_path):
         if dtype == "F64":
             x[: n // 3] *= 1e250
         raw = x.astype(R.FLOAT_VIEW[dtype]).view(UINT[R.ITEMSIZE[dtype]]).copy()
-    raw[rng.integers(0, n, 50)] = to_raw(rng.choice(SPECIALS[dtype], 50).tolist(), dtype)
+    raw[rng.integers(0, n, 50)] = pick(rng, dtype, 50)
     whole = ORACLE.array_stats(raw, dtype, quantiles=True)
     monkeypatch.setattr(numpy_backend, "CHUNK_ELEMENTS", chunk)
     chunked = ORACLE.array_stats(raw, dtype, quantiles=True)

@@ -4,6 +4,9 @@
 #include <cmath>
 #include <limits>
 #include "kernels.hpp"
+#if defined(PK_KAVX2)
+#include <immintrin.h>
+#endif
 
 namespace paramkit {
 namespace PK_KNS {
@@ -30,14 +33,86 @@ static void hist16(const uint8_t* p, size_t n, uint32_t* h) {
   for (; i < n; ++i) h0[load<uint16_t>(p + 2 * i)]++;
 }
 
-template <class F, class U, U EXP, U MAN, int SHIFT>
-static void wide_float(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhist) {
+// Lane state of the float passes; vector main loops (AVX2, F32 only) fill exactly the same lanes
+// (element i goes to lane i % L) as the scalar loop, so every ISA gives bit-identical results.
+template <class F> struct FloatLanes {
   uint64_t nan[L] = {}, pinf[L] = {}, ninf[L] = {}, zer[L] = {}, sub[L] = {}, fin[L] = {};
   F mn[L], mx[L];
   double sum[L] = {};
+};
+#if defined(PK_KAVX2)
+// pass 1 over the first n - n % 8 elements; returns how many were done
+static size_t f32_pass1_vec(const uint8_t* p, size_t n, FloatLanes<float>& s) {
+  const __m256i EXPv = _mm256_set1_epi32(0x7F800000), MANv = _mm256_set1_epi32(0x007FFFFF),
+                ABSv = _mm256_set1_epi32(0x7FFFFFFF), Z = _mm256_setzero_si256();
+  __m256i cnan = Z, cpinf = Z, cninf = Z, czer = Z, csub = Z, cfin = Z;
+  __m256 mn = _mm256_loadu_ps(s.mn), mx = _mm256_loadu_ps(s.mx);
+  __m256d s0 = _mm256_loadu_pd(s.sum), s1 = _mm256_loadu_pd(s.sum + 4);
+  size_t i = 0, end = n - n % 8;
+  for (; i < end; i += 8) {
+    __m256 x = _mm256_loadu_ps(reinterpret_cast<const float*>(p + 4 * i));
+    __m256i b = _mm256_castps_si256(x);
+    __m256i e = _mm256_and_si256(b, EXPv), m = _mm256_and_si256(b, MANv);
+    __m256i emax = _mm256_cmpeq_epi32(e, EXPv), mz = _mm256_cmpeq_epi32(m, Z);
+    __m256i isn = _mm256_andnot_si256(mz, emax), isi = _mm256_and_si256(emax, mz);
+    __m256i neg = _mm256_srai_epi32(b, 31);
+    cnan = _mm256_sub_epi32(cnan, isn);
+    cpinf = _mm256_sub_epi32(cpinf, _mm256_andnot_si256(neg, isi));
+    cninf = _mm256_sub_epi32(cninf, _mm256_and_si256(neg, isi));
+    czer = _mm256_sub_epi32(czer, _mm256_cmpeq_epi32(_mm256_and_si256(b, ABSv), Z));
+    csub = _mm256_sub_epi32(csub, _mm256_andnot_si256(mz, _mm256_cmpeq_epi32(e, Z)));
+    cfin = _mm256_sub_epi32(cfin, _mm256_xor_si256(emax, _mm256_set1_epi32(-1)));
+    mn = _mm256_min_ps(x, mn);   // x < mn ? x : mn, as the scalar loop
+    mx = _mm256_max_ps(x, mx);
+    __m256 xf = _mm256_andnot_ps(_mm256_castsi256_ps(emax), x);
+    s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(xf)));
+    s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(xf, 1)));
+  }
+  alignas(32) int32_t t[6][8];
+  _mm256_store_si256((__m256i*)t[0], cnan); _mm256_store_si256((__m256i*)t[1], cpinf);
+  _mm256_store_si256((__m256i*)t[2], cninf); _mm256_store_si256((__m256i*)t[3], czer);
+  _mm256_store_si256((__m256i*)t[4], csub); _mm256_store_si256((__m256i*)t[5], cfin);
+  for (int j = 0; j < 8; ++j) {
+    s.nan[j] += uint32_t(t[0][j]); s.pinf[j] += uint32_t(t[1][j]); s.ninf[j] += uint32_t(t[2][j]);
+    s.zer[j] += uint32_t(t[3][j]); s.sub[j] += uint32_t(t[4][j]); s.fin[j] += uint32_t(t[5][j]);
+  }
+  _mm256_storeu_ps(s.mn, mn); _mm256_storeu_ps(s.mx, mx);
+  _mm256_storeu_pd(s.sum, s0); _mm256_storeu_pd(s.sum + 4, s1);
+  return end;
+}
+static size_t f32_pass2_vec(const uint8_t* p, size_t n, double mean, double* s1, double* s2) {
+  const __m256i EXPv = _mm256_set1_epi32(0x7F800000);
+  const __m256d mv = _mm256_set1_pd(mean);
+  __m256d a0 = _mm256_loadu_pd(s1), a1 = _mm256_loadu_pd(s1 + 4), q0 = _mm256_loadu_pd(s2), q1 = _mm256_loadu_pd(s2 + 4);
+  size_t i = 0, end = n - n % 8;
+  for (; i < end; i += 8) {
+    __m256 x = _mm256_loadu_ps(reinterpret_cast<const float*>(p + 4 * i));
+    __m256i fin = _mm256_xor_si256(_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(x), EXPv), EXPv),
+                                   _mm256_set1_epi32(-1));
+    __m256d f0 = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(fin)));
+    __m256d f1 = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_extracti128_si256(fin, 1)));
+    __m256d d0 = _mm256_and_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x)), mv), f0);
+    __m256d d1 = _mm256_and_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)), mv), f1);
+    a0 = _mm256_add_pd(a0, d0); a1 = _mm256_add_pd(a1, d1);
+    q0 = _mm256_add_pd(q0, _mm256_mul_pd(d0, d0)); q1 = _mm256_add_pd(q1, _mm256_mul_pd(d1, d1));
+  }
+  _mm256_storeu_pd(s1, a0); _mm256_storeu_pd(s1 + 4, a1); _mm256_storeu_pd(s2, q0); _mm256_storeu_pd(s2 + 4, q1);
+  return end;
+}
+#endif
+
+template <class F, class U, U EXP, U MAN, int SHIFT>
+static void wide_float(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhist) {
+  FloatLanes<F> ln;
+  auto &nan = ln.nan, &pinf = ln.pinf, &ninf = ln.ninf, &zer = ln.zer, &sub = ln.sub, &fin = ln.fin;
+  auto &mn = ln.mn, &mx = ln.mx;
+  auto& sum = ln.sum;
   for (int j = 0; j < L; ++j) { mn[j] = std::numeric_limits<F>::infinity(); mx[j] = -mn[j]; }
   const U SIGN = U(1) << SHIFT;
   size_t i = 0;
+#if defined(PK_KAVX2)
+  if constexpr (sizeof(F) == 4) i = f32_pass1_vec(p, n, ln);
+#endif
   auto body = [&](int j, F x) {
     U b; std::memcpy(&b, &x, sizeof(F));
     U e = b & EXP, m = b & MAN;
@@ -66,7 +141,11 @@ static void wide_float(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhis
       double d = (b & EXP) != EXP ? double(x) - mean : 0.0;
       s1[j] += d; s2[j] += d * d;
     };
-    for (i = 0; i + L <= n; i += L)
+    i = 0;
+#if defined(PK_KAVX2)
+    if constexpr (sizeof(F) == 4) i = f32_pass2_vec(p, n, mean, s1, s2);
+#endif
+    for (; i + L <= n; i += L)
       for (int j = 0; j < L; ++j) dev(j, load<F>(p + (i + j) * sizeof(F)));
     for (; i < n; ++i) dev(0, load<F>(p + i * sizeof(F)));
     double c = 0, q = 0;

@@ -350,7 +350,14 @@ class _Classifier:
     def classify(self, t: TensorInfo) -> TensorRole:
         q = self.q
         base, leaf = _split(t.name)
-        dt = DTYPES[t.dtype]
+        dt = DTYPES.get(t.dtype)
+        if dt is None:
+            # a block-quantized type of another format (GGUF Q4_K, ...): the shape is logical
+            bits = (8 * t.nbytes / t.numel) if t.numel else None
+            self._detect(t.dtype)
+            return TensorRole(t.name, "packed_parameter", t.dtype, tuple(t.shape), t.numel, t.numel,
+                              1, None if bits is None else round(bits, 4), t.dtype,
+                              f"block-quantized {t.dtype}: the shape is the logical element count")
         kind = dt.kind
         is_int = kind in ("int", "uint", "bool")
         qmeth = q.method

@@ -246,6 +246,55 @@ def _parse_header(text: str, raw: bytes, path: str, n: int, size: int, strict: b
             gc.enable()
 
 
+def _entry_error(name: str, e: Any, path: str) -> FormatError:
+    """The first rule (in the documented order) that tensor entry `e` breaks, as a FormatError.
+    Extra keys are ignored, like the reference implementation (serde without deny_unknown_fields:
+    safetensors 0.8 loads such files); missing keys are errors."""
+    if type(e) is not dict:
+        return _err("tensor_not_object", f"entry is a JSON {_json_type(e)} ({_show(e)}); expected an object "
+                    "with dtype, shape and data_offsets", path, name)
+    missing = [k for k in _REQUIRED if k not in e]
+    if missing:
+        return _err("tensor_missing_field", f"entry lacks {', '.join(missing)}; found keys {sorted(e)}, "
+                    "expected dtype, shape and data_offsets", path, name)
+    dtype, shape, offs = e["dtype"], e["shape"], e["data_offsets"]
+    if type(dtype) is not str or dtype not in _BITS:
+        return _err("dtype_unknown", f"dtype {_show(dtype)} is not a safetensors dtype; expected one of "
+                    f"{_DTYPE_LIST}", path, name)
+    if type(shape) is not list:
+        return _err("shape_invalid", f"shape is {_show(shape)}; expected a list of non-negative integers",
+                    path, name)
+    for d in shape:
+        if type(d) is not int or d < 0 or d > _U64_MAX:
+            return _err("shape_invalid", f"shape {_show(shape)} has dimension {_show(d)}; expected "
+                        "integers from 0 to 2**64-1", path, name)
+    numel = 1
+    for d in shape:
+        numel *= d
+    if numel > _U64_MAX:
+        return _err("numel_overflow", f"shape {_show(shape)} has {numel} elements, more than 2**64-1",
+                    path, name)
+    if (type(offs) is not list or len(offs) != 2 or type(offs[0]) is not int or type(offs[1]) is not int
+            or offs[0] < 0 or offs[1] < offs[0]):
+        return _err("offsets_invalid", f"data_offsets is {_show(offs)}; expected [BEGIN, END], integers "
+                    "with 0 <= BEGIN <= END", path, name)
+    begin, end = offs
+    bits = _BITS[dtype]
+    nbits = numel * bits
+    if nbits % 8:
+        return _err("sub_byte_misaligned", f"{numel} elements x {bits} bits ({dtype}) = {nbits} bits, not a "
+                    "whole number of bytes", path, name)
+    if end - begin != nbits // 8:
+        return _err("size_mismatch", f"data_offsets [{begin}, {end}] span {end - begin} bytes; dtype {dtype} "
+                    f"with shape {shape} needs {nbits // 8} bytes", path, name)
+    raise AssertionError(f"entry {name!r} flagged as invalid but passes every rule")  # pragma: no cover
+
+
+def _json_type(v: Any) -> str:
+    return {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+            type(None): "null"}.get(type(v), type(v).__name__)
+
+
 def _validate(obj: dict, text: str, raw: bytes, path: str, n: int, size: int, strict: bool):
     expected_colons = len(obj)
     meta_raw = obj.pop("__metadata__", None)
@@ -258,13 +307,13 @@ def _validate(obj: dict, text: str, raw: bytes, path: str, n: int, size: int, st
                     metadata[k] = v
                 elif strict:
                     raise _err("metadata_invalid",
-                               f"__metadata__[{k!r}] is {_show(v)} ({type(v).__name__}); "
+                               f"__metadata__[{k!r}] is {_show(v)} (a JSON {_json_type(v)}); "
                                "expected a string value (pass strict=False to tolerate)", path)
                 else:
                     metadata[k] = json.dumps(v)
         elif strict:
             raise _err("metadata_invalid",
-                       f"__metadata__ is a JSON {type(meta_raw).__name__} ({_show(meta_raw)}); expected "
+                       f"__metadata__ is a JSON {_json_type(meta_raw)} ({_show(meta_raw)}); expected "
                        "an object of string to string (pass strict=False to tolerate)", path)
         # strict=False and not an object: dropped (there are no string pairs to keep)
 
@@ -272,65 +321,35 @@ def _validate(obj: dict, text: str, raw: bytes, path: str, n: int, size: int, st
     U64 = _U64_MAX
     items: list[tuple] = []
     append = items.append
-    npairs = 0
-    # Per-entry checks are inlined (no helper calls) because this loop runs 100k times for MoE headers.
-    # Extra keys in an entry are ignored, like the reference implementation (serde without
-    # deny_unknown_fields; safetensors 0.8 loads such files); missing keys are errors.
+    # Hot loop, run 100k times for MoE headers: only detect that an entry is bad, with as few
+    # operations as possible; _entry_error() then re-checks that entry in the documented rule order
+    # and builds the precise error.
     for name, e in obj.items():
-        if type(e) is not dict:
-            raise _err("tensor_not_object",
-                       f"entry is a JSON {type(e).__name__} ({_show(e)}); expected an object with "
-                       "dtype, shape and data_offsets", path, name)
-        npairs += len(e)
         try:
             dtype = e["dtype"]
             shape = e["shape"]
             offs = e["data_offsets"]
-        except KeyError:
-            missing = [k for k in _REQUIRED if k not in e]
-            raise _err("tensor_missing_field",
-                       f"entry lacks {', '.join(missing)}; found keys {sorted(e)}, expected dtype, shape "
-                       "and data_offsets", path, name) from None
-        bits = bits_of.get(dtype) if type(dtype) is str else None
-        if bits is None:
-            raise _err("dtype_unknown", f"dtype {_show(dtype)} is not a safetensors dtype; expected one of "
-                       f"{_DTYPE_LIST}", path, name)
-        if type(shape) is not list:
-            raise _err("shape_invalid", f"shape is {_show(shape)}; expected a list of non-negative integers",
-                       path, name)
+            bits = bits_of[dtype]
+            begin, end = offs
+        except Exception:
+            raise _entry_error(name, e, path) from None
+        if type(shape) is not list or type(begin) is not int or type(end) is not int or begin < 0:
+            raise _entry_error(name, e, path)
         numel = 1
         for d in shape:
-            if type(d) is not int or d < 0:  # bool is not int here: type() is exact
-                raise _err("shape_invalid", f"shape {_show(shape)} has dimension {_show(d)}; expected "
-                           "non-negative integers", path, name)
+            if type(d) is not int or d < 0:  # exact type test: JSON true/false (bool) are not dims
+                raise _entry_error(name, e, path)
             numel *= d
-        if numel > U64:
-            raise _err("numel_overflow", f"shape {_show(shape)} has {numel} elements, more than 2**64-1",
-                       path, name)
-        if numel == 0 and shape and max(shape) > U64:
-            raise _err("shape_invalid", f"shape {_show(shape)} has a dimension above 2**64-1", path, name)
-        if type(offs) is not list or len(offs) != 2:
-            raise _err("offsets_invalid", f"data_offsets is {_show(offs)}; expected [BEGIN, END]", path, name)
-        begin, end = offs
-        if type(begin) is not int or type(end) is not int or begin < 0 or end < begin:
-            raise _err("offsets_invalid", f"data_offsets is {_show(offs)}; expected [BEGIN, END] with "
-                       "0 <= BEGIN <= END", path, name)
         nbits = numel * bits
-        if nbits & 7:
-            raise _err("sub_byte_misaligned",
-                       f"{numel} elements x {bits} bits ({dtype}) = {nbits} bits, not a whole number of "
-                       "bytes", path, name)
         nbytes = nbits >> 3
-        if end - begin != nbytes:
-            raise _err("size_mismatch",
-                       f"data_offsets [{begin}, {end}] span {end - begin} bytes; dtype {dtype} with shape "
-                       f"{shape} needs {nbytes} bytes", path, name)
+        if numel > U64 or nbits & 7 or end - begin != nbytes or (not numel and shape and max(shape) > U64):
+            raise _entry_error(name, e, path)
         append((begin, end, name, dtype, shape, nbytes, numel))
 
     # Duplicate keys: json keeps the last value silently. Every key/value pair of every object costs
     # one ':' outside strings, so when the raw ':' count equals the pairs we hold, nothing was shadowed
     # (':' inside strings only makes the count larger). Otherwise do the exact, slower search.
-    if raw.count(b":") != expected_colons + npairs:
+    if raw.count(b":") != expected_colons + sum(map(len, obj.values())):
         _raise_if_duplicate(text, path)
 
     items.sort()  # by (BEGIN, END, name); already in order for files written by safetensors
@@ -339,9 +358,10 @@ def _validate(obj: dict, text: str, raw: bytes, path: str, n: int, size: int, st
     for it in items:
         begin = it[0]
         if begin != pos:
+            prev = f"the previous tensor ends at {pos}" if pos else "the data buffer starts at 0"
             if begin > pos:
-                raise _err("data_gap", f"data_offsets begin at {begin}, but the previous tensor ends at "
-                           f"{pos}: {begin - pos} bytes unaccounted for", path, it[2])
+                raise _err("data_gap", f"data_offsets begin at {begin}, but {prev}: {begin - pos} bytes "
+                           "belong to no tensor", path, it[2])
             raise _err("data_overlap", f"data_offsets begin at {begin}, before the previous tensor ends at "
                        f"{pos}: {pos - begin} bytes overlap", path, it[2])
         pos = it[1]
@@ -395,7 +415,7 @@ def _read_config(directory: str) -> dict | None:
         return None
     cfg = _read_json_file(cpath, "config_invalid", "config.json")
     if type(cfg) is not dict:
-        raise _err("config_invalid", f"config.json holds a JSON {type(cfg).__name__}; expected an object",
+        raise _err("config_invalid", f"config.json holds a JSON {_json_type(cfg)}; expected an object",
                    cpath)
     return cfg
 
@@ -439,7 +459,7 @@ def _open_files(user_path: str, files: list[str], directory: str, strict: bool) 
 def _open_index(user_path: str, index_path: str, strict: bool) -> TensorTable:
     obj = _read_json_file(index_path, "index_invalid", "index")
     if type(obj) is not dict:
-        raise _err("index_invalid", f"index holds a JSON {type(obj).__name__}; expected an object with a "
+        raise _err("index_invalid", f"index holds a JSON {_json_type(obj)}; expected an object with a "
                    "'weight_map'", index_path)
     wm = obj.get("weight_map")
     if type(wm) is not dict:
