@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import faulthandler
 import json
 import math
 import os
@@ -249,12 +250,23 @@ def torch_naive(path) -> dict | None:
 
 
 RSS_CHILD = r"""
-import os, sys
+import os, sys, threading, time
+def status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return -1
+peak_anon, done = [status("RssAnon")], threading.Event()
+def sample():   # anonymous (non-file) resident memory, sampled: excludes page-cache pages that mmap maps
+    while not done.wait(0.002):
+        peak_anon[0] = max(peak_anon[0], status("RssAnon"))
+threading.Thread(target=sample, daemon=True).start()
 import paramkit
 if sys.argv[1] != "-":
     paramkit.scan(sys.argv[1], backend="cpu", threads=int(sys.argv[2]))
-hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM")]
-print(hwm[0].split()[1] if hwm else -1)
+done.set()
+peak_anon[0] = max(peak_anon[0], status("RssAnon"))
+print(status("VmHWM"), peak_anon[0])
 """
 # A lean wrapper process spawns the measured child: RUSAGE_CHILDREN then holds that child alone, and a
 # fork/vfork from this (large) benchmark process cannot leak its high-water mark into the figure.
@@ -267,9 +279,9 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.stdout.strip())
 """
 
 
-def child_rss_kib(path, threads, io) -> tuple[int, int]:
-    """(ru_maxrss of RUSAGE_CHILDREN, child's own VmHWM), KiB, of a child that imports paramkit and,
-    unless path is "-", runs a cpu scan of `path` with PARAMKIT_IO=io."""
+def child_rss_kib(path, threads, io) -> tuple[int, int, int]:
+    """(ru_maxrss of RUSAGE_CHILDREN, the child's own VmHWM, its sampled peak RssAnon), KiB, of a child
+    that imports paramkit and, unless path is "-", runs a cpu scan of `path` with PARAMKIT_IO=io."""
     env = dict(os.environ, PARAMKIT_IO=io)
     pkg_root = str(Path(paramkit.__file__).resolve().parents[1])
     env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
@@ -277,8 +289,8 @@ def child_rss_kib(path, threads, io) -> tuple[int, int]:
                        env=env, capture_output=True, text=True)
     if p.returncode:
         raise RuntimeError(f"RSS child failed: {p.stderr.strip()[-2000:]}")
-    a, b = p.stdout.split()
-    return int(a), int(b)
+    a, b, c = p.stdout.split()
+    return int(a), int(b), int(c)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -363,12 +375,10 @@ def bench_file(label, path, threads, repeat, cold, rows, with_scan_rows=True):
 
 
 def header_only_ms(path, runs) -> float:
-    paramkit.scan(str(path), stats=False)  # warm: imports, page cache
-    ts = []
-    for _ in range(runs):
-        t, r = timed(lambda: paramkit.scan(str(path), stats=False))
-        ts.append(t)
-    return median(ts) * 1e3
+    """Median wall time of scan(path, stats=False) after one warm-up run (fewer runs, >= 3, when slow)."""
+    t0, _ = timed(lambda: paramkit.scan(str(path), stats=False))  # warm: imports, page cache
+    runs = max(3, min(runs, int(10.0 / max(t0, 1e-9))))
+    return median(timed(lambda: paramkit.scan(str(path), stats=False))[0] for _ in range(runs)) * 1e3
 
 
 def machine_description() -> list[str]:
@@ -436,6 +446,7 @@ def main(argv=None) -> int:
     ap.add_argument("--markdown", action="store_true", help="also print the table as markdown")
     ap.add_argument("--json", metavar="FILE", help="write the raw rows and checks as JSON")
     a = ap.parse_args(argv)
+    faulthandler.enable()   # a crash in the native engine prints where it happened
     size_gb = 0.3 if a.quick else a.size_gb
     repeat = a.repeat or (3 if a.quick else 5)
     threads = a.threads or len(os.sched_getaffinity(0))
@@ -453,11 +464,12 @@ def main(argv=None) -> int:
 
     # memory first, before this process grows: bare import vs cpu scans of the big file
     log("peak RSS: bare import, then cpu scans (pread, mmap) in child processes")
-    base_ru, base_hwm = child_rss_kib("-", threads, "pread")
+    base_ru, base_hwm, base_anon = child_rss_kib("-", threads, "pread")
     rss = {}
     for io in ("pread", "mmap"):
-        ru, hwm = child_rss_kib(bf16, threads, io)
-        rss[io] = dict(ru_maxrss_mib=ru / 1024, delta_mib=(ru - base_ru) / 1024, vmhwm_delta_mib=(hwm - base_hwm) / 1024)
+        ru, hwm, anon = child_rss_kib(bf16, threads, io)
+        rss[io] = dict(ru_maxrss_mib=ru / 1024, delta_mib=(ru - base_ru) / 1024, vmhwm_delta_mib=(hwm - base_hwm) / 1024,
+                       anon_delta_mib=(anon - base_anon) / 1024)
     log("header-only scans")
     hdr_small = header_only_ms(small, 30)
     hdr_moe = header_only_ms(moe, 7)
@@ -503,7 +515,8 @@ def main(argv=None) -> int:
     for io, v in rss.items():
         out.append(f"peak RSS, cpu scan of {bf16.name}, io={io}: {v['ru_maxrss_mib']:.0f} MiB (ru_maxrss), "
                    f"{v['delta_mib']:.0f} MiB beyond a bare `import paramkit` ({base_ru / 1024:.0f} MiB); "
-                   f"VmHWM delta {v['vmhwm_delta_mib']:.0f} MiB")
+                   f"(VmHWM delta {v['vmhwm_delta_mib']:.0f} MiB); peak anonymous RSS beyond import "
+                   f"{v['anon_delta_mib']:.0f} MiB (file pages excluded)")
 
     # targets of issue 2 (bf16 file, warm, paramkit.scan with the default io)
     cat_t, np_t = baselines[big_label]["cat"], baselines[big_label]["numpy"]

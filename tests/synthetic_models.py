@@ -436,6 +436,21 @@ def llama31_8b_fp8() -> Model:
     return _llama(cfg, "BF16", linear, name="Llama-3.1-8B-FP8")
 
 
+def llama31_8b_nvfp4(*, config: bool = True) -> Model:
+    """NVIDIA ModelOpt NVFP4: U8 weight [out, in/2], F8_E4M3 weight_scale per 16, F32 weight_scale_2."""
+    def linear(prefix, fan_in, fan_out):
+        return [(f"{prefix}.input_scale", "F32", ()), (f"{prefix}.weight", "U8", (fan_out, fan_in // 2)),
+                (f"{prefix}.weight_scale", "F8_E4M3", (fan_out, fan_in // 16)),
+                (f"{prefix}.weight_scale_2", "F32", ())]
+    qc = {"quant_method": "modelopt", "quant_algo": "NVFP4", "group_size": 16,
+          "exclude_modules": ["lm_head"]}
+    m = _llama(dict(LLAMA31_8B_CONFIG, quantization_config=qc), "BF16", linear,
+               name="Llama-3.1-8B-NVFP4")
+    if not config:
+        m.config = None
+    return m
+
+
 def mixtral_8x7b() -> Model:
     cfg = MIXTRAL_8X7B_CONFIG
     h, v, inter = cfg["hidden_size"], cfg["vocab_size"], cfg["intermediate_size"]
@@ -629,7 +644,8 @@ ALL = {
     "llama3_8b": llama3_8b, "llama3_70b": llama3_70b, "llama31_8b": llama31_8b, "llama32_1b": llama32_1b,
     "llama31_8b_bnb4": llama31_8b_bnb4, "llama31_8b_gptq": llama31_8b_gptq,
     "llama31_8b_awq": llama31_8b_awq, "llama31_8b_w4a16_compressed": llama31_8b_w4a16_compressed,
-    "llama31_8b_fp8": llama31_8b_fp8, "mixtral_8x7b": mixtral_8x7b, "gpt_oss_20b": gpt_oss_20b,
+    "llama31_8b_fp8": llama31_8b_fp8, "llama31_8b_nvfp4": llama31_8b_nvfp4,
+    "mixtral_8x7b": mixtral_8x7b, "gpt_oss_20b": gpt_oss_20b,
     "qwen15_moe_a27b": qwen15_moe_a27b, "deepseek_like_tiny": deepseek_like_tiny,
     "gpt2_small": gpt2_small, "minilm_l6": minilm_l6, "roberta_base": roberta_base,
 }

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 
 import pytest
 
@@ -152,6 +151,24 @@ def test_awq_and_compressed_tensors_and_fp8():
     assert w.role == "parameter" and "fp8_quantized" in w.flags
     assert role(f, "model.layers.0.mlp.up_proj.input_scale").role == "quant_state"
     assert f.quant_state_elements == 32 * (7 + 4096 * 2 + 1024 * 2 + 14336 * 2 + 4096)
+
+
+def test_nvfp4_modelopt_with_and_without_config():
+    for cfg, method in ((True, "modelopt"), (False, "nvfp4")):
+        c = count(sm.llama31_8b_nvfp4(config=cfg))
+        assert c.total_params == LLAMA3_8B
+        assert c.quantization["method"] == method and c.quantization["bits"] == 4
+        w = role(c, "model.layers.0.mlp.down_proj.weight")
+        assert (w.role, w.pack_factor) == ("packed_parameter", 2)
+        assert role(c, "model.layers.0.mlp.down_proj.weight_scale_2").role == "quant_state"
+
+
+def test_fp8_block_scaled_without_config():
+    spec = [("model.layers.0.mlp.up_proj.weight", "F8_E4M3", (256, 128)),
+            ("model.layers.0.mlp.up_proj.weight_scale_inv", "F32", (2, 1))]
+    c = count(sm.Model("ds-fp8", spec, None))
+    assert c.total_params == 256 * 128 and c.quant_state_elements == 2
+    assert c.quantization["method"] == "fp8" and c.quantization["source"] == "name patterns"
 
 
 def test_bnb_8bit():
@@ -336,4 +353,12 @@ def test_table_built_directly():
     c = count_table(TensorTable(path="/x", format="safetensors", files=["/x"], tensors=infos))
     assert (c.total_params, c.buffer_elements, c.total_elements) == (15, 7, 22)
     assert c.moe == {"detected": False} and c.active_params == 15
-    assert struct.calcsize("<Q") == 8
+
+
+def test_block_quantized_foreign_dtype_counts_logical_shape():
+    """A table from another format (GGUF Q4_K): the header shape is the logical count."""
+    infos = [TensorInfo("blk.0.attn_q.weight", "Q4_K", (4096, 4096), "/g", 0, 4096 * 4096 // 256 * 144,
+                        4096 * 4096)]
+    c = count_table(TensorTable(path="/g", format="gguf", files=["/g"], tensors=infos))
+    assert c.total_params == 4096 * 4096
+    assert c.roles[0].role == "packed_parameter" and c.roles[0].logical_bits == 4.5

@@ -9,7 +9,7 @@ import os
 import ml_dtypes
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -382,8 +382,9 @@ def test_int8_channel_matches_torch(x, extra):
         x = np.broadcast_to(x, (extra,) + x.shape).copy() * np.float32(1 + extra / 8)  # 3-D too
     rows = x.reshape(-1, x.shape[-1])
     scales = channel_scales(rows)
-    with np.errstate(divide="ignore"):
-        ok = (scales > 0) & np.isfinite(np.float32(1) / scales)   # torch is undefined otherwise
+    with np.errstate(divide="ignore", over="ignore"):
+        # torch casts NaN/Inf to int64 (undefined) for Inf inputs, zero or subnormal scales
+        ok = (scales > 0) & np.isfinite(np.float32(1) / scales) & np.all(np.isfinite(rows), axis=1)
     got = Q.fake_quantize(x, "int8_channel").reshape(rows.shape)
     assert_bits_equal(got[ok], torch_per_channel(rows, scales)[ok])
     assert np.all(got[~ok & (scales == 0)] == 0)
@@ -412,7 +413,7 @@ def test_int8_tensor_matches_reference(x):
     r = Q.quantize_dequantize(x, "int8_tensor")
     v, clipped = ref_int8_tensor(x)
     assert_bits_equal(r.values, v)
-    assert r.clipped == clipped == 0
+    assert r.clipped == clipped     # 0 unless 1/scale overflows (subnormal absmax)
 
 
 @pytest.mark.parametrize("sid", ["int8_g128", "int4_g128", "int4_g32", "int8_g64", "int4_g7"])

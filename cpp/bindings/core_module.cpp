@@ -11,6 +11,8 @@
 namespace py = pybind11;
 using namespace paramkit;
 
+void register_quant(py::module_& m);  // quant_bindings.cpp
+
 namespace {
 
 py::dict pack(const std::vector<TensorResult>& rs, int nq) {
@@ -116,6 +118,7 @@ PYBIND11_MODULE(_core, m) {
           return run({}, {t}, options(quantiles, 1, chunk_bytes, "pread", levels), py::none());
         },
         py::arg("buffer"), py::arg("dtype"), py::arg("quantiles"), py::arg("chunk_bytes"), py::arg("levels"));
+  register_quant(m);
   m.def("build_info", []() {
     py::dict d;
 #if defined(__clang__)

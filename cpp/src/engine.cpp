@@ -56,6 +56,10 @@ void dense_bins(int dt, bool prefix, const C* h, std::vector<Bin>& out) {
   }
 }
 
+// 8/16-bit dtypes are reduced through their exact bit-pattern histogram. Without quantiles,
+// bfloat16 takes the SIMD element loop instead (same contract, no scatter per element).
+bool histogram_path(int dt, bool quantiles) { return dtype_is_small(dt) && (quantiles || dt != BF16); }
+
 }  // namespace
 
 int default_threads() {
@@ -118,7 +122,7 @@ std::vector<TensorResult> run_stats(const std::vector<std::string>& files, const
     uint32_t np = T.nbytes == 0 ? 1 : uint32_t((T.nbytes + pb - 1) / pb);
     st[t].npieces = np;
     st[t].left.store(np);
-    if (!dtype_is_small(T.dtype)) st[t].pieces.resize(np);
+    if (!histogram_path(T.dtype, qs != nullptr)) st[t].pieces.resize(np);
     results[t].numel = T.numel;
     for (uint32_t k = 0; k < np; ++k) {
       uint64_t b = uint64_t(k) * pb, n = std::min(pb, T.nbytes - std::min(T.nbytes, b));
@@ -231,7 +235,7 @@ std::vector<TensorResult> run_stats(const std::vector<std::string>& files, const
         pos += pc.nbytes;
         int dt = T.dtype;
         uint64_t n = pc.nbytes / uint64_t(dtype_size(dt));
-        bool small = dtype_is_small(dt);
+        bool small = histogram_path(dt, qs != nullptr);
         bool want_hist = small || qs != nullptr;
         if (small) {
           if (dtype_key_bits(dt) == 8) K.hist8(p, n, hist.data()); else K.hist16(p, n, hist.data());

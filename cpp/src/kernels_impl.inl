@@ -41,7 +41,17 @@ template <class F> struct FloatLanes {
   double sum[L] = {};
 };
 #if defined(PK_KAVX2)
+// 8 consecutive elements as floats: float32 as is, bfloat16 widened exactly (bits << 16)
+template <bool BF> static inline __m256 load8(const uint8_t* p, size_t i) {
+  if constexpr (BF) {
+    __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 * i));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  } else {
+    return _mm256_loadu_ps(reinterpret_cast<const float*>(p + 4 * i));
+  }
+}
 // pass 1 over the first n - n % 8 elements; returns how many were done
+template <bool BF>
 static size_t f32_pass1_vec(const uint8_t* p, size_t n, FloatLanes<float>& s) {
   const __m256i EXPv = _mm256_set1_epi32(0x7F800000), MANv = _mm256_set1_epi32(0x007FFFFF),
                 ABSv = _mm256_set1_epi32(0x7FFFFFFF), Z = _mm256_setzero_si256();
@@ -50,7 +60,7 @@ static size_t f32_pass1_vec(const uint8_t* p, size_t n, FloatLanes<float>& s) {
   __m256d s0 = _mm256_loadu_pd(s.sum), s1 = _mm256_loadu_pd(s.sum + 4);
   size_t i = 0, end = n - n % 8;
   for (; i < end; i += 8) {
-    __m256 x = _mm256_loadu_ps(reinterpret_cast<const float*>(p + 4 * i));
+    __m256 x = load8<BF>(p, i);
     __m256i b = _mm256_castps_si256(x);
     __m256i e = _mm256_and_si256(b, EXPv), m = _mm256_and_si256(b, MANv);
     __m256i emax = _mm256_cmpeq_epi32(e, EXPv), mz = _mm256_cmpeq_epi32(m, Z);
@@ -80,13 +90,14 @@ static size_t f32_pass1_vec(const uint8_t* p, size_t n, FloatLanes<float>& s) {
   _mm256_storeu_pd(s.sum, s0); _mm256_storeu_pd(s.sum + 4, s1);
   return end;
 }
+template <bool BF>
 static size_t f32_pass2_vec(const uint8_t* p, size_t n, double mean, double* s1, double* s2) {
   const __m256i EXPv = _mm256_set1_epi32(0x7F800000);
   const __m256d mv = _mm256_set1_pd(mean);
   __m256d a0 = _mm256_loadu_pd(s1), a1 = _mm256_loadu_pd(s1 + 4), q0 = _mm256_loadu_pd(s2), q1 = _mm256_loadu_pd(s2 + 4);
   size_t i = 0, end = n - n % 8;
   for (; i < end; i += 8) {
-    __m256 x = _mm256_loadu_ps(reinterpret_cast<const float*>(p + 4 * i));
+    __m256 x = load8<BF>(p, i);
     __m256i fin = _mm256_xor_si256(_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(x), EXPv), EXPv),
                                    _mm256_set1_epi32(-1));
     __m256d f0 = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(fin)));
@@ -101,8 +112,13 @@ static size_t f32_pass2_vec(const uint8_t* p, size_t n, double mean, double* s1,
 }
 #endif
 
-template <class F, class U, U EXP, U MAN, int SHIFT>
+// BF: the elements are bfloat16, widened exactly to float (F = float) before the same math.
+template <class F, class U, U EXP, U MAN, int SHIFT, bool BF = false>
 static void wide_float(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhist) {
+  auto ld = [p](size_t i) -> F {
+    if constexpr (BF) return F(bits_to_f32(uint32_t(load<uint16_t>(p + 2 * i)) << 16));
+    else return load<F>(p + i * sizeof(F));
+  };
   FloatLanes<F> ln;
   auto &nan = ln.nan, &pinf = ln.pinf, &ninf = ln.ninf, &zer = ln.zer, &sub = ln.sub, &fin = ln.fin;
   auto &mn = ln.mn, &mx = ln.mx;
@@ -111,7 +127,7 @@ static void wide_float(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhis
   const U SIGN = U(1) << SHIFT;
   size_t i = 0;
 #if defined(PK_KAVX2)
-  if constexpr (sizeof(F) == 4) i = f32_pass1_vec(p, n, ln);
+  if constexpr (sizeof(F) == 4) i = f32_pass1_vec<BF>(p, n, ln);
 #endif
   auto body = [&](int j, F x) {
     U b; std::memcpy(&b, &x, sizeof(F));
@@ -123,8 +139,8 @@ static void wide_float(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhis
     bool f = e != EXP; fin[j] += f; sum[j] += f ? double(x) : 0.0;
   };
   for (; i + L <= n; i += L)
-    for (int j = 0; j < L; ++j) body(j, load<F>(p + (i + j) * sizeof(F)));
-  for (; i < n; ++i) body(0, load<F>(p + i * sizeof(F)));
+    for (int j = 0; j < L; ++j) body(j, ld(i + j));
+  for (; i < n; ++i) body(0, ld(i));
   PieceStats r;
   double tsum = 0, nfin = 0;
   for (int j = 0; j < L; ++j) {
@@ -143,11 +159,11 @@ static void wide_float(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhis
     };
     i = 0;
 #if defined(PK_KAVX2)
-    if constexpr (sizeof(F) == 4) i = f32_pass2_vec(p, n, mean, s1, s2);
+    if constexpr (sizeof(F) == 4) i = f32_pass2_vec<BF>(p, n, mean, s1, s2);
 #endif
     for (; i + L <= n; i += L)
-      for (int j = 0; j < L; ++j) dev(j, load<F>(p + (i + j) * sizeof(F)));
-    for (; i < n; ++i) dev(0, load<F>(p + i * sizeof(F)));
+      for (int j = 0; j < L; ++j) dev(j, ld(i + j));
+    for (; i < n; ++i) dev(0, ld(i));
     double c = 0, q = 0;
     for (int j = 0; j < L; ++j) { c += s1[j]; q += s2[j]; }
     r.mom.n = nfin; r.mom.mean = mean + c / nfin;
@@ -156,7 +172,7 @@ static void wide_float(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhis
   }
   if (qhist) {
     for (i = 0; i < n; ++i) {
-      F x = load<F>(p + i * sizeof(F));
+      F x = ld(i);
       if (x != x) continue;
       qhist[f32_to_bits(float(x)) >> 16]++;
     }
@@ -206,6 +222,7 @@ static void wide_int(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhist)
 static void wide(int dt, const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhist) {
   switch (dt) {
     case F32: wide_float<float, uint32_t, 0x7F800000u, 0x007FFFFFu, 31>(p, n, s, qhist); break;
+    case BF16: wide_float<float, uint32_t, 0x7F800000u, 0x007FFFFFu, 31, true>(p, n, s, qhist); break;
     case F64: wide_float<double, uint64_t, 0x7FF0000000000000ull, 0x000FFFFFFFFFFFFFull, 63>(p, n, s, qhist); break;
     case I32: wide_int<int32_t>(p, n, s, qhist); break;
     case U32: wide_int<uint32_t>(p, n, s, qhist); break;

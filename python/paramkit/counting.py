@@ -1,27 +1,5 @@
 """Exact parameter counting from a TensorTable (headers + config.json, no tensor data): the role of
-every tensor (parameter, buffer, quantization state, packed quantized weight), ties, MoE total vs active.
-
-Rules (formats.md "What counts as a parameter", issue 5), in the order they are applied:
-
-1. Quantized checkpoints.  The method comes from ``config.json``'s ``quantization_config``
-   (``quant_method``: gptq, awq, bitsandbytes, compressed-tensors, fp8, fbgemm_fp8, mxfp4, ...);
-   without one, from name patterns (``.qweight`` + ``.scales``/``.qzeros``/``.g_idx`` = GPTQ/AWQ,
-   ``.weight`` U8 + ``.weight.absmax``/``.quant_state.bitsandbytes__*`` = bitsandbytes 4-bit,
-   ``.weight`` I8 + ``.SCB`` = bitsandbytes 8-bit, ``weight_packed`` = compressed-tensors,
-   ``*_blocks`` U8 + ``*_scales`` = MXFP4).  Packed weights count ``stored bits / logical bits``
-   logical parameters (GPTQ/AWQ I32 ``qweight`` = 32/bits per element, bnb 4-bit and MXFP4 U8 = 2).
-   Scales, zero points, ``g_idx``, ``absmax``, ``quant_map``, ``nested_*``, ``SCB``,
-   ``weight_scale*``, ``input_scale``, ``weight_shape`` and E8M0 tensors are ``quant_state``.
-2. Buffers by name: ``position_ids``, ``token_type_ids``, ``inv_freq``, ``masked_bias``,
-   ``num_batches_tracked``, ``running_mean``/``running_var``, and ``attn.bias`` /
-   ``attention.bias`` with 2+ dimensions (GPT-2's causal masks, saved as F32 in some
-   checkpoints) — whatever their dtype.
-3. Otherwise integer / bool tensors are buffers, floating-point (and complex) ones parameters.
-
-Then ties (``tie_word_embeddings``: an absent lm_head is normal; a present one with the
-embedding's shape is counted once), and MoE (routed experts by ``experts.N.`` names or as
-stacked tensors under an ``experts`` module; shared experts and routers always active).
-"""
+every tensor (parameter, buffer, quantization state, packed quantized weight), ties, MoE total vs active."""
 from __future__ import annotations
 
 import re
@@ -90,6 +68,7 @@ class TensorRole:
     counted: bool = True            # contributes to total_params (False for a tied duplicate)
     expert: dict | None = None      # {"kind": "routed"|"shared", "index", "stacked", "layer"}
     flags: list[str] = field(default_factory=list)  # "tied", "tied_duplicate", "router", ...
+    layer: str | None = None        # prefix up to the first all-digit component ("model.layers.7")
 
     def to_dict(self) -> dict:
         pf = self.pack_factor
@@ -99,7 +78,7 @@ class TensorRole:
             "pack_factor": int(pf) if float(pf).is_integer() else float(pf),
             "logical_bits": self.logical_bits, "quant_method": self.quant_method,
             "reason": self.reason, "counted": self.counted, "expert": self.expert,
-            "flags": list(self.flags),
+            "flags": list(self.flags), "layer": self.layer,
         }
 
 
@@ -210,8 +189,10 @@ def _parse_quant_config(config: dict | None) -> _Quant:
         method = "compressed-tensors"
     if method in ("bitsandbytes", "bitsandbytes-4bit", "bitsandbytes-8bit"):
         method = "bitsandbytes"
-        q.bnb_4bit = bool(qc.get("load_in_4bit")) or str(qc.get("quant_method")).endswith("4bit")
-        q.bnb_8bit = bool(qc.get("load_in_8bit")) or str(qc.get("quant_method")).endswith("8bit")
+        q.bnb_4bit = bool(qc.get("load_in_4bit") or qc.get("_load_in_4bit")) or \
+            str(qc.get("quant_method")).endswith("4bit")
+        q.bnb_8bit = bool(qc.get("load_in_8bit") or qc.get("_load_in_8bit")) or \
+            str(qc.get("quant_method")).endswith("8bit")
         if q.bnb_4bit:
             q.bits = 4
             q.fmt = qc.get("bnb_4bit_quant_type", "fp4")
@@ -237,6 +218,11 @@ def _parse_quant_config(config: dict | None) -> _Quant:
         q.fmt = qc.get("fmt") or "e4m3"
         bs = qc.get("weight_block_size")
         q.group_size = bs
+    elif method == "modelopt":
+        algo = str(qc.get("quant_algo") or "").upper()
+        q.fmt = algo or None
+        q.bits = 4 if "FP4" in algo or "INT4" in algo else (8 if algo else None)
+        q.group_size = qc.get("group_size")
     elif method == "mxfp4":
         q.bits = 4
         q.group_size = 32
@@ -257,7 +243,7 @@ _QSTATE_LEAVES = {
     # bitsandbytes
     "absmax", "quant_map", "nested_absmax", "nested_quant_map", "SCB", "weight_format",
     # compressed-tensors / FP8 / NVFP4 / ModelOpt
-    "weight_scale", "weight_scale_inv", "weight_zero_point", "weight_global_scale",
+    "weight_scale", "weight_scale_2", "weight_scale_inv", "weight_zero_point", "weight_global_scale",
     "weight_shape", "weight_g_idx", "input_scale", "input_global_scale", "input_zero_point",
     "output_scale", "output_zero_point", "k_scale", "v_scale", "q_scale", "prob_scale",
 }
@@ -267,7 +253,6 @@ _BUFFER_LEAVES = {"position_ids", "token_type_ids", "inv_freq", "masked_bias",
 
 _EXPERT_INDEX_RE = re.compile(r"(?:^|\.)experts\.(?:expert_)?(\d+)\.")
 _SHARED_RE = re.compile(r"(?:^|\.)(shared_experts?|shared_mlp)\.")
-_LAYER_RE = re.compile(r"^(.*?(?:^|\.)\d+)(?:\.|$)")
 
 
 def _split(name: str) -> tuple[str, str]:
@@ -281,12 +266,13 @@ def _sib(base: str, leaf: str) -> str:
     return f"{base}.{leaf}" if base else leaf
 
 
+_LAYER_PREFIX_RE = re.compile(r"^((?:[^.]*\.)*?\d+)\.")
+
+
 def _layer_of(name: str) -> str | None:
-    parts = name.split(".")
-    for i, p in enumerate(parts[:-1]):
-        if p.isdigit():
-            return ".".join(parts[: i + 1])
-    return None
+    """"model.layers.7.mlp.up_proj.weight" -> "model.layers.7"; None without a numbered component."""
+    m = _LAYER_PREFIX_RE.match(name)
+    return m.group(1) if m else None
 
 
 class _Classifier:
@@ -390,8 +376,8 @@ class _Classifier:
                 if leaf in ("absmax", "quant_map", "nested_absmax", "nested_quant_map", "SCB") \
                         or ".quant_state." in t.name:
                     method = "bitsandbytes"
-                elif leaf.startswith(("weight_", "input_")) and leaf != "weight_format":
-                    method = "compressed-tensors" if "weight_scale_inv" != leaf else "fp8"
+                elif leaf == "weight_scale_inv":
+                    method = "fp8"
             why = "E8M0 block scale" if t.dtype == "F8_E8M0" else f"quantization state ({leaf})"
             return self._state(t, method, why)
         if leaf.endswith("_blocks") and t.dtype == "U8" and \
@@ -410,10 +396,16 @@ class _Classifier:
             if t.dtype == "I8" and (self._has(_sib(base, "SCB")) or
                                      (qmeth == "bitsandbytes" and q.bnb_8bit)):
                 return self._packed(t, 8, "bitsandbytes", "bitsandbytes 8-bit (LLM.int8) weight")
-            if self._has(_sib(base, "weight_scale")) or self._has(_sib(base, "weight_scale_inv")):
-                bits = int(q.bits) if q.bits else dt.bits
-                return self._packed(t, bits, qmeth or "compressed-tensors",
-                                    f"integer weight with weight_scale ({bits}-bit)")
+            ws = self.by_name.get(_sib(base, "weight_scale"))
+            if ws is not None or self._has(_sib(base, "weight_scale_inv")):
+                if q.bits:
+                    bits = int(q.bits)
+                elif t.dtype == "U8" and ws is not None and ws.dtype == "F8_E4M3":
+                    bits = 4    # NVFP4: two E2M1 values per byte, FP8 block scales
+                else:
+                    bits = dt.bits
+                method = qmeth or ("nvfp4" if bits == 4 and t.dtype == "U8" else "int-quantized")
+                return self._packed(t, bits, method, f"integer weight with weight_scale ({bits}-bit)")
             if qmeth is not None:
                 bits = int(q.bits) if q.bits else dt.bits
                 return self._packed(t, bits, qmeth, f"integer weight in a {qmeth} checkpoint "
@@ -437,8 +429,7 @@ class _Classifier:
                                                   self._has(_sib(base, "weight_scale_inv")) or
                                                   (leaf == "weight" and qmeth in ("fp8", "fbgemm-fp8",
                                                                                   "compressed-tensors"))):
-            role.quant_method = qmeth or ("fp8" if self._has(_sib(base, "weight_scale_inv"))
-                                          else "compressed-tensors")
+            role.quant_method = qmeth or "fp8"
             role.flags.append("fp8_quantized")
             role.reason = "FP8 weight (scaled)"
             self._detect(role.quant_method)
@@ -451,6 +442,7 @@ _EMBED_PATTERNS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight"
                    "tok_embeddings.weight", "embed_in.weight", "token_embedding.weight",
                    "tok_embeddings.weight", "embedding.weight", "shared.weight", "embed.weight",
                    "word_embedding.weight", "token_embd.weight")
+_EMBED_SET = frozenset(_EMBED_PATTERNS)
 _LMHEAD_NAMES = ("lm_head.weight", "output.weight", "embed_out.weight", "lm_head.decoder.weight",
                  "cls.predictions.decoder.weight", "generator_lm_head.weight",
                  "language_model.lm_head.weight", "model.lm_head.weight")
@@ -465,7 +457,7 @@ def _find_embedding(roles: list[TensorRole]) -> TensorRole | None:
     for r in roles:
         if r.role not in ("parameter", "packed_parameter") or r.expert:
             continue
-        if any(r.name == p or r.name.endswith("." + p) for p in _EMBED_PATTERNS):
+        if ".".join(r.name.rsplit(".", 2)[-2:]) in _EMBED_SET:
             if "position" in r.name or "token_type" in r.name:
                 continue
             if best is None or r.logical_numel > best.logical_numel:
@@ -474,14 +466,18 @@ def _find_embedding(roles: list[TensorRole]) -> TensorRole | None:
 
 
 def _find_lm_head(roles: list[TensorRole]) -> TensorRole | None:
+    by_name = {r.name: r for r in roles if r.name in _LMHEAD_SET}
     for n in _LMHEAD_NAMES:
-        for r in roles:
-            if r.name == n and r.role in ("parameter", "packed_parameter"):
-                return r
+        r = by_name.get(n)
+        if r is not None and r.role in ("parameter", "packed_parameter"):
+            return r
     for r in roles:
         if r.name.endswith(".lm_head.weight") and r.role in ("parameter", "packed_parameter"):
             return r
     return None
+
+
+_LMHEAD_SET = frozenset(_LMHEAD_NAMES)
 
 
 def _bytes_equal(a: TensorInfo, b: TensorInfo, mode: str) -> bool | None:
@@ -515,15 +511,40 @@ def _grp() -> dict[str, int]:
 def count_table(table: TensorTable, *, tie_check: str = "sample") -> Counting:
     """Count a model from its TensorTable (and ``table.config``).
 
+    Rules (formats.md "What counts as a parameter", issue 5), in the order they are applied:
+
+    1. Quantized checkpoints.  The method comes from ``config.json``'s ``quantization_config``
+       (``quant_method``: gptq, awq, bitsandbytes, compressed-tensors, fp8, fbgemm_fp8, mxfp4, ...);
+       without one, from name patterns (``.qweight`` + ``.scales``/``.qzeros``/``.g_idx`` = GPTQ/AWQ,
+       ``.weight`` U8 + ``.weight.absmax``/``.quant_state.bitsandbytes__*`` = bitsandbytes 4-bit,
+       ``.weight`` I8 + ``.SCB`` = bitsandbytes 8-bit, ``weight_packed`` = compressed-tensors,
+       ``*_blocks`` U8 + ``*_scales`` = MXFP4, U8 ``weight`` + F8 ``weight_scale`` = NVFP4).  Packed weights count ``stored bits / logical bits``
+       logical parameters (GPTQ/AWQ I32 ``qweight`` = 32/bits per element, bnb 4-bit and MXFP4 U8 = 2).
+       Scales, zero points, ``g_idx``, ``absmax``, ``quant_map``, ``nested_*``, ``SCB``,
+       ``weight_scale*``, ``input_scale``, ``weight_shape`` and E8M0 tensors are ``quant_state``.
+    2. Buffers by name: ``position_ids``, ``token_type_ids``, ``inv_freq``, ``masked_bias``,
+       ``num_batches_tracked``, ``running_mean``/``running_var``, and ``attn.bias`` /
+       ``attention.bias`` with 2+ dimensions (GPT-2's causal masks, saved as F32 in some
+       checkpoints) — whatever their dtype.
+    3. Otherwise integer / bool tensors are buffers, floating-point (and complex) ones parameters.
+
+    Then ties (``tie_word_embeddings``: an absent lm_head is normal; a present one with the
+    embedding's shape is counted once), and MoE (routed experts by ``experts.N.`` names or as
+    stacked tensors under an ``experts`` module; shared experts and routers always active).
+
     ``tie_check`` decides how a present lm_head that config.json says is tied to the embedding
     is confirmed: ``"none"`` reads nothing (trust config.json), ``"sample"`` (default) compares
     three 64 KiB windows of the two tensors, ``"full"`` compares all bytes. This is the only
     tensor data counting ever reads, and only in that case.
     """
+    if tie_check not in ("none", "sample", "full"):
+        raise ValueError(f"tie_check must be 'none', 'sample' or 'full', not {tie_check!r}")
     config = table.config if isinstance(table.config, dict) else None
     quant = _parse_quant_config(config)
     clf = _Classifier(table, quant)
     roles = [clf.classify(t) for t in table.tensors]
+    for r in roles:
+        r.layer = _layer_of(r.name)
     notes = list(clf.notes)
     by_name = {t.name: t for t in table.tensors}
 
@@ -618,11 +639,13 @@ def count_table(table: TensorTable, *, tie_check: str = "sample") -> Counting:
         else:
             qstate_el += t.numel
         top = t.name.split(".", 1)[0]
-        lay = _layer_of(t.name)
+        lay = r.layer
         for key, bucket in ((top, modules), (lay, layers)):
             if key is None:
                 continue
-            g = bucket.setdefault(key, _grp())
+            g = bucket.get(key)
+            if g is None:
+                g = bucket[key] = _grp()
             g["params"] += counted
             g["elements"] += t.numel
             g["bytes"] += t.nbytes
@@ -689,10 +712,10 @@ def _moe(roles: list[TensorRole], config: dict | None, notes: list[str]) -> dict
     shared_params = router_params = routed_params = 0
     for r in roles:
         name = r.name
-        lay = _layer_of(name) or ""
-        m = _EXPERT_INDEX_RE.search(name)
+        lay = r.layer or ""
+        m = _EXPERT_INDEX_RE.search(name) if "expert" in name else None
         parts = name.split(".")
-        if _SHARED_RE.search(name):
+        if "shared" in name and _SHARED_RE.search(name):
             r.expert = {"kind": "shared", "index": None, "stacked": None, "layer": lay}
         elif m:
             r.expert = {"kind": "routed", "index": int(m.group(1)), "stacked": None, "layer": lay}
@@ -739,10 +762,10 @@ def _moe(roles: list[TensorRole], config: dict | None, notes: list[str]) -> dict
                 r.flags.remove("router")
         return {"detected": False}
     for r in roles:
-        if "router" in r.flags and (_layer_of(r.name) or "") not in routed_by_layer:
+        if "router" in r.flags and (r.layer or "") not in routed_by_layer:
             r.flags.remove("router")
             router_params -= r.logical_numel if r.counted else 0
-    all_layers = sorted({_layer_of(r.name) for r in roles if _layer_of(r.name)}, key=_natural)
+    all_layers = sorted({r.layer for r in roles if r.layer}, key=_natural)
     dense_layers = [l for l in all_layers if l not in routed_by_layer]
     detected_n = sorted({len(v) if isinstance(v, set) else v for v in experts_by_layer.values()})
     total = sum(r.logical_numel for r in roles

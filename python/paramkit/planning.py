@@ -1,8 +1,5 @@
 """Deployment planning from a Counting and config.json: weights memory per precision and quantization
-scheme, KV cache, training memory, GPU fit and FLOPs — every figure with the formula that produced it.
-
-Units: bytes and decimal GB (1 GB = 1e9 B, as GPU memory is marketed and as the rules of thumb in
-formats.md are written: 70e9 params × 2 B = 140 GB → two 80 GB GPUs)."""
+scheme, KV cache, training memory, GPU fit and FLOPs — every figure with the formula that produced it."""
 from __future__ import annotations
 
 import math
@@ -12,6 +9,8 @@ from typing import Any, Iterable
 
 from .counting import Counting, config_get
 
+# Units: bytes and decimal GB (1 GB = 1e9 B, as GPU memory is marketed and as formats.md's rules of
+# thumb are written: 70e9 params × 2 B = 140 GB → two 80 GB GPUs).
 GB = 1e9
 
 # --------------------------------------------------------------------------- tables
@@ -66,6 +65,8 @@ _ENCODER_ONLY = {"bert", "roberta", "xlm-roberta", "distilbert", "albert", "elec
 
 def fig(value: float | int | None, unit: str, formula: str, **extra: Any) -> dict:
     """One figure of the plan: its value, unit and the formula that produced it."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2 ** 63:
+        value = int(value)   # whole byte / FLOP counts stay exact integers in JSON
     d = {"value": value, "unit": unit, "formula": formula}
     d.update(extra)
     return d

@@ -2,22 +2,23 @@
 written from the definitions in paramkit.stats and always available (NumPy only at run time)."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
 import numpy as np
 
 from .. import stats as _stats
-from ..dtypes import DTYPES, DType
+from ..dtypes import DTYPES
 from ..table import TensorInfo
 
-# A chunk is this many elements of the tensor, counted from the tensor's first element: at most
-# 16 MiB of file bytes (F64) and 16 MiB of float64 temporaries. Chunk boundaries depend on the
-# tensor alone (never on threads), and chunk results are merged in chunk order.
+# A chunk is this many elements of one tensor, counted from its first element: at most 16 MiB of
+# file bytes (F64) and two chunk-sized float64 scratch arrays. Chunk boundaries depend on the
+# tensor alone (never on threads) and chunk results are merged in chunk order.
 CHUNK_ELEMENTS = 1 << 21
 
 # ------------------------------------------------------------------------------------------------
-# decoding tables, computed from the format definitions
+# decoding, from the format definitions
 
 
 def _f8_value(code: int, exp_bits: int, man_bits: int, bias: int, ieee_special: bool) -> float:
@@ -29,7 +30,7 @@ def _f8_value(code: int, exp_bits: int, man_bits: int, bias: int, ieee_special: 
         return sign * math.inf if m == 0 else math.nan
     if not ieee_special and e == e_max and m == (1 << man_bits) - 1:   # E4M3FN: S.1111.111 only
         return math.nan
-    if e == 0:                                         # subnormal (or zero)
+    if e == 0:                                         # zero or subnormal
         return sign * math.ldexp(m, 1 - bias - man_bits)
     return sign * math.ldexp((1 << man_bits) + m, e - bias - man_bits)
 
@@ -41,129 +42,89 @@ def _f8_lut(exp_bits: int, man_bits: int, bias: int, ieee_special: bool) -> np.n
     return lut
 
 
-F8_E4M3_LUT = _f8_lut(4, 3, 7, ieee_special=False)     # OCP E4M3FN: max 448, no inf
-F8_E5M2_LUT = _f8_lut(5, 2, 15, ieee_special=True)
+F8_E4M3_LUT = _f8_lut(4, 3, 7, ieee_special=False)     # OCP E4M3FN: bias 7, max 448, no inf
+F8_E5M2_LUT = _f8_lut(5, 2, 15, ieee_special=True)     # bias 15, ±inf, NaN
+
+# raw element view (unsigned bits, little-endian) and bit fields of the float formats
+_RAW = {"F64": "<u8", "F32": "<u4", "F16": "<u2", "BF16": "<u2", "F8_E4M3": "u1", "F8_E5M2": "u1",
+        "I8": "u1", "U8": "u1", "I16": "<u2", "U16": "<u2", "I32": "<u4", "U32": "<u4",
+        "I64": "<u8", "U64": "<u8", "BOOL": "u1"}
+_VALUE_VIEW = {"F64": "<f8", "F32": "<f4", "I32": "<i4", "U32": "<u4", "I64": "<i8", "U64": "<u8"}
+_FIELDS = {  # exponent mask, mantissa mask
+    "F64": (0x7FF0_0000_0000_0000, (1 << 52) - 1), "F32": (0x7F80_0000, (1 << 23) - 1),
+    "F16": (0x7C00, 0x03FF), "BF16": (0x7F80, 0x007F), "F8_E4M3": (0x78, 0x07),
+    "F8_E5M2": (0x7C, 0x03)}
 
 
-def _sortable_key(bits: np.ndarray, width: int) -> np.ndarray:
-    """Order-preserving unsigned key of sign-magnitude float bit patterns (NaN already removed):
-    negative values get all bits flipped, non-negative ones get the sign bit set."""
-    sign = np.uint64(1 << (width - 1)).astype(bits.dtype)
-    return np.where(bits & sign, ~bits, bits | sign)
-
-
-def _key_values_bf16() -> np.ndarray:
-    keys = np.arange(1 << 16, dtype=np.uint32)
-    bits = np.where(keys & 0x8000, keys & 0x7FFF, ~keys & 0xFFFF).astype(np.uint32)
-    with np.errstate(invalid="ignore"):        # signalling-NaN patterns
-        return (bits << np.uint32(16)).view(np.float32).astype(np.float64)
-
-
-def _key_values_f16() -> np.ndarray:
-    keys = np.arange(1 << 16, dtype=np.uint32)
-    bits = np.where(keys & 0x8000, keys & 0x7FFF, ~keys & 0xFFFF).astype(np.uint16)
-    with np.errstate(invalid="ignore"):
-        return bits.view(np.float16).astype(np.float64)
-
-
-def _key_values_f8(lut: np.ndarray) -> np.ndarray:
-    keys = np.arange(256, dtype=np.uint32)
-    codes = np.where(keys & 0x80, keys & 0x7F, ~keys & 0xFF)
-    with np.errstate(invalid="ignore"):
-        return lut[codes].astype(np.float64)
-
-
-# ------------------------------------------------------------------------------------------------
-# per-dtype description: how to view raw bytes, decode, find subnormals and bin for quantiles
-
-
-class _Spec:
-    def __init__(self, name: str, raw: str, kind: str, *, exp_mask: int = 0, man_mask: int = 0,
-                 nbins: int = 0, key_values=None, int_quantiles: bool = False):
-        self.name = name
-        self.raw = np.dtype(raw)          # little-endian view of the bytes
-        self.kind = kind                  # "float" | "int" | "bool"
-        self.exp_mask = exp_mask
-        self.man_mask = man_mask
-        self.nbins = nbins
-        self._key_values = key_values     # callable -> value of every bin, float64 (lazy)
-        self._table = None
-        self.int_quantiles = int_quantiles
-
-    @property
-    def itemsize(self) -> int:
-        return self.raw.itemsize
-
-    def key_value(self, key: int):
-        if self._table is None:
-            self._table = self._key_values()
-        v = self._table[key]
-        return int(v) if self.int_quantiles else float(v)
-
-
-def _ints(lo: int, n: int):
-    return lambda: np.arange(lo, lo + n, dtype=np.float64)
-
-
-_SPECS: dict[str, _Spec] = {s.name: s for s in [
-    _Spec("F64", "<u8", "float", exp_mask=0x7FF0_0000_0000_0000, man_mask=(1 << 52) - 1,
-          nbins=1 << 16, key_values=_key_values_bf16),
-    _Spec("F32", "<u4", "float", exp_mask=0x7F80_0000, man_mask=(1 << 23) - 1,
-          nbins=1 << 16, key_values=_key_values_bf16),
-    _Spec("F16", "<u2", "float", exp_mask=0x7C00, man_mask=0x03FF,
-          nbins=1 << 16, key_values=_key_values_f16),
-    _Spec("BF16", "<u2", "float", exp_mask=0x7F80, man_mask=0x007F,
-          nbins=1 << 16, key_values=_key_values_bf16),
-    _Spec("F8_E4M3", "u1", "float", exp_mask=0x78, man_mask=0x07,
-          nbins=256, key_values=lambda: _key_values_f8(F8_E4M3_LUT)),
-    _Spec("F8_E5M2", "u1", "float", exp_mask=0x7C, man_mask=0x03,
-          nbins=256, key_values=lambda: _key_values_f8(F8_E5M2_LUT)),
-    _Spec("I8", "i1", "int", nbins=256, key_values=_ints(-128, 256), int_quantiles=True),
-    _Spec("U8", "u1", "int", nbins=256, key_values=_ints(0, 256), int_quantiles=True),
-    _Spec("I16", "<i2", "int", nbins=1 << 16, key_values=_ints(-32768, 1 << 16), int_quantiles=True),
-    _Spec("U16", "<u2", "int", nbins=1 << 16, key_values=_ints(0, 1 << 16), int_quantiles=True),
-    _Spec("I32", "<i4", "int", nbins=1 << 16, key_values=_key_values_bf16),
-    _Spec("U32", "<u4", "int", nbins=1 << 16, key_values=_key_values_bf16),
-    _Spec("I64", "<i8", "int", nbins=1 << 16, key_values=_key_values_bf16),
-    _Spec("U64", "<u8", "int", nbins=1 << 16, key_values=_key_values_bf16),
-    _Spec("BOOL", "u1", "bool", nbins=256, key_values=_ints(0, 256), int_quantiles=True),
-]}
-
-
-def _decode_float(spec: _Spec, bits: np.ndarray) -> np.ndarray:
-    """Exact decoding of float bit patterns (F64 stays float64, everything else float32/16)."""
-    n = spec.name
-    if n == "F64":
-        return bits.view("<f8")
-    if n == "F32":
-        return bits.view("<f4")
-    if n == "F16":
-        return bits.view("<f2")
-    if n == "BF16":
+def _decode_codes(bits: np.ndarray, dtype: str) -> np.ndarray:
+    """Values of unsigned element bit patterns of an 8/16-bit dtype: floats exactly (float16 or
+    float32), integers as int64, BOOL as 0/1."""
+    if dtype == "BF16":
         return (bits.astype(np.uint32) << np.uint32(16)).view(np.float32)
-    if n == "F8_E4M3":
+    if dtype == "F16":
+        return bits.view("<f2")
+    if dtype == "F8_E4M3":
         return F8_E4M3_LUT[bits]
-    if n == "F8_E5M2":
+    if dtype == "F8_E5M2":
         return F8_E5M2_LUT[bits]
-    raise AssertionError(n)
+    if dtype == "BOOL":
+        return (bits != 0).astype(np.int64)
+    if dtype in ("I8", "I16"):
+        return bits.view("i1" if dtype == "I8" else "<i2").astype(np.int64)
+    return bits.astype(np.int64)                       # U8, U16
 
 
 def decode(raw: np.ndarray, dtype: str) -> np.ndarray:
-    """The values of a chunk of raw elements of safetensors `dtype` (viewed as `raw` bytes):
-    floats decoded exactly (to float16/32/64), integers as-is, BOOL as 0/1 uint8."""
-    spec = _SPECS[dtype]
-    raw = np.ascontiguousarray(raw).reshape(-1).view(np.uint8).view(spec.raw)
-    if spec.kind == "float":
-        return _decode_float(spec, raw)
-    if spec.kind == "bool":
-        return (raw != 0).view(np.uint8)
-    return raw
+    """The values of an array whose raw bytes are elements of safetensors `dtype`: floats exactly
+    (float16/32/64), integers in their own numpy type (int64 for 8/16-bit), BOOL as 0/1."""
+    bits = np.ascontiguousarray(raw).reshape(-1).view(np.uint8).view(_RAW[dtype])
+    return bits.view(_VALUE_VIEW[dtype]) if dtype in _VALUE_VIEW else _decode_codes(bits, dtype)
 
 
-def _bf16_prefix_key(f32: np.ndarray) -> np.ndarray:
-    """Sortable 16-bit key of float32 values truncated to their top 16 bits (no NaN allowed)."""
-    top = (f32.view(np.uint32) >> np.uint32(16)).astype(np.uint16)
-    return _sortable_key(top, 16)
+class _Codes:
+    """The 2^bits codes of an 8/16-bit dtype (or the bfloat16 patterns that F32/F64/32-64-bit
+    integers are binned to for quantiles): each code's value and class, and the non-NaN codes in
+    value order (sign-magnitude floats in total order, so -0 sorts just before +0)."""
+
+    def __init__(self, dtype: str):
+        n = 256 if _RAW[dtype] == "u1" else 1 << 16
+        codes = np.arange(n, dtype=np.uint8 if n == 256 else np.uint16)
+        with np.errstate(invalid="ignore"):            # signalling-NaN patterns
+            values = _decode_codes(codes, dtype).astype(np.float64)
+        self.is_float = dtype in _FIELDS
+        self.values = values                           # float64 (exact for every code)
+        nan = np.isnan(values)
+        self.nan = np.flatnonzero(nan)
+        self.posinf = np.flatnonzero(values == math.inf)
+        self.neginf = np.flatnonzero(values == -math.inf)
+        self.zero = np.flatnonzero(values == 0)
+        self.finite = np.flatnonzero(np.isfinite(values))
+        self.finite_values = values[self.finite]
+        if self.is_float:
+            exp_mask, man_mask = _FIELDS[dtype]
+            self.subnormal = np.flatnonzero(((codes & exp_mask) == 0) & ((codes & man_mask) != 0))
+            sign = n >> 1
+            key = np.where(codes.astype(np.int64) & sign, (n - 1) - codes.astype(np.int64),
+                           codes.astype(np.int64) | sign)        # sortable: flip negatives
+            order = np.argsort(key, kind="stable")
+        else:
+            self.subnormal = np.zeros(0, dtype=np.int64)
+            order = np.argsort(values, kind="stable")
+        self.order = order[~nan[order]]
+
+    def value(self, code: int):
+        v = self.values[code]
+        return float(v) if self.is_float else int(v)
+
+
+@functools.lru_cache(maxsize=None)
+def _codes(dtype: str) -> _Codes:
+    return _Codes(dtype)
+
+
+def _bf16_bins(f32: np.ndarray) -> np.ndarray:
+    """bfloat16 bit pattern (top 16 bits) of non-NaN float32 values: truncation toward zero."""
+    return (f32.view(np.uint32) >> np.uint32(16)).astype(np.uint16)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -171,128 +132,162 @@ def _bf16_prefix_key(f32: np.ndarray) -> np.ndarray:
 
 
 class _Accumulator:
-    __slots__ = ("spec", "n_fin", "mean", "m2", "exp", "nan", "posinf", "neginf", "zeros",
-                 "subnormal", "min", "max", "hist")
+    __slots__ = ("dtype", "small", "n_fin", "mean", "m2", "ssq", "exp", "nan", "posinf", "neginf",
+                 "zeros", "subnormal", "min", "max", "hist")
 
-    def __init__(self, spec: _Spec, quantiles: bool):
-        self.spec = spec
-        # finite moments, stored scaled by 2**-exp so that float64 never overflows/underflows
+    def __init__(self, dtype: str, quantiles: bool):
+        self.dtype = dtype
+        self.small = _RAW[dtype] in ("u1", "<u2")      # 8/16-bit: histogram of every code
+        # finite moments: count, mean, M2 = sum (x - mean)^2, ssq = sum x^2, kept scaled by
+        # 2^-exp (mean) and 2^-2exp (M2, ssq) so that F64 neither overflows nor underflows
         self.n_fin = 0
-        self.mean = 0.0
-        self.m2 = 0.0
+        self.mean = self.m2 = self.ssq = 0.0
         self.exp = 0
         self.nan = self.posinf = self.neginf = self.zeros = self.subnormal = 0
-        self.min = None
-        self.max = None
-        self.hist = np.zeros(spec.nbins, dtype=np.int64) if quantiles else None
+        self.min = self.max = None
+        # quantile histogram indexed by code (8/16-bit) or by bfloat16 pattern (wider dtypes)
+        nbins = 256 if _RAW[dtype] == "u1" else 1 << 16
+        self.hist = np.zeros(nbins, dtype=np.int64) if quantiles else None
 
     def update(self, raw: np.ndarray) -> None:
-        """Fold one chunk (1-D array of dtype spec.raw) into the state."""
+        """Fold one chunk (1-D array of unsigned element bits, dtype _RAW[dtype]) into the state."""
         if raw.size:
             with np.errstate(invalid="ignore", over="ignore"):   # sNaN compares, F64->F32 cast
-                self._update(raw)
+                if self.small:
+                    self._update_codes(raw)
+                else:
+                    self._update_elements(raw)
 
-    def _update(self, raw: np.ndarray) -> None:
-        spec = self.spec
+    def _update_codes(self, raw: np.ndarray) -> None:
+        """8/16-bit dtypes: everything follows from the chunk's histogram of codes."""
+        c = _codes(self.dtype)
+        h = np.bincount(raw, minlength=c.values.size)
+        self.nan += int(h[c.nan].sum())
+        self.posinf += int(h[c.posinf].sum())
+        self.neginf += int(h[c.neginf].sum())
+        self.zeros += int(h[c.zero].sum())
+        self.subnormal += int(h[c.subnormal].sum())
+        present = np.flatnonzero(h[c.order])
+        if present.size:
+            self._minmax(c.value(c.order[present[0]]), c.value(c.order[present[-1]]))
+        w = h[c.finite]
+        nz = np.flatnonzero(w)
+        if nz.size:
+            w, v = w[nz].astype(np.float64), c.finite_values[nz]
+            n = int(h[c.finite].sum())
+            mean = float((w * v).sum()) / n
+            self._merge(n, mean, float((w * np.square(v - mean)).sum()),
+                        float((w * np.square(v)).sum()), 0)
+        if self.hist is not None:
+            self.hist += h
+
+    def _update_elements(self, raw: np.ndarray) -> None:
+        """32/64-bit dtypes, element by element."""
+        dtype = self.dtype
+        vals = raw.view(_VALUE_VIEW[dtype])
         n = raw.size
-        if spec.kind == "float":
-            vals = _decode_float(spec, raw)
-            nan_mask = np.isnan(vals)
-            n_nan = int(np.count_nonzero(nan_mask))
-            self.nan += n_nan
-            self.posinf += int(np.count_nonzero(vals == np.inf))
-            self.neginf += int(np.count_nonzero(vals == -np.inf))
+        if dtype in _FIELDS:                           # F32, F64
+            exp_mask, man_mask = (raw.dtype.type(m) for m in _FIELDS[dtype])
+            finite_mask = np.isfinite(vals)
+            n_finite = int(np.count_nonzero(finite_mask))
+            if n_finite == n:
+                not_nan, finite = vals, vals.astype(np.float64)   # a fresh copy either way
+            else:
+                nan_mask = np.isnan(vals)
+                n_nan = int(np.count_nonzero(nan_mask))
+                n_pos = int(np.count_nonzero(vals == math.inf))
+                self.nan += n_nan
+                self.posinf += n_pos
+                self.neginf += n - n_finite - n_nan - n_pos
+                not_nan = vals[~nan_mask] if n_nan else vals
+                finite = vals[finite_mask].astype(np.float64, copy=False)
             self.zeros += int(np.count_nonzero(vals == 0))
-            self.subnormal += int(np.count_nonzero(((raw & spec.raw.type(spec.exp_mask)) == 0)
-                                                   & ((raw & spec.raw.type(spec.man_mask)) != 0)))
-            not_nan = vals[~nan_mask] if n_nan else vals
+            self.subnormal += int(np.count_nonzero(((raw & exp_mask) == 0) & ((raw & man_mask) != 0)))
             if not_nan.size:
-                self._minmax(float(not_nan.min()), float(not_nan.max()))
-            finite = vals[np.isfinite(vals)]
-            self._moments(finite.astype(np.float64, copy=False))   # a fresh copy either way
+                lo, hi = float(not_nan.min()), float(not_nan.max())
+                if lo == 0:      # numpy's min/max of ±0 is either; use the total order
+                    neg_zero = raw.dtype.type(1 << (8 * raw.itemsize - 1))
+                    lo = -0.0 if np.count_nonzero(raw == neg_zero) else 0.0
+                if hi == 0:
+                    hi = 0.0 if np.count_nonzero(raw == 0) else -0.0
+                self._minmax(lo, hi)
             if self.hist is not None and not_nan.size:
-                if spec.name in ("F16", "BF16"):
-                    keys = _sortable_key(raw[~nan_mask] if n_nan else raw, 16)
-                elif spec.itemsize == 1:
-                    keys = _sortable_key(raw[~nan_mask] if n_nan else raw, 8)
-                elif spec.name == "F32":
-                    keys = _bf16_prefix_key(not_nan)
-                else:  # F64: round to float32 (nearest even, overflow to inf), then truncate
-                    keys = _bf16_prefix_key(not_nan.astype(np.float32))
-                self.hist += np.bincount(keys, minlength=spec.nbins)
-        else:
-            vals = (raw != 0).view(np.uint8) if spec.kind == "bool" else raw
+                # F32: truncate; F64: round to float32 (nearest even, overflow to inf), truncate
+                self.hist += np.bincount(_bf16_bins(not_nan.astype(np.float32, copy=False)),
+                                         minlength=1 << 16)
+        else:                                          # I32, U32, I64, U64: exact Python ints
             self.zeros += n - int(np.count_nonzero(vals))
             self._minmax(int(vals.min()), int(vals.max()))
-            self._moments(vals.astype(np.float64))
-            if self.hist is not None:
-                if spec.kind == "bool":
-                    keys = vals
-                elif spec.itemsize == 1:
-                    keys = raw.view(np.uint8) ^ np.uint8(0x80) if spec.name == "I8" else raw
-                elif spec.itemsize == 2:
-                    keys = raw.view(np.uint16) ^ np.uint16(0x8000) if spec.name == "I16" else raw
-                else:  # 32/64-bit integers: round to float32 (nearest even), then truncate
-                    keys = _bf16_prefix_key(raw.astype(np.float32))
-                self.hist += np.bincount(keys, minlength=spec.nbins)
+            finite = vals.astype(np.float64)
+            if self.hist is not None:                  # round to float32 (nearest even), truncate
+                self.hist += np.bincount(_bf16_bins(vals.astype(np.float32)), minlength=1 << 16)
+        self._moments(finite)
 
     def _minmax(self, lo, hi) -> None:
+        """Merge a chunk's min and max; floats in total order, so -0.0 < +0.0."""
         if self.min is None:
             self.min, self.max = lo, hi
-        else:
-            self.min = min(self.min, lo)
-            self.max = max(self.max, hi)
+            return
+        if lo < self.min or (lo == self.min and math.copysign(1, lo) < math.copysign(1, self.min)):
+            self.min = lo
+        if hi > self.max or (hi == self.max and math.copysign(1, hi) > math.copysign(1, self.max)):
+            self.max = hi
 
     def _moments(self, f: np.ndarray) -> None:
-        """Chunk-local two-pass mean/M2 of the finite values `f` (a float64 scratch copy that is
-        overwritten), scaled by a power of two, then a Chan merge into the running state."""
-        n_b = f.size
-        if n_b == 0:
+        """Chunk-local two-pass mean, M2 and sum of squares of the finite values `f` (a float64
+        scratch copy, overwritten); F64 chunks are first scaled by a power of two so that the
+        largest |x| is in [0.5, 1) (exact, except that values 2^-1074 below it vanish)."""
+        n = f.size
+        if n == 0:
             return
-        e_b = 0
-        if self.spec.name == "F64":
-            # only F64 can overflow (x^2 > DBL_MAX) or underflow (subnormal x^2) in float64;
-            # scaling by a power of two is exact otherwise, so other dtypes skip it
+        e = 0
+        if self.dtype == "F64":
             absmax = max(-float(f.min()), float(f.max()))
-            e_b = math.frexp(absmax)[1] if absmax > 0 else 0
-            if e_b:
-                np.ldexp(f, -e_b, out=f)      # |f| < 1; values 2^-1074 below absmax underflow
-        mean_b = float(f.sum()) / n_b
-        f -= mean_b
+            e = math.frexp(absmax)[1] if absmax > 0 else 0
+            if e:
+                np.ldexp(f, -e, out=f)
+        mean = float(f.sum()) / n
+        ssq = float(np.square(f).sum())
+        f -= mean
         np.square(f, out=f)
-        m2_b = float(f.sum())
+        self._merge(n, mean, float(f.sum()), ssq, e)
+
+    def _merge(self, n_b: int, mean_b: float, m2_b: float, ssq_b: float, e_b: int) -> None:
+        """Chan's parallel merge of a chunk's (n, mean, M2, ssq), scaled by 2^e_b, into the state."""
         n_a = self.n_fin
         if n_a == 0:
-            self.n_fin, self.mean, self.m2, self.exp = n_b, mean_b, m2_b, e_b
+            self.n_fin, self.mean, self.m2, self.ssq, self.exp = n_b, mean_b, m2_b, ssq_b, e_b
             return
         e = max(self.exp, e_b)
         mean_a = math.ldexp(self.mean, self.exp - e)
         m2_a = math.ldexp(self.m2, 2 * (self.exp - e))
+        ssq_a = math.ldexp(self.ssq, 2 * (self.exp - e))
         mean_b = math.ldexp(mean_b, e_b - e)
         m2_b = math.ldexp(m2_b, 2 * (e_b - e))
+        ssq_b = math.ldexp(ssq_b, 2 * (e_b - e))
         n = n_a + n_b
         delta = mean_b - mean_a
         self.mean = mean_a + delta * (n_b / n)
         self.m2 = m2_a + m2_b + delta * delta * (n_a * n_b / n)
+        self.ssq = ssq_a + ssq_b
         self.n_fin, self.exp = n, e
 
     def result(self) -> dict:
-        spec = self.spec
         if self.n_fin:
             mean = math.ldexp(self.mean, self.exp)
-            std = math.ldexp(math.sqrt(max(self.m2, 0.0) / self.n_fin), self.exp)
-            ss = max(self.m2, 0.0) + self.n_fin * self.mean * self.mean
+            std = math.ldexp(math.sqrt(self.m2 / self.n_fin), self.exp)
             try:
-                l2 = math.ldexp(math.sqrt(ss), self.exp)
-            except OverflowError:
-                l2 = math.inf                  # sqrt(sum x^2) > DBL_MAX
+                l2 = math.ldexp(math.sqrt(self.ssq), self.exp)
+            except OverflowError:                      # sqrt(sum x^2) > DBL_MAX
+                l2 = math.inf
         else:
             mean = std = None
             l2 = 0.0
         absmax = None if self.min is None else max(abs(self.min), abs(self.max))
         quantiles = None
         if self.hist is not None:
-            cum = np.cumsum(self.hist)
+            c = _codes(self.dtype if self.small else "BF16")
+            cum = np.cumsum(self.hist[c.order])
             n_valid = int(cum[-1])
             quantiles = {}
             for key, q in zip(_stats.QUANTILE_KEYS, _stats.QUANTILE_LEVELS):
@@ -300,22 +295,21 @@ class _Accumulator:
                     quantiles[key] = None
                     continue
                 k = min(max(math.ceil(q * n_valid), 1), n_valid)
-                b = int(np.searchsorted(cum, k, side="left"))
-                quantiles[key] = spec.key_value(b)
-        out = {
-            "min": self.min, "max": self.max, "mean": mean, "std": std, "absmax": absmax,
-            "l2": l2, "zeros": self.zeros, "nan": self.nan, "posinf": self.posinf,
-            "neginf": self.neginf, "subnormal": self.subnormal, "quantiles": quantiles,
-        }
+                code = int(c.order[int(np.searchsorted(cum, k, side="left"))])
+                v = c.values[code]
+                quantiles[key] = int(v) if self.small and not c.is_float else float(v)
+        out = {"min": self.min, "max": self.max, "mean": mean, "std": std, "absmax": absmax,
+               "l2": l2, "zeros": self.zeros, "nan": self.nan, "posinf": self.posinf,
+               "neginf": self.neginf, "subnormal": self.subnormal, "quantiles": quantiles}
         assert tuple(out) == _stats.STATS_KEYS
         return out
 
 
-def _spec(dtype: str) -> _Spec | None:
-    d: DType | None = DTYPES.get(dtype)
+def _has_stats(dtype: str) -> bool:
+    d = DTYPES.get(dtype)
     if d is None:
         raise ValueError(f"unknown dtype {dtype!r}")
-    return _SPECS[dtype] if d.has_stats else None
+    return d.has_stats
 
 
 # ------------------------------------------------------------------------------------------------
@@ -329,17 +323,17 @@ class NumpyEngine:
         """Statistics of an in-memory array whose raw bytes are elements of safetensors `dtype`
         (e.g. uint16 holding bf16 bits, or an ml_dtypes bfloat16 array); None for dtypes
         without statistics."""
-        spec = _spec(dtype)
-        if spec is None:
+        if not _has_stats(dtype):
             return None
         a = np.asarray(array)
         if a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))
-        a = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
-        if a.size % spec.itemsize:
-            raise ValueError(f"{a.size} bytes is not a whole number of {dtype} elements")
-        raw = a.view(spec.raw)
-        acc = _Accumulator(spec, quantiles)
+        raw = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+        size = np.dtype(_RAW[dtype]).itemsize
+        if raw.size % size:
+            raise ValueError(f"{raw.size} bytes is not a whole number of {dtype} elements")
+        raw = raw.view(_RAW[dtype])
+        acc = _Accumulator(dtype, quantiles)
         step = max(int(CHUNK_ELEMENTS), 1)
         for start in range(0, raw.size, step):
             acc.update(raw[start:start + step])
@@ -347,8 +341,10 @@ class NumpyEngine:
 
     def run_stats(self, tensors: Sequence[TensorInfo], *, quantiles: bool = True,
                   threads: int | None = None, progress=None) -> list[dict | None]:
-        """Statistics of each tensor, read from its file in chunks of CHUNK_ELEMENTS elements;
-        `threads` is accepted and ignored. Each file is opened once and read in offset order."""
+        """Statistics of each tensor (None for dtypes without statistics), in the order given,
+        read in chunks of CHUNK_ELEMENTS elements; each file is opened once and read in offset
+        order. `threads` is accepted and ignored. progress(bytes done) after each chunk; tensors
+        without statistics count as done when skipped, so the last call is the total nbytes."""
         del threads
         results: list[dict | None] = [None] * len(tensors)
         by_file: dict[str, list[int]] = {}
@@ -360,18 +356,18 @@ class NumpyEngine:
             with open(path, "rb", buffering=0) as fh:
                 for i in idxs:
                     t = tensors[i]
-                    spec = _spec(t.dtype)
-                    if spec is None:
+                    if not _has_stats(t.dtype):
                         if t.nbytes:
                             done += t.nbytes
                             if progress is not None:
                                 progress(done)
                         continue
-                    if t.nbytes != t.numel * spec.itemsize:
+                    raw_dtype = np.dtype(_RAW[t.dtype])
+                    if t.nbytes != t.numel * raw_dtype.itemsize:
                         raise ValueError(f"tensor {t.name!r}: {t.nbytes} bytes for {t.numel} "
                                          f"{t.dtype} elements")
-                    acc = _Accumulator(spec, quantiles)
-                    step = max(int(CHUNK_ELEMENTS), 1) * spec.itemsize
+                    acc = _Accumulator(t.dtype, quantiles)
+                    step = max(int(CHUNK_ELEMENTS), 1) * raw_dtype.itemsize
                     buf = bytearray(min(step, t.nbytes))
                     view = memoryview(buf)
                     fh.seek(t.offset)
@@ -385,7 +381,8 @@ class NumpyEngine:
                                 raise OSError(f"{path}: unexpected end of file reading tensor "
                                               f"{t.name!r} at byte {t.offset + pos + got}")
                             got += r
-                        acc.update(np.frombuffer(buf, dtype=spec.raw, count=want // spec.itemsize))
+                        acc.update(np.frombuffer(buf, dtype=raw_dtype,
+                                                 count=want // raw_dtype.itemsize))
                         pos += want
                         done += want
                         if progress is not None:
