@@ -18,13 +18,13 @@ from safetensors.numpy import save_file as np_save_file
 from safetensors.torch import save_file as torch_save_file
 
 import stats_reference as R
+from conftest import available_backends     # [b.name for b in backends() if b.available]
 from paramkit import stats as S
-from paramkit.backends import backends, get_engine, numpy_backend
+from paramkit.backends import get_engine, numpy_backend
 from paramkit.dtypes import DTYPES
 from paramkit.table import TensorInfo
 
-BACKENDS = [b.name for b in backends() if b.available]
-NATIVE = [b for b in BACKENDS if b != "numpy"]
+BACKENDS = available_backends()      # numpy always; PARAMKIT_BACKEND=name narrows to that one
 ORACLE = numpy_backend.ENGINE
 DTYPE_NAMES = list(R.STATS_DTYPES)
 UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}

@@ -125,6 +125,21 @@ static void wide_float(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhis
   auto& sum = ln.sum;
   for (int j = 0; j < L; ++j) { mn[j] = std::numeric_limits<F>::infinity(); mx[j] = -mn[j]; }
   const U SIGN = U(1) << SHIFT;
+  // float64 only: scale by 2^-e (e from the finite absmax of the piece) before summing
+  int e = 0;
+  double f1 = 1.0, f2 = 1.0;
+  if constexpr (sizeof(F) == 8) {
+    double am = 0;
+    for (size_t k = 0; k < n; ++k) {
+      double x = double(ld(k)), a = x < 0 ? -x : x;
+      am = (a > am && a - a == 0) ? a : am;
+    }
+    if (am > 0) {
+      std::frexp(am, &e);
+      f1 = std::ldexp(1.0, -(e / 2));   // two factors: 2^-e alone may not be representable
+      f2 = std::ldexp(1.0, -(e - e / 2));
+    }
+  }
   size_t i = 0;
 #if defined(PK_KAVX2)
   if constexpr (sizeof(F) == 4) i = f32_pass1_vec<BF>(p, n, ln);
@@ -136,7 +151,7 @@ static void wide_float(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhis
     nan[j] += isn; pinf[j] += isi & !neg; ninf[j] += isi & neg;
     zer[j] += (b & ~SIGN) == 0; sub[j] += (e == 0) & (m != 0);
     mn[j] = x < mn[j] ? x : mn[j]; mx[j] = x > mx[j] ? x : mx[j];
-    bool f = e != EXP; fin[j] += f; sum[j] += f ? double(x) : 0.0;
+    bool f = e != EXP; fin[j] += f; sum[j] += f ? double(x) * f1 * f2 : 0.0;
   };
   for (; i + L <= n; i += L)
     for (int j = 0; j < L; ++j) body(j, ld(i + j));
@@ -154,7 +169,7 @@ static void wide_float(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhis
     double mean = tsum / nfin, s1[L] = {}, s2[L] = {};
     auto dev = [&](int j, F x) {
       U b; std::memcpy(&b, &x, sizeof(F));
-      double d = (b & EXP) != EXP ? double(x) - mean : 0.0;
+      double d = (b & EXP) != EXP ? double(x) * f1 * f2 - mean : 0.0;
       s1[j] += d; s2[j] += d * d;
     };
     i = 0;
@@ -169,6 +184,7 @@ static void wide_float(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhis
     r.mom.n = nfin; r.mom.mean = mean + c / nfin;
     r.mom.m2 = q - c * c / nfin;
     if (r.mom.m2 < 0) r.mom.m2 = 0;
+    r.mom.exp = e;
   }
   if (qhist) {
     for (i = 0; i < n; ++i) {

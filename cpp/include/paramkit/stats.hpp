@@ -9,13 +9,26 @@ namespace paramkit {
 
 constexpr int kMaxQuantiles = 8;
 
-// Count, mean and sum of squared deviations of the finite values; merged with Chan et al.
+// Count, mean and sum of squared deviations of the finite values, held scaled by 2^-exp (mean)
+// and 2^-2exp (m2) so that float64 data near 1e308 or 1e-308 neither overflows nor underflows;
+// merged with Chan et al. after bringing both sides to the larger exponent.
 struct Moments {
   double n = 0, mean = 0, m2 = 0;
+  int exp = 0;
 };
-PK_HD PK_INLINE void merge_moments(Moments& a, const Moments& b) {
-  if (b.n == 0) return;
-  if (a.n == 0) { a = b; return; }
+PK_HD PK_INLINE void rescale_moments(Moments& a, int e) {
+  if (a.exp == e) return;
+  a.mean = ldexp(a.mean, a.exp - e);
+  a.m2 = ldexp(a.m2, 2 * (a.exp - e));
+  a.exp = e;
+}
+PK_HD PK_INLINE void merge_moments(Moments& a, const Moments& bb) {
+  if (bb.n == 0) return;
+  if (a.n == 0) { a = bb; return; }
+  Moments b = bb;
+  int e = a.exp > b.exp ? a.exp : b.exp;
+  rescale_moments(a, e);
+  rescale_moments(b, e);
   double n = a.n + b.n, d = b.mean - a.mean;
   a.mean += d * (b.n / n);
   a.m2 += b.m2 + d * d * (a.n * (b.n / n));
@@ -54,11 +67,11 @@ struct TensorResult {
 PK_HD PK_INLINE void finish_moments(TensorResult& r, const Moments& m) {
   r.nfinite = m.n;
   if (m.n > 0) {
-    r.mean = m.mean;
+    r.mean = ldexp(m.mean, m.exp);
     double var = m.m2 / m.n;
-    r.std = sqrt(var > 0 ? var : 0.0);
+    r.std = ldexp(sqrt(var > 0 ? var : 0.0), m.exp);
     double ss = m.m2 + m.n * m.mean * m.mean;
-    r.l2 = sqrt(ss > 0 ? ss : 0.0);
+    r.l2 = ldexp(sqrt(ss > 0 ? ss : 0.0), m.exp);
   }
 }
 

@@ -30,10 +30,15 @@ class CpuEngine:
                   progress=None, io: str | None = None) -> list[dict | None]:
         files, spec, where = task_spec(tensors)
         out: list[dict | None] = [None] * len(tensors)
+        # tensors without statistics are not read: count their bytes as done from the start
+        skipped = sum(t.nbytes for t in tensors) - int(spec[:, 2].sum()) if len(where) else 0
         if not where:
+            if progress:
+                progress(sum(t.nbytes for t in tensors))
             return out
+        cb = progress if not (progress and skipped) else (lambda done: progress(done + skipped))
         rec = self._core.run_stats(files, spec, bool(quantiles), int(threads or 0), CHUNK_BYTES,
-                                   io or DEFAULT_IO, list(QUANTILE_LEVELS), progress)
+                                   io or DEFAULT_IO, list(QUANTILE_LEVELS), cb)
         self.last_run = {"isa": rec["isa"], "threads": rec["threads"], "units": rec["units"]}
         for row, i in enumerate(where):
             out[i] = to_stats(rec, row, tensors[i].dtype, quantiles)

@@ -295,9 +295,7 @@ class _Accumulator:
                     quantiles[key] = None
                     continue
                 k = min(max(math.ceil(q * n_valid), 1), n_valid)
-                code = int(c.order[int(np.searchsorted(cum, k, side="left"))])
-                v = c.values[code]
-                quantiles[key] = int(v) if self.small and not c.is_float else float(v)
+                quantiles[key] = c.value(int(c.order[int(np.searchsorted(cum, k, side="left"))]))
         out = {"min": self.min, "max": self.max, "mean": mean, "std": std, "absmax": absmax,
                "l2": l2, "zeros": self.zeros, "nan": self.nan, "posinf": self.posinf,
                "neginf": self.neginf, "subnormal": self.subnormal, "quantiles": quantiles}

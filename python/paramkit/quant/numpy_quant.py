@@ -160,8 +160,19 @@ def _int8_tensor(x: np.ndarray, tensor_absmax: float | None) -> QuantResult:
     return QuantResult(v, c, 0)
 
 
+def _channel_rows(x: np.ndarray) -> np.ndarray:
+    """int8_channel's view: one row per OUTPUT CHANNEL (axis 0), i.e. [shape[0], numel/shape[0]]
+    for 2 or more dimensions (a conv weight [out, in, kh, kw] gets `out` scales, as torch's
+    per-channel axis=0 and TensorRT do); a 1-D tensor is one row, a scalar one element."""
+    if x.ndim == 0:
+        return x.reshape(1, 1)
+    if x.ndim == 1:
+        return x.reshape(1, -1)
+    return x.reshape(x.shape[0], -1)
+
+
 def _int8_channel(x: np.ndarray) -> QuantResult:
-    rows = _rows(x)
+    rows = _channel_rows(x)
     amax = np.max(np.abs(_finite_or_zero(rows)), axis=1, keepdims=True, initial=F32(0))
     scale = (amax / F32(127)).astype(np.float32)
     v, c = _symmetric(rows, scale, scale, -127, 127, reciprocal=True)
