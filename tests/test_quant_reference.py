@@ -380,7 +380,7 @@ def channel_scales(rows):
 def test_int8_channel_matches_torch(x, extra):
     with np.errstate(over="ignore"):
         x = np.broadcast_to(x, (extra,) + x.shape).copy() * np.float32(1 + extra / 8)  # 3-D too
-    rows = x.reshape(-1, x.shape[-1])
+    rows = x.reshape(x.shape[0], -1)              # one scale per output channel (axis 0)
     scales = channel_scales(rows)
     with np.errstate(divide="ignore", over="ignore"):
         # torch casts NaN/Inf to int64 (undefined) for Inf inputs, zero or subnormal scales
@@ -388,6 +388,31 @@ def test_int8_channel_matches_torch(x, extra):
     got = Q.fake_quantize(x, "int8_channel").reshape(rows.shape)
     assert_bits_equal(got[ok], torch_per_channel(rows, scales)[ok])
     assert np.all(got[~ok & (scales == 0)] == 0)
+
+
+def test_int8_channel_is_per_output_channel():
+    """>2-D tensors get one scale per axis-0 slice (torch per-channel axis=0 on the N-D tensor);
+    2-D is per row, 1-D one row, a scalar one element."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(17)
+    w = (rng.standard_normal((6, 3, 3, 5)) * 0.1).astype(np.float32)
+    w[2] *= 40                                     # channels of very different ranges
+    w[4, 1] *= 1e-3
+    scales = channel_scales(w.reshape(6, -1))
+    ref = torch.fake_quantize_per_channel_affine(
+        torch.from_numpy(w), torch.from_numpy(scales), torch.zeros(6, dtype=torch.int32),
+        0, -127, 127).numpy()
+    got = Q.fake_quantize(w, "int8_channel")
+    assert_bits_equal(got, ref)
+    assert_bits_equal(got.reshape(6, -1), Q.fake_quantize(w.reshape(6, -1), "int8_channel"))
+    assert not bits_equal(got, Q.fake_quantize(w.reshape(-1, 5), "int8_channel").reshape(w.shape))
+    s = Q.SCHEMES["int8_channel"]
+    assert s.n_groups(w.shape) == 6 and s.chunk_multiple(w.shape) == 45
+    assert s.quantized_nbytes(w.shape) == w.size + 4 * 6
+    assert s.n_groups((7,)) == 1 and s.chunk_multiple((7,)) == 7 and s.n_groups(()) == 1
+    v = rng.standard_normal(40).astype(np.float32)
+    assert_bits_equal(Q.fake_quantize(v, "int8_channel"), Q.fake_quantize(v, "int8_tensor"))
+    assert_bits_equal(Q.fake_quantize(v[None], "int8_channel")[0], Q.fake_quantize(v, "int8_channel"))
 
 
 def test_int8_channel_ties_and_tensor_vs_torch():

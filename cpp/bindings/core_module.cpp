@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <system_error>
 
 #include "../src/engine.hpp"
@@ -41,6 +42,21 @@ py::dict pack(const std::vector<TensorResult>& rs, int nq) {
   return d;
 }
 
+// Quantization sums as an (n, schemes, 9) float64 array: sse, sum_w2, sum_q2, sum_wq, max_abs_err,
+// n, nonfinite, clipped, scale_clamped (counts are exact in float64 below 2^53).
+py::array_t<double> pack_quant(const std::vector<TensorQuant>& qs, int ns) {
+  py::array_t<double> a({qs.size(), size_t(ns), size_t(9)});
+  auto v = a.mutable_unchecked<3>();
+  for (size_t i = 0; i < qs.size(); ++i)
+    for (int k = 0; k < ns; ++k) {
+      const QuantSums& q = qs[i].sums[k];
+      v(i, k, 0) = q.sse; v(i, k, 1) = q.sum_w2; v(i, k, 2) = q.sum_q2; v(i, k, 3) = q.sum_wq;
+      v(i, k, 4) = q.max_abs_err; v(i, k, 5) = double(q.n); v(i, k, 6) = double(q.nonfinite);
+      v(i, k, 7) = double(q.clipped); v(i, k, 8) = double(q.scale_clamped);
+    }
+  return a;
+}
+
 py::dict run(const std::vector<std::string>& files, const std::vector<EngineTask>& tasks, EngineOptions opt,
              py::object progress) {
   PyObject *et = nullptr, *ev = nullptr, *etb = nullptr;
@@ -54,11 +70,11 @@ py::dict run(const std::vector<std::string>& files, const std::vector<EngineTask
     }
     return true;
   };
-  std::vector<TensorResult> rs;
+  EngineOutput out;
   EngineInfo info;
   try {
     py::gil_scoped_release nogil;
-    rs = run_stats(files, tasks, opt, cb, &info);
+    out = run_engine(files, tasks, opt, cb, &info);
   } catch (EngineCancelled&) {
     if (have_err) { PyErr_Restore(et, ev, etb); throw py::error_already_set(); }
     throw std::runtime_error("cancelled");
@@ -66,19 +82,32 @@ py::dict run(const std::vector<std::string>& files, const std::vector<EngineTask
     PyErr_SetFromErrnoWithFilename(PyExc_OSError, e.what());
     throw py::error_already_set();
   }
-  py::dict d = pack(rs, opt.quantiles ? int(opt.levels.size()) : 0);
+  py::dict d = pack(out.stats, opt.quantiles ? int(opt.levels.size()) : 0);
+  int ns = int(opt.schemes.size());
+  d["quant"] = pack_quant(out.quant, ns);
+  py::array_t<double> am(out.quant.size());
+  for (size_t i = 0; i < out.quant.size(); ++i) am.mutable_at(i) = out.quant[i].absmax_finite;
+  d["quant_absmax"] = am;
   d["isa"] = info.isa; d["threads"] = info.threads; d["units"] = info.units;
   return d;
 }
 
 EngineOptions options(bool quantiles, int threads, uint64_t chunk_bytes, const std::string& io,
-                      const std::vector<double>& levels) {
+                      const std::vector<double>& levels,
+                      const std::vector<std::pair<int, int>>& schemes = {}, bool stats = true) {
+  if (schemes.size() > size_t(kMaxSchemes)) throw std::invalid_argument("too many quantization schemes");
   if (levels.size() > size_t(kMaxQuantiles)) throw std::invalid_argument("too many quantile levels");
   for (size_t i = 1; i < levels.size(); ++i)
     if (!(levels[i - 1] <= levels[i])) throw std::invalid_argument("quantile levels must be ascending");
   if (io != "pread" && io != "mmap") throw std::invalid_argument("io must be 'pread' or 'mmap'");
   EngineOptions o;
   o.quantiles = quantiles; o.threads = threads; o.chunk_bytes = chunk_bytes; o.use_mmap = io == "mmap"; o.levels = levels;
+  o.stats = stats;
+  for (const auto& sc : schemes) {
+    if (sc.first < 0 || sc.first > Q_FP8_E4M3 || sc.second < 1) throw std::invalid_argument("bad quantization scheme");
+    QuantSpec q{}; q.kind = sc.first; q.group = sc.second; q.tensor_absmax = 0.0f;
+    o.schemes.push_back(q);
+  }
   return o;
 }
 
@@ -86,23 +115,32 @@ EngineOptions options(bool quantiles, int threads, uint64_t chunk_bytes, const s
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "paramkit CPU engine (private; use paramkit.scan / paramkit.tensor_stats)";
-  m.def("run_stats",
+  m.def("run",
         [](const std::vector<std::string>& files, py::array_t<int64_t, py::array::c_style | py::array::forcecast> spec,
-           bool quantiles, int threads, uint64_t chunk_bytes, const std::string& io, const std::vector<double>& levels,
-           py::object progress) {
-          if (spec.ndim() != 2 || spec.shape(1) != 5) throw std::invalid_argument("spec must be (n, 5): file, offset, nbytes, numel, dtype");
+           py::array_t<double, py::array::c_style | py::array::forcecast> absmax, bool stats, bool quantiles, int threads,
+           uint64_t chunk_bytes, const std::string& io, const std::vector<double>& levels,
+           const std::vector<std::pair<int, int>>& schemes, py::object progress) {
+          if (spec.ndim() != 2 || spec.shape(1) != 9)
+            throw std::invalid_argument("spec must be (n, 9): file, offset, nbytes, numel, dtype, quant_mask, row_len, chan_len, piece_multiple");
+          if (absmax.ndim() != 1 || absmax.shape(0) != spec.shape(0)) throw std::invalid_argument("absmax must be (n,)");
           auto s = spec.unchecked<2>();
+          auto a = absmax.unchecked<1>();
           std::vector<EngineTask> tasks(size_t(spec.shape(0)));
           for (size_t i = 0; i < tasks.size(); ++i) {
-            tasks[i].file = int(s(i, 0)); tasks[i].offset = uint64_t(s(i, 1)); tasks[i].nbytes = uint64_t(s(i, 2));
-            tasks[i].numel = uint64_t(s(i, 3)); tasks[i].dtype = int(s(i, 4));
-            if (tasks[i].dtype < 0 || tasks[i].dtype >= DTYPE_COUNT) throw std::invalid_argument("bad dtype id");
-            if (tasks[i].nbytes != tasks[i].numel * uint64_t(dtype_size(tasks[i].dtype))) throw std::invalid_argument("nbytes != numel * element size");
+            EngineTask& t = tasks[i];
+            t.file = int(s(i, 0)); t.offset = uint64_t(s(i, 1)); t.nbytes = uint64_t(s(i, 2));
+            t.numel = uint64_t(s(i, 3)); t.dtype = int(s(i, 4)); t.quant_mask = uint32_t(s(i, 5));
+            t.row_len = uint64_t(std::max<int64_t>(1, s(i, 6))); t.chan_len = uint64_t(std::max<int64_t>(1, s(i, 7)));
+            t.piece_multiple = uint64_t(std::max<int64_t>(1, s(i, 8))); t.tensor_absmax = float(a(i));
+            if (t.dtype < 0 || t.dtype >= DTYPE_COUNT) throw std::invalid_argument("bad dtype id");
+            if (t.nbytes != t.numel * uint64_t(dtype_size(t.dtype))) throw std::invalid_argument("nbytes != numel * element size");
+            if (t.quant_mask && !dtype_is_float(t.dtype)) throw std::invalid_argument("quantization needs a float dtype");
+            if (t.quant_mask >> std::min<size_t>(schemes.size(), 31)) throw std::invalid_argument("quant_mask names a missing scheme");
           }
-          return run(files, tasks, options(quantiles, threads, chunk_bytes, io, levels), progress);
+          return run(files, tasks, options(quantiles, threads, chunk_bytes, io, levels, schemes, stats), progress);
         },
-        py::arg("files"), py::arg("spec"), py::arg("quantiles"), py::arg("threads"), py::arg("chunk_bytes"),
-        py::arg("io"), py::arg("levels"), py::arg("progress"));
+        py::arg("files"), py::arg("spec"), py::arg("absmax"), py::arg("stats"), py::arg("quantiles"), py::arg("threads"),
+        py::arg("chunk_bytes"), py::arg("io"), py::arg("levels"), py::arg("schemes"), py::arg("progress"));
   m.def("array_stats",
         [](py::buffer buf, int dtype, bool quantiles, uint64_t chunk_bytes, const std::vector<double>& levels) {
           py::buffer_info bi = buf.request();

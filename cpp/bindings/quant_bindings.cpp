@@ -1,7 +1,123 @@
 // pybind11 glue for the quantization math of cpp/include/paramkit/quant.hpp (array-level entry
 // points used by paramkit.fake_quantize / quant_error on the cpu backend and by the tests).
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
-namespace py = pybind11;
+#include <cmath>
+#include <stdexcept>
+#include <string>
+#include <vector>
 
-void register_quant(py::module_& m) { (void)m; }
+#include "paramkit/quant.hpp"
+
+namespace py = pybind11;
+using namespace paramkit;
+
+namespace {
+
+const char* const kKindNames[Q_KIND_COUNT] = {"int8_tensor", "int8_channel", "int8_group", "int4_group",
+                                              "int4_group_asym", "q8_0", "q4_0", "nf4", "fp8_e4m3"};
+
+py::dict sums_dict(const QuantSums& s) {
+  py::dict d;
+  d["n"] = s.n; d["nonfinite"] = s.nonfinite;
+  d["sse"] = s.sse; d["sum_w2"] = s.sum_w2; d["sum_q2"] = s.sum_q2; d["sum_wq"] = s.sum_wq;
+  d["max_abs_err"] = s.max_abs_err; d["clipped"] = s.clipped; d["scale_clamped"] = s.scale_clamped;
+  return d;
+}
+
+// Validates the arguments and returns the float32 data of x (C-contiguous, rows*row_len values).
+const float* checked_input(const py::array& x, int kind, int group, int64_t rows, int64_t row_len,
+                           const py::object& tensor_absmax, QuantSpec& spec) {
+  if (!py::isinstance<py::array_t<float>>(x) || x.dtype().kind() != 'f' || x.itemsize() != 4)
+    throw py::type_error("x must be a float32 numpy array, got dtype " + std::string(py::str(x.dtype())));
+  if (!(x.flags() & py::array::c_style)) throw py::type_error("x must be C-contiguous");
+  if (!quant_kind_valid(kind)) throw py::value_error("unknown quantization kind " + std::to_string(kind));
+  if (rows < 0 || row_len < 0) throw py::value_error("rows and row_len must be >= 0");
+  if (row_len > 0 && rows > INT64_MAX / row_len) throw py::value_error("rows * row_len overflows");
+  if (rows * row_len != int64_t(x.size()))
+    throw py::value_error("rows * row_len = " + std::to_string(rows * row_len) + " but x has " +
+                          std::to_string(x.size()) + " elements");
+  bool grouped = quant_kind_row_groups(kind) || kind == Q_NF4;
+  if (grouped && group < 1) throw py::value_error("group must be >= 1 for " + std::string(kKindNames[kind]));
+  if (quant_kind_ggml(kind)) {
+    if (group != 32) throw py::value_error(std::string(kKindNames[kind]) + " blocks have 32 elements");
+    if (row_len % 32)
+      throw py::value_error(std::string(kKindNames[kind]) + ": row length " + std::to_string(row_len) +
+                            " is not a multiple of the block size 32");
+  }
+  spec.kind = kind;
+  spec.group = grouped ? group : 0;
+  spec.tensor_absmax = -1.0f;  // computed from x below when None
+  if (!tensor_absmax.is_none()) {
+    double t = tensor_absmax.cast<double>();
+    if (!(std::isfinite(t) && t >= 0)) throw py::value_error("tensor_absmax must be finite and >= 0");
+    spec.tensor_absmax = float(t);
+  }
+  return static_cast<const float*>(x.data());
+}
+
+// The loop over the whole array, as the reference shapes it; GIL released by the caller.
+void run_all(QuantSpec spec, const float* x, int64_t rows, int64_t row_len, float* out, QuantSums& s) {
+  int64_t numel = rows * row_len;
+  if (numel == 0) return;
+  if (quant_kind_needs_tensor_absmax(spec.kind)) {
+    if (spec.tensor_absmax < 0) spec.tensor_absmax = quant_finite_absmax(x, numel);
+    quant_group(spec, x, numel, out, s);
+  } else if (spec.kind == Q_NF4) {
+    quant_group(spec, x, numel, out, s);  // blocks over the flattened tensor
+  } else {
+    for (int64_t r = 0; r < rows; ++r)     // one channel, or one row of groups
+      quant_group(spec, x + r * row_len, row_len, out ? out + r * row_len : nullptr, s);
+  }
+}
+
+py::tuple fake_quantize(const py::array& x, int kind, int group, int64_t rows, int64_t row_len,
+                        const py::object& tensor_absmax) {
+  QuantSpec spec{};
+  const float* px = checked_input(x, kind, group, rows, row_len, tensor_absmax, spec);
+  std::vector<py::ssize_t> shape(x.shape(), x.shape() + x.ndim());
+  py::array out(py::dtype::of<float>(), py::array::ShapeContainer(shape), py::array::StridesContainer{});
+  float* po = static_cast<float*>(out.mutable_data());
+  QuantSums s{};
+  {
+    py::gil_scoped_release nogil;
+    run_all(spec, px, rows, row_len, po, s);
+  }
+  return py::make_tuple(out, sums_dict(s));
+}
+
+py::dict quant_error_sums(const py::array& x, int kind, int group, int64_t rows, int64_t row_len,
+                          const py::object& tensor_absmax) {
+  QuantSpec spec{};
+  const float* px = checked_input(x, kind, group, rows, row_len, tensor_absmax, spec);
+  QuantSums s{};
+  {
+    py::gil_scoped_release nogil;
+    run_all(spec, px, rows, row_len, nullptr, s);
+  }
+  return sums_dict(s);
+}
+
+}  // namespace
+
+void register_quant(py::module_& m) {
+  const char* args_doc =
+      "x: float32 C-contiguous array of rows*row_len values (any shape, kept for the output). "
+      "kind: QUANT_KINDS value. group: elements per group (32 for q8_0/q4_0, 64 for nf4, N for "
+      "int*_gN; ignored otherwise). rows, row_len: the logical [rows, row_len] view (groups run "
+      "along each row with a short last group; int8_channel: rows = shape[0], one scale per row; "
+      "nf4: blocks over the flattened array; q8_0/q4_0: row_len % 32 == 0 or ValueError). "
+      "tensor_absmax: finite max |x| of the whole tensor for int8_tensor / fp8_e4m3 (None: "
+      "computed from x). The GIL is released during the loop.";
+  m.def("fake_quantize", &fake_quantize, py::arg("x"), py::arg("kind"), py::arg("group"), py::arg("rows"),
+        py::arg("row_len"), py::arg("tensor_absmax") = py::none(),
+        (std::string("dequantize(quantize(x)) -> (float32 array of x's shape, error-sums dict), "
+                     "bit-identical to paramkit.quant.fake_quantize. ") + args_doc).c_str());
+  m.def("quant_error_sums", &quant_error_sums, py::arg("x"), py::arg("kind"), py::arg("group"),
+        py::arg("rows"), py::arg("row_len"), py::arg("tensor_absmax") = py::none(),
+        (std::string("The error-sums dict of fake_quantize without producing the values. ") + args_doc).c_str());
+  py::dict kinds;
+  for (int k = 0; k < Q_KIND_COUNT; ++k) kinds[kKindNames[k]] = k;
+  m.attr("QUANT_KINDS") = kinds;
+}

@@ -36,7 +36,53 @@ struct TaskState {
   std::mutex mu;
   std::unique_ptr<uint64_t[]> hist;   // merged histogram of a multi-piece tensor
   std::vector<PieceStats> pieces;     // wide dtypes: per-piece partials, merged in order
+  std::vector<QuantSums> qpieces;     // [piece][scheme] error sums, merged in order
+  std::vector<double> qabsmax;        // [piece] finite absmax of the quantized values
 };
+
+// Decode n elements of a float dtype to float32 (exact for 8/16-bit floats; F64 rounds).
+void decode_f32(int dt, const uint8_t* p, uint64_t n, float* out) {
+  switch (dt) {
+    case F32: std::memcpy(out, p, n * 4); break;
+    case BF16: for (uint64_t i = 0; i < n; ++i) { uint16_t h; std::memcpy(&h, p + 2 * i, 2); out[i] = decode_bf16(h); } break;
+    case F16: for (uint64_t i = 0; i < n; ++i) { uint16_t h; std::memcpy(&h, p + 2 * i, 2); out[i] = decode_f16(h); } break;
+    case F8_E4M3: for (uint64_t i = 0; i < n; ++i) out[i] = decode_f8_e4m3(p[i]); break;
+    case F8_E5M2: for (uint64_t i = 0; i < n; ++i) out[i] = decode_f8_e5m2(p[i]); break;
+    case F64: for (uint64_t i = 0; i < n; ++i) { double d; std::memcpy(&d, p + 8 * i, 8); out[i] = float(d); } break;
+    default: for (uint64_t i = 0; i < n; ++i) out[i] = 0; break;
+  }
+}
+
+// One scheme over one piece of a tensor (the piece starts on a row, channel and 64-element boundary).
+void quantize_piece(const QuantSpec& spec, const EngineTask& T, const float* x, uint64_t n, QuantSums& sums) {
+  QuantSpec sp = spec;
+  switch (spec.kind) {
+    case Q_INT8_TENSOR: case Q_FP8_E4M3:
+      if (T.tensor_absmax != T.tensor_absmax) return;   // absmax not known yet: second pass
+      sp.tensor_absmax = T.tensor_absmax;
+      quant_group(sp, x, int64_t(n), nullptr, sums);
+      break;
+    case Q_INT8_CHANNEL:
+      for (uint64_t r = 0; r < n; r += T.chan_len) quant_group(sp, x + r, int64_t(std::min(T.chan_len, n - r)), nullptr, sums);
+      break;
+    case Q_NF4:
+      for (uint64_t b = 0; b < n; b += 64) quant_group(sp, x + b, int64_t(std::min<uint64_t>(64, n - b)), nullptr, sums);
+      break;
+    default: {  // groups along the last dimension, a short last group per row
+      uint64_t g = uint64_t(spec.group > 0 ? spec.group : 1);
+      for (uint64_t r = 0; r < n; r += T.row_len) {
+        uint64_t rl = std::min(T.row_len, n - r);
+        for (uint64_t k = 0; k < rl; k += g) quant_group(sp, x + r + k, int64_t(std::min(g, rl - k)), nullptr, sums);
+      }
+    }
+  }
+}
+
+void add_sums(QuantSums& a, const QuantSums& b) {
+  a.sse += b.sse; a.sum_w2 += b.sum_w2; a.sum_q2 += b.sum_q2; a.sum_wq += b.sum_wq;
+  a.max_abs_err = b.max_abs_err > a.max_abs_err ? b.max_abs_err : a.max_abs_err;
+  a.n += b.n; a.nonfinite += b.nonfinite; a.clipped += b.clipped; a.scale_clamped += b.scale_clamped;
+}
 
 struct File {
   int fd = -1;
@@ -70,14 +116,18 @@ int default_threads() {
 
 const char* active_isa() { return select_kernels().isa; }
 
-std::vector<TensorResult> run_stats(const std::vector<std::string>& files, const std::vector<EngineTask>& tasks,
-                                    const EngineOptions& opt, const std::function<bool(uint64_t)>& progress,
-                                    EngineInfo* info) {
+EngineOutput run_engine(const std::vector<std::string>& files, const std::vector<EngineTask>& tasks,
+                        const EngineOptions& opt, const std::function<bool(uint64_t)>& progress,
+                        EngineInfo* info) {
   const Kernels& K = select_kernels();
   const int nq = int(std::min<size_t>(opt.levels.size(), kMaxQuantiles));
-  const double* qs = opt.quantiles && nq > 0 ? opt.levels.data() : nullptr;
+  const double* qs = opt.stats && opt.quantiles && nq > 0 ? opt.levels.data() : nullptr;
   const uint64_t cb = std::max<uint64_t>(64, opt.chunk_bytes / 64 * 64);
-  std::vector<TensorResult> results(tasks.size());
+  const int ns = int(std::min<size_t>(opt.schemes.size(), kMaxSchemes));
+  EngineOutput output;
+  std::vector<TensorResult>& results = output.stats;
+  results.resize(tasks.size());
+  output.quant.resize(tasks.size());
 
   // --- open files (every read is bounds-checked against the size seen here)
   std::vector<File> fh(files.size());
@@ -118,18 +168,22 @@ std::vector<TensorResult> run_stats(const std::vector<std::string>& files, const
   for (uint32_t t = 0; t < tasks.size(); ++t) {
     const EngineTask& T = tasks[t];
     uint64_t es = uint64_t(dtype_size(T.dtype));
-    uint64_t pb = std::max<uint64_t>(es, cb / es * es);
+    uint64_t pm = std::max<uint64_t>(1, T.piece_multiple);
+    uint64_t pe = std::max<uint64_t>(1, cb / es);                 // elements per piece
+    pe = std::max<uint64_t>(pm, pe / pm * pm);                    // whole rows / groups
+    uint64_t pb = pe * es;
     uint32_t np = T.nbytes == 0 ? 1 : uint32_t((T.nbytes + pb - 1) / pb);
     st[t].npieces = np;
     st[t].left.store(np);
-    if (!histogram_path(T.dtype, qs != nullptr)) st[t].pieces.resize(np);
+    if (opt.stats && !histogram_path(T.dtype, qs != nullptr)) st[t].pieces.resize(np);
+    if (T.quant_mask) { st[t].qpieces.resize(size_t(np) * size_t(ns)); st[t].qabsmax.assign(np, 0.0); }
     results[t].numel = T.numel;
     for (uint32_t k = 0; k < np; ++k) {
       uint64_t b = uint64_t(k) * pb, n = std::min(pb, T.nbytes - std::min(T.nbytes, b));
       uint64_t off = T.offset + b;
       Unit* u = units.empty() ? nullptr : &units.back();
       bool join = u && T.mem == nullptr && u->mem == nullptr && u->file == T.file &&
-                  u->offset + u->nbytes == off && u->nbytes + n <= cb;
+                  u->offset + u->nbytes == off && u->nbytes + n <= std::max(cb, pb);
       if (!join) units.push_back({T.file, off, 0, T.mem ? T.mem + b : nullptr, uint32_t(pieces.size()), 0});
       units.back().nbytes += n;
       units.back().count += 1;
@@ -137,6 +191,8 @@ std::vector<TensorResult> run_stats(const std::vector<std::string>& files, const
     }
   }
 
+  uint64_t max_unit = 64;
+  for (const Unit& u : units) max_unit = std::max(max_unit, (u.nbytes + 4095) / 4096 * 4096);
   int nthreads = opt.threads > 0 ? opt.threads : default_threads();
   nthreads = int(std::max<size_t>(1, std::min<size_t>(size_t(nthreads), units.size())));
   if (info) { info->isa = K.isa; info->threads = nthreads; info->units = units.size(); }
@@ -201,6 +257,7 @@ std::vector<TensorResult> run_stats(const std::vector<std::string>& files, const
       }
     };
     std::vector<uint64_t> dense_tmp;
+    std::vector<float> fbuf;   // a piece decoded to float32 for the quantization schemes
 
     for (;;) {
       if (stop.load(std::memory_order_relaxed)) break;
@@ -213,7 +270,7 @@ std::vector<TensorResult> run_stats(const std::vector<std::string>& files, const
       else {
         if (!buf) {
           void* m = nullptr;
-          if (posix_memalign(&m, 4096, cb) != 0) { fail(ENOMEM, "cannot allocate the read buffer"); break; }
+          if (posix_memalign(&m, 4096, max_unit) != 0) { fail(ENOMEM, "cannot allocate the read buffer"); break; }
           buf.reset(static_cast<uint8_t*>(m));
         }
         uint64_t got = 0;
@@ -235,48 +292,75 @@ std::vector<TensorResult> run_stats(const std::vector<std::string>& files, const
         pos += pc.nbytes;
         int dt = T.dtype;
         uint64_t n = pc.nbytes / uint64_t(dtype_size(dt));
-        bool small = histogram_path(dt, qs != nullptr);
-        bool want_hist = small || qs != nullptr;
-        if (small) {
-          if (dtype_key_bits(dt) == 8) K.hist8(p, n, hist.data()); else K.hist16(p, n, hist.data());
-        } else {
-          PieceStats ps;
-          K.wide(dt, p, n, ps, qs ? hist.data() : nullptr);
-          S.pieces[pc.index] = ps;
-        }
+        bool small = opt.stats && histogram_path(dt, qs != nullptr);
+        bool want_hist = opt.stats && (small || qs != nullptr);
         bool prefix = !small;
         int nb = prefix ? 65536 : (dtype_key_bits(dt) == 8 ? 256 : 65536);
-        if (want_hist) {
-          if (S.npieces == 1) {
-            if (n * 4 < uint64_t(nb)) drain(dt, prefix, p, n, nullptr);
-            else {
-              dense_tmp.assign(nb, 0);
-              drain(dt, prefix, p, n, dense_tmp.data());
-              dense_bins(dt, prefix, dense_tmp.data(), bins);
-            }
+        if (opt.stats) {
+          if (small) {
+            if (dtype_key_bits(dt) == 8) K.hist8(p, n, hist.data()); else K.hist16(p, n, hist.data());
           } else {
-            std::lock_guard<std::mutex> g(S.mu);
-            if (!S.hist) S.hist.reset(new uint64_t[nb]());
-            drain(dt, prefix, p, n, S.hist.get());
+            PieceStats ps;
+            K.wide(dt, p, n, ps, qs ? hist.data() : nullptr);
+            S.pieces[pc.index] = ps;
+          }
+          if (want_hist) {
+            if (S.npieces == 1) {
+              if (n * 4 < uint64_t(nb)) drain(dt, prefix, p, n, nullptr);
+              else {
+                dense_tmp.assign(nb, 0);
+                drain(dt, prefix, p, n, dense_tmp.data());
+                dense_bins(dt, prefix, dense_tmp.data(), bins);
+              }
+            } else {
+              std::lock_guard<std::mutex> g(S.mu);
+              if (!S.hist) S.hist.reset(new uint64_t[nb]());
+              drain(dt, prefix, p, n, S.hist.get());
+            }
+          }
+        }
+        if (T.quant_mask) {   // simulated quantization of this piece, every requested scheme
+          fbuf.resize(n);
+          decode_f32(dt, p, n, fbuf.data());
+          float am = 0;
+          for (uint64_t i = 0; i < n; ++i) {
+            float a = fbuf[i] < 0 ? -fbuf[i] : fbuf[i];
+            am = (a > am && a - a == 0) ? a : am;
+          }
+          S.qabsmax[pc.index] = am;
+          for (int sc = 0; sc < ns; ++sc) {
+            if (!(T.quant_mask >> sc & 1u)) continue;
+            QuantSums q{};
+            quantize_piece(opt.schemes[size_t(sc)], T, fbuf.data(), n, q);
+            S.qpieces[size_t(pc.index) * size_t(ns) + size_t(sc)] = q;
           }
         }
         bytes_done.fetch_add(pc.nbytes, std::memory_order_relaxed);
         if (S.left.fetch_sub(1) == 1) {   // last piece of this tensor: finalize it
           TensorResult& R = results[pc.task];
-          if (S.npieces > 1 && want_hist) { dense_bins(dt, prefix, S.hist.get(), bins); S.hist.reset(); }
-          if (small) {
-            finalize_small(dt, bins.data(), int(bins.size()), qs, qs ? nq : 0, R);
-            R.numel = T.numel;
-          } else {
-            std::atomic_thread_fence(std::memory_order_acquire);
-            PieceStats all = S.pieces[0];
-            for (uint32_t j = 1; j < S.npieces; ++j) merge_piece(all, S.pieces[j]);
-            finish_piece(dt, R, all);
-            R.numel = T.numel;
-            if (qs) finalize_prefix_quantiles(bins.data(), int(bins.size()), qs, nq, all.nonnan, R);
-            std::vector<PieceStats>().swap(S.pieces);
+          R.numel = T.numel;
+          if (opt.stats) {
+            if (S.npieces > 1 && want_hist) { dense_bins(dt, prefix, S.hist.get(), bins); S.hist.reset(); }
+            if (small) {
+              finalize_small(dt, bins.data(), int(bins.size()), qs, qs ? nq : 0, R);
+              R.numel = T.numel;
+            } else {
+              PieceStats all = S.pieces[0];
+              for (uint32_t j = 1; j < S.npieces; ++j) merge_piece(all, S.pieces[j]);
+              finish_piece(dt, R, all);
+              if (qs) finalize_prefix_quantiles(bins.data(), int(bins.size()), qs, nq, all.nonnan, R);
+              std::vector<PieceStats>().swap(S.pieces);
+            }
+            if (!qs) R.nq = 0;
           }
-          if (!qs) R.nq = 0;
+          if (T.quant_mask) {
+            TensorQuant& Q = output.quant[pc.task];
+            for (uint32_t j = 0; j < S.npieces; ++j) {
+              Q.absmax_finite = S.qabsmax[j] > Q.absmax_finite ? S.qabsmax[j] : Q.absmax_finite;
+              for (int sc = 0; sc < ns; ++sc) add_sums(Q.sums[sc], S.qpieces[size_t(j) * size_t(ns) + size_t(sc)]);
+            }
+            std::vector<QuantSums>().swap(S.qpieces);
+          }
           R.done = true;
         }
       }
@@ -306,7 +390,7 @@ std::vector<TensorResult> run_stats(const std::vector<std::string>& files, const
   if (cancelled) throw EngineCancelled{};
   if (err_no) throw std::system_error(err_no, std::generic_category(), err_msg);
   if (progress) progress(bytes_done.load());
-  return results;
+  return output;
 }
 
 }  // namespace paramkit

@@ -6,6 +6,7 @@
 #include <functional>
 #include <string>
 #include <vector>
+#include "paramkit/quant.hpp"
 #include "paramkit/stats.hpp"
 
 namespace paramkit {
@@ -17,6 +18,21 @@ struct EngineTask {
   uint64_t numel = 0;
   int dtype = 0;               // paramkit::DType
   const uint8_t* mem = nullptr;
+  // quantization simulation (float dtypes): which schemes apply, and the shape facts they need
+  uint32_t quant_mask = 0;     // bit s: apply EngineOptions::schemes[s]
+  uint64_t row_len = 1;        // last dimension (groups run along it)
+  uint64_t chan_len = 1;       // elements per output channel (numel / shape[0]) for int8_channel
+  uint64_t piece_multiple = 1; // pieces of this tensor start at multiples of this many elements
+  float tensor_absmax = NAN;   // finite absmax, for the per-tensor-scale schemes (second pass)
+};
+
+constexpr int kMaxSchemes = 16;
+
+// Per-tensor quantization results: error sums per scheme (in EngineOptions::schemes order) and
+// the finite absmax seen while quantizing (what a per-tensor-scale scheme needs next).
+struct TensorQuant {
+  QuantSums sums[kMaxSchemes] = {};
+  double absmax_finite = 0;
 };
 
 struct EngineOptions {
@@ -25,6 +41,13 @@ struct EngineOptions {
   uint64_t chunk_bytes = 4ull << 20;       // piece size; independent of the thread count
   bool use_mmap = false;                   // false: pread into reused aligned buffers
   std::vector<double> levels;              // quantile levels, ascending
+  bool stats = true;                       // false: a quantization-only pass
+  std::vector<QuantSpec> schemes;          // at most kMaxSchemes
+};
+
+struct EngineOutput {
+  std::vector<TensorResult> stats;
+  std::vector<TensorQuant> quant;
 };
 
 struct EngineInfo {
@@ -36,9 +59,9 @@ struct EngineInfo {
 // progress(bytes_done) is called on the calling thread about every 100 ms; returning false
 // cancels the run (the engine then throws EngineCancelled). I/O errors throw std::system_error.
 struct EngineCancelled {};
-std::vector<TensorResult> run_stats(const std::vector<std::string>& files, const std::vector<EngineTask>& tasks,
-                                    const EngineOptions& opt, const std::function<bool(uint64_t)>& progress,
-                                    EngineInfo* info = nullptr);
+EngineOutput run_engine(const std::vector<std::string>& files, const std::vector<EngineTask>& tasks,
+                        const EngineOptions& opt, const std::function<bool(uint64_t)>& progress,
+                        EngineInfo* info = nullptr);
 
 int default_threads();
 const char* active_isa();

@@ -21,10 +21,11 @@ class TensorReport:
     logical_numel: int
     file: str
     stats: dict | None = None
+    quant: dict | None = None     # {scheme id: error record}, None when not quantized
 
     def to_dict(self) -> dict:
         d = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "numel": self.numel,
-             "nbytes": self.nbytes, "role": self.role, "stats": self.stats}
+             "nbytes": self.nbytes, "role": self.role, "stats": self.stats, "quant": self.quant}
         if self.logical_numel != self.numel:
             d["logical_numel"] = self.logical_numel
         return d
@@ -93,6 +94,43 @@ class ScanReport:
     timing: dict
     aggregates: dict | None = None
     engine_info: dict = field(default_factory=dict)
+    quant_plan: Any = None        # paramkit.quant.plan.QuantPlan of the scan, or None
+
+    def quant_summary(self) -> list[dict]:
+        """One row per scheme: bits/weight (scales and zero points included, over the quantized
+        tensors), the whole model's size under the scheme (unquantized tensors at their stored
+        size), element-weighted error (merged sums: mse, rmse, rel_err, sqnr_db, cosine,
+        max_abs_err, clipped) and the ten worst tensors by SQNR. Empty without scan(quant=...)."""
+        from .quant import empty_error_sums, finalize_error, merge_error
+        if self.quant_plan is None:
+            return []
+        rows = []
+        for s in self.quant_plan.schemes:
+            sums = empty_error_sums()
+            qbytes = numel = count = 0
+            other = 0
+            worst = []
+            for t in self.tensors:
+                rec = (t.quant or {}).get(s.id)
+                if rec is None or "not_applicable" in rec:
+                    other += t.nbytes
+                    continue
+                sums = merge_error(sums, rec)
+                qbytes += rec["quantized_nbytes"] or 0
+                numel += t.numel
+                count += 1
+                worst.append({"name": t.name, "sqnr_db": rec["sqnr_db"], "rel_err": rec["rel_err"]})
+            rec = finalize_error(sums)
+            worst.sort(key=lambda w: (w["sqnr_db"] is None, w["sqnr_db"] if w["sqnr_db"] is not None else 0.0))
+            total = qbytes + other
+            rows.append({"scheme": s.id, "bits_per_weight": 8.0 * qbytes / numel if numel else s.bits_per_weight(),
+                         "quantized_bytes": total, "original_bytes": self.bytes_total,
+                         "size_ratio": total / self.bytes_total if self.bytes_total else None,
+                         "tensors": count, "quantized_elements": numel,
+                         **{k: rec[k] for k in ("n", "mse", "rmse", "rel_err", "sqnr_db", "cosine",
+                                                "max_abs_err", "clipped", "scale_clamped", "nonfinite")},
+                         "worst": worst[:10]})
+        return rows
 
     # headline numbers
     @property
@@ -149,6 +187,9 @@ class ScanReport:
             if k not in d and k not in ("path", "format", "declared"):
                 d[k] = v
         d["aggregates"] = self.aggregates
+        if self.quant_plan is not None:
+            d["quant"] = {"schemes": [x.id for x in self.quant_plan.schemes], "policy": self.quant_plan.policy,
+                          "summary": self.quant_summary()}
         d["unreferenced_files"] = list(self.unreferenced_files)
         d["timing"] = dict(self.timing)
         d["engine"] = dict(self.engine_info)

@@ -29,14 +29,14 @@ PK_HD PK_INLINE bool dtype_is_small(int dt) { return dtype_size(dt) <= 2; }
 PK_HD PK_INLINE int dtype_key_bits(int dt) { return dtype_size(dt) == 1 ? 8 : 16; }
 
 PK_HD PK_INLINE float bits_to_f32(uint32_t b) {
-#if defined(__CUDACC__)
+#if defined(__CUDA_ARCH__)
   return __uint_as_float(b);
 #else
   float f; std::memcpy(&f, &b, 4); return f;
 #endif
 }
 PK_HD PK_INLINE uint32_t f32_to_bits(float f) {
-#if defined(__CUDACC__)
+#if defined(__CUDA_ARCH__)
   return __float_as_uint(f);
 #else
   uint32_t b; std::memcpy(&b, &f, 4); return b;
@@ -76,7 +76,7 @@ PK_HD PK_INLINE float decode_f8_e5m2(uint8_t v) { return decode_f16(uint16_t(v) 
 PK_HD PK_INLINE double decode_to_double(int dt, uint64_t raw) {
   switch (dt) {
     case F64: { double d;
-#if defined(__CUDACC__)
+#if defined(__CUDA_ARCH__)
       d = __longlong_as_double((long long)raw);
 #else
       std::memcpy(&d, &raw, 8);

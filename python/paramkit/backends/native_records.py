@@ -12,23 +12,41 @@ from ..stats import QUANTILE_KEYS
 from ..table import TensorInfo
 
 
-def task_spec(tensors: Sequence[TensorInfo]) -> tuple[list[str], np.ndarray, list[int]]:
-    """Files, the (n, 5) int64 spec [file, offset, nbytes, numel, dtype id] of the tensors that have
-    statistics, and their positions in `tensors`."""
+def task_spec(tensors: Sequence[TensorInfo], masks: Sequence[int] | None = None, plan=None,
+              only: Sequence[int] | None = None) -> tuple[list[str], np.ndarray, list[int]]:
+    """Files, the (n, 9) int64 engine spec [file, offset, nbytes, numel, dtype id, quant mask,
+    row length, channel length, piece multiple] of the tensors that have statistics (or of the
+    indices in `only`), and their positions in `tensors`."""
     files: list[str] = []
     fidx: dict[str, int] = {}
     rows, where = [], []
-    for i, t in enumerate(tensors):
+    for i in (range(len(tensors)) if only is None else only):
+        t = tensors[i]
         d = DTYPES[t.dtype]
         if not d.has_stats:
             continue
         if t.file not in fidx:
             fidx[t.file] = len(files)
             files.append(t.file)
-        rows.append((fidx[t.file], t.offset, t.nbytes, t.numel, d.engine_id))
+        mask = int(masks[i]) if masks is not None else 0
+        shape = tuple(t.shape)
+        row = int(shape[-1]) if shape else 1
+        chan = (t.numel // int(shape[0])) if (shape and shape[0]) else 1
+        pm = plan.piece_multiple(shape, mask) if (plan is not None and mask) else 1
+        rows.append((fidx[t.file], t.offset, t.nbytes, t.numel, d.engine_id, mask, max(row, 1), max(chan, 1), pm))
         where.append(i)
-    spec = np.array(rows, dtype=np.int64).reshape(len(rows), 5)
+    spec = np.array(rows, dtype=np.int64).reshape(len(rows), 9)
     return files, spec, where
+
+
+SUM_FIELDS = ("sse", "sum_w2", "sum_q2", "sum_wq", "max_abs_err", "n", "nonfinite", "clipped", "scale_clamped")
+
+
+def quant_sums(rec: dict, row: int, k: int) -> dict:
+    """Error sums of scheme k for row `row` of a native result."""
+    v = rec["quant"][row, k]
+    return {f: (int(x) if f in ("n", "nonfinite", "clipped", "scale_clamped") else float(x))
+            for f, x in zip(SUM_FIELDS, v)}
 
 
 def _num(v: float):

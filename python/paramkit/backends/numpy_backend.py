@@ -337,6 +337,18 @@ class NumpyEngine:
             acc.update(raw[start:start + step])
         return acc.result()
 
+    def run(self, tensors: Sequence[TensorInfo], *, stats: bool = True, quantiles: bool = True,
+            threads: int | None = None, progress=None, quant=None):
+        """Statistics (run_stats) and, with a QuantPlan, the quantization error sums per tensor
+        (paramkit.quant.stream, a separate chunked read: this backend is the reference, not fast)."""
+        out = self.run_stats(tensors, quantiles=quantiles, threads=threads, progress=progress) if stats \
+            else [None] * len(tensors)
+        qout: list = [None] * len(tensors)
+        if quant is not None:
+            from ..quant.stream import run_quant
+            qout = run_quant(tensors, quant)
+        return out, qout
+
     def run_stats(self, tensors: Sequence[TensorInfo], *, quantiles: bool = True,
                   threads: int | None = None, progress=None) -> list[dict | None]:
         """Statistics of each tensor (None for dtypes without statistics), in the order given,

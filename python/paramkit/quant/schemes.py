@@ -9,7 +9,9 @@ from typing import Sequence
 
 # Granularity of the scales:
 #   "tensor"     one scale for the whole tensor
-#   "row"        one scale per row (row = last dimension)
+#   "row"        one scale per output channel: the tensor viewed as [shape[0], numel/shape[0]]
+#                (axis 0, like torch's per-channel axis=0 and TensorRT); 1-D = one row, scalar =
+#                one element
 #   "row_group"  groups of `group_size` consecutive elements within a row; short last group allowed
 #   "ggml_block" like row_group, but the row length must be a multiple of the block (ggml types)
 #   "flat_group" groups of `group_size` over the flattened tensor (bitsandbytes); short last group
@@ -69,7 +71,7 @@ class Scheme:
         if self.granularity == "tensor":
             return 1
         if self.granularity == "row":
-            return rows
+            return _channel_rows(shape)
         if self.granularity in ("row_group", "ggml_block"):
             return rows * -(-row_len // self.group_size)
         return -(-n // self.group_size)  # flat_group
@@ -80,6 +82,9 @@ class Scheme:
         row_len = int(shape[-1]) if len(shape) else 1
         if self.granularity == "tensor":
             return 1
+        if self.granularity == "row":
+            n = _numel(shape)
+            return max(n // _channel_rows(shape), 1) if n else 1
         if self.granularity == "flat_group":
             return self.group_size
         if self.granularity in ("row_group", "ggml_block") and row_len % self.group_size == 0:
@@ -89,7 +94,8 @@ class Scheme:
     # ---- storage cost ------------------------------------------------------------------------
     def bits_per_weight(self, row_len: int | None = None) -> float:
         """Stored bits per weight including scales and zero points, for rows of ``row_len``
-        elements (a short last group counts as a whole group). ``None`` = the nominal value with
+        elements (a short last group counts as a whole group; for ``int8_channel`` the row is one
+        output channel, numel/shape[0] elements). ``None`` = the nominal value with
         full groups; for ``int8_channel`` that is the limit 8 (real cost 8 + 32/row_len), for the
         per-tensor schemes the single 4-byte scale is ignored (it is in `quantized_nbytes`)."""
         per_group = self.scale_bits + self.zero_bits
@@ -118,6 +124,11 @@ def _numel(shape: Sequence[int]) -> int:
     return math.prod(int(s) for s in shape)
 
 
+def _channel_rows(shape: Sequence[int]) -> int:
+    """Output channels (scales) of int8_channel: shape[0] for 2 or more dimensions, else 1."""
+    return int(shape[0]) if len(shape) >= 2 else 1
+
+
 # ---- the catalogue ------------------------------------------------------------------------------
 _NONFINITE = ("NaN stays NaN, ±Inf saturate to the extreme code; non-finite elements are left out "
               "of the scale statistics.")
@@ -141,12 +152,16 @@ def _int8_channel() -> Scheme:
     return Scheme(
         id="int8_channel", family="int8_channel", bits=8, granularity="row", group_size=None,
         scale_bits=32, zero_bits=0, qmin=-127, qmax=127,
-        description="Symmetric int8 per row (row = last dimension; per output channel of a 2-D "
-                    "[out, in] weight, LLM.int8 / TensorRT style), fp32 scale = row absmax/127.",
-        follows="torch.fake_quantize_per_channel_affine(x, scales, zeros, axis=0, -127, 127) on the "
-                "tensor viewed as [rows, row_len]: float32 reciprocal multiply, half to even.",
-        deviations="Tensors with more than 2 dimensions get one scale per last-dimension row, not "
-                   "per axis-0 slice. " + _NONFINITE + " A zero scale gives exact zeros.")
+        description="Symmetric int8 per output channel (axis 0: one scale per row of a 2-D "
+                    "[out, in] weight, per output filter of a conv weight [out, in, kh, kw]; "
+                    "LLM.int8 / TensorRT style), fp32 scale = channel absmax/127. A 1-D tensor "
+                    "is one channel.",
+        follows="torch.fake_quantize_per_channel_affine(x, scales, zeros, axis=0, -127, 127) "
+                "(the tensor viewed as [shape[0], numel/shape[0]]): float32 reciprocal multiply, "
+                "half to even.",
+        deviations="None for finite inputs with a normal scale. " + _NONFINITE
+                   + " (torch's behaviour on Inf/NaN and on a zero or subnormal scale is "
+                   "undefined: a float-to-int64 cast.) A zero scale gives exact zeros.")
 
 
 def _int_group(bits: int, g: int) -> Scheme:

@@ -1,0 +1,74 @@
+"""Quantization error of tensors stored in a file, streamed in aligned chunks with the NumPy
+reference (the numpy backend's quant pass, and the oracle the native fused pass is tested against)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..backends.numpy_backend import decode
+from ..dtypes import DTYPES
+from ..table import TensorInfo
+from .numpy_quant import empty_error_sums, error_sums, merge_error
+from .plan import QuantPlan
+
+CHUNK_ELEMENTS = 1 << 21
+
+
+def read_values(t: TensorInfo, start: int, count: int, f=None) -> np.ndarray:
+    """Elements [start, start+count) of tensor t as float32 (F64 rounds, the rest is exact)."""
+    es = DTYPES[t.dtype].bits // 8
+    own = f is None
+    f = f or open(t.file, "rb")
+    try:
+        f.seek(t.offset + start * es)
+        raw = np.frombuffer(f.read(count * es), dtype=np.uint8)
+    finally:
+        if own:
+            f.close()
+    if raw.size != count * es:
+        raise OSError(f"{t.file}: file ended early while reading {t.name}")
+    return np.asarray(decode(raw, t.dtype), dtype=np.float32)
+
+
+def finite_absmax(t: TensorInfo, f=None) -> float:
+    m = 0.0
+    for s in range(0, t.numel, CHUNK_ELEMENTS):
+        x = read_values(t, s, min(CHUNK_ELEMENTS, t.numel - s), f)
+        x = np.abs(x[np.isfinite(x)])
+        if x.size:
+            m = max(m, float(x.max()))
+    return m
+
+
+def tensor_quant_sums(t: TensorInfo, plan: QuantPlan, mask: int, progress=None) -> dict[str, dict]:
+    """{scheme id: error sums} for the schemes of `mask`, chunk by chunk (chunks start at the
+    plan's piece multiple, so every group, row and channel is whole)."""
+    shape = tuple(t.shape)
+    row = int(shape[-1]) if shape else 1
+    chan = t.numel // int(shape[0]) if shape and shape[0] else 1
+    pm = plan.piece_multiple(shape, mask)
+    step = max(pm, CHUNK_ELEMENTS // pm * pm)
+    picked = [s for k, s in enumerate(plan.schemes) if mask >> k & 1]
+    out = {s.id: empty_error_sums() for s in picked}
+    with open(t.file, "rb") as f:
+        absmax = finite_absmax(t, f) if any(s.needs_tensor_absmax for s in picked) else None
+        for start in range(0, t.numel, step):
+            n = min(step, t.numel - start)
+            x = read_values(t, start, n, f)
+            for s in picked:
+                if s.granularity == "row":
+                    view = x.reshape(-1, chan)
+                elif s.granularity in ("row_group", "ggml_block"):
+                    view = x.reshape(-1, max(row, 1))
+                else:
+                    view = x
+                sums = error_sums(view, s, tensor_absmax=absmax if s.needs_tensor_absmax else None)
+                out[s.id] = merge_error(out[s.id], sums)
+            if progress:
+                progress(n * (DTYPES[t.dtype].bits // 8))
+    return out
+
+
+def run_quant(tensors: Sequence[TensorInfo], plan: QuantPlan) -> list[dict | None]:
+    return [tensor_quant_sums(t, plan, m) if m else None for t, m in zip(tensors, plan.masks)]

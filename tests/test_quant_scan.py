@@ -1,0 +1,119 @@
+"""Quantization simulation inside scan(): the fused native pass (and its second pass for
+per-tensor-scale schemes) against the NumPy reference, the policy, the summary and the schema."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+import paramkit
+from paramkit.quant import DEFAULT_SCHEMES
+
+from conftest import NATIVE_BACKENDS
+
+COUNTS = ("n", "nonfinite", "clipped", "scale_clamped")
+
+
+@pytest.fixture
+def quant_checkpoint(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+    g = torch.Generator().manual_seed(3)
+    t = {
+        "emb.weight": (torch.randn(300, 256, generator=g) * 0.02).to(torch.bfloat16),
+        "odd.weight": torch.randn(17, 100, generator=g) * 0.05,           # rows not a multiple of 32/128
+        "conv.weight": (torch.randn(8, 4, 3, 64, generator=g)).to(torch.float16),   # > 2-D
+        "big.weight": torch.randn(700, 3000, generator=g, dtype=torch.float64) * 1e-3,  # several pieces
+        "special.weight": torch.tensor([[0.0, float("nan"), float("inf"), -1e-40] * 16] * 4),
+        "norm.weight": torch.ones(256),
+        "position_ids": torch.arange(10).reshape(1, 10),
+    }
+    p = str(tmp_path / "q.safetensors")
+    save_file(t, p)
+    return p
+
+
+@pytest.mark.parametrize("backend", NATIVE_BACKENDS)
+def test_native_quant_pass_matches_numpy_reference(quant_checkpoint, backend, monkeypatch):
+    from paramkit.backends import cpu_backend
+    monkeypatch.setattr(cpu_backend, "CHUNK_BYTES", 1 << 16)   # force many pieces per tensor
+    ref = paramkit.scan(quant_checkpoint, backend="numpy", quant="default")
+    for threads in (1, 3):
+        got = paramkit.scan(quant_checkpoint, backend=backend, quant="default", threads=threads)
+        for a, b in zip(got.tensors, ref.tensors):
+            assert (a.quant is None) == (b.quant is None), a.name
+            if a.quant is None:
+                continue
+            assert a.quant.keys() == b.quant.keys()
+            for sid, ra in a.quant.items():
+                rb = b.quant[sid]
+                if "not_applicable" in rb:
+                    assert ra == rb
+                    continue
+                for k in COUNTS + ("quantized_nbytes",):
+                    assert ra[k] == rb[k], (a.name, sid, k)
+                assert ra["max_abs_err"] == rb["max_abs_err"] or (math.isnan(ra["max_abs_err"]) and math.isnan(rb["max_abs_err"])), (a.name, sid)
+                for k in ("sse", "sum_w2", "sum_q2", "sum_wq"):
+                    both_nan = math.isnan(ra[k]) and math.isnan(rb[k])
+                    assert both_nan or math.isclose(ra[k], rb[k], rel_tol=1e-9, abs_tol=1e-300), (a.name, sid, k)
+
+
+def test_policy_summary_and_schema(quant_checkpoint):
+    r = paramkit.scan(quant_checkpoint, quant="default")
+    quantized = {t.name for t in r.tensors if t.quant}
+    assert quantized == {"emb.weight", "odd.weight", "conv.weight", "big.weight", "special.weight"}
+    odd = r.tensor("odd.weight").quant
+    assert "not_applicable" in odd["q8_0"] and "not_applicable" in odd["q4_0"]
+    assert odd["int4_g128"]["n"] == 1700
+    rows = {row["scheme"]: row for row in r.quant_summary()}
+    assert list(rows) == list(DEFAULT_SCHEMES)
+    for row in rows.values():
+        assert row["worst"] and len(row["worst"]) <= 10
+        assert row["quantized_bytes"] < row["original_bytes"] or row["scheme"] in ("int8_tensor", "fp8_e4m3", "int8_channel")
+    sp = r.tensor("special.weight").quant["int8_g128"]
+    assert sp["nonfinite"] == 128 and sp["n"] == 128
+    d = r.to_dict()
+    assert d["quant"]["schemes"] == list(DEFAULT_SCHEMES) and "policy" in d["quant"]
+    json.loads(r.to_json())
+    # policy override: a regex, and a callable
+    r2 = paramkit.scan(quant_checkpoint, quant="q8_0", quant_tensors=r"^emb\.")
+    assert {t.name for t in r2.tensors if t.quant} == {"emb.weight"}
+    r3 = paramkit.scan(quant_checkpoint, quant=["nf4"], quant_tensors=lambda n, dt, shape, role: n == "norm.weight")
+    assert {t.name for t in r3.tensors if t.quant} == {"norm.weight"}
+
+
+def test_scan_quant_matches_whole_tensor_reference(quant_checkpoint):
+    """The streamed per-tensor sums equal quant_error of the whole decoded tensor."""
+    from safetensors.torch import load_file
+    import torch
+    ref = load_file(quant_checkpoint)
+    r = paramkit.scan(quant_checkpoint, quant="int8_channel,nf4,fp8_e4m3")
+    for name in ("emb.weight", "conv.weight", "big.weight"):
+        x = ref[name].to(torch.float32).numpy()
+        for sid in ("int8_channel", "nf4", "fp8_e4m3"):
+            want = paramkit.quant_error(x, sid, backend="numpy")
+            got = r.tensor(name).quant[sid]
+            assert got["clipped"] == want["clipped"] and got["n"] == want["n"]
+            assert math.isclose(got["sse"], want["sse"], rel_tol=1e-9), (name, sid)
+
+
+@pytest.mark.parametrize("backend", NATIVE_BACKENDS)
+def test_array_api_native_equals_numpy(backend):
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((33, 256)) * 0.02).astype(np.float32)
+    x[3, 5] = np.nan
+    for sid in DEFAULT_SCHEMES:
+        a = paramkit.fake_quantize(x, sid, backend=backend)
+        b = paramkit.fake_quantize(x, sid, backend="numpy")
+        assert np.array_equal(a.view(np.uint32)[~np.isnan(a)], b.view(np.uint32)[~np.isnan(b)]), sid
+        ea, eb = paramkit.quant_error(x, sid, backend=backend), paramkit.quant_error(x, sid, backend="numpy")
+        assert ea["clipped"] == eb["clipped"] and math.isclose(ea["sse"], eb["sse"], rel_tol=1e-9)
+
+
+def test_sqnr_sanity_bands():
+    x = (np.random.default_rng(1).standard_normal((1024, 4096)) * 0.02).astype(np.float32)
+    bands = {"q8_0": 45, "int8_channel": 41, "q4_0": 21, "nf4": 21, "int4_g128_asym": 20}
+    for sid, db in bands.items():
+        assert abs(paramkit.quant_error(x, sid)["sqnr_db"] - db) < 1.5, sid
