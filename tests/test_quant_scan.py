@@ -117,3 +117,14 @@ def test_sqnr_sanity_bands():
     bands = {"q8_0": 45, "int8_channel": 41, "q4_0": 21, "nf4": 21, "int4_g128_asym": 20}
     for sid, db in bands.items():
         assert abs(paramkit.quant_error(x, sid)["sqnr_db"] - db) < 1.5, sid
+
+
+@pytest.mark.parametrize("backend", ["numpy"] + NATIVE_BACKENDS)
+def test_ggml_tiny_block_zeros_stay_zero(backend):
+    """A q8_0/q4_0 block whose absmax is so small that 1/d overflows must not turn 0 into NaN (0·Inf)."""
+    x = np.zeros(32, np.float32)
+    x[1] = 1e-38
+    for sid in ("q8_0", "q4_0"):
+        q = paramkit.fake_quantize(x, sid, backend=backend)
+        assert np.isfinite(q).all() and q[0] == 0 and q[5] == 0, sid
+        assert math.isfinite(paramkit.quant_error(x, sid, backend=backend)["max_abs_err"])

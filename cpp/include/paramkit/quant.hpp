@@ -341,7 +341,7 @@ PK_HD PK_INLINE void q8_0(const float* x, int64_t len, float* out, QuantSums& s)
   for (int64_t i = 0; i < len; ++i) {
     float w = x[i];
     float q = round_half_away(fmul(w, inv));
-    if (d == 0.0f && !is_nan(w)) q = 0.0f;          // Inf·0
+    if ((d == 0.0f || w == 0.0f) && !is_nan(w)) q = 0.0f;   // 0·Inf when 1/d overflows
     if (is_finite(w) && fabs_(q) > 127.0f) ++s.clipped;
     q = fadd(clip_(q, -127.0f, 127.0f), 0.0f);
     emit(out, i, w, fmul(q, stored), s);
@@ -363,7 +363,7 @@ PK_HD PK_INLINE void q4_0(const float* x, int64_t len, float* out, QuantSums& s)
   for (int64_t i = 0; i < len; ++i) {
     float w = x[i];
     float t = fadd(fmul(w, inv), 8.5f);
-    if (d == 0.0f && !is_nan(w)) t = 8.5f;          // Inf·0
+    if ((d == 0.0f || w == 0.0f) && !is_nan(w)) t = 8.5f;   // 0·Inf when 1/d overflows
     float q = trunc_(t);
     if (is_finite(w) && (q > 15.0f || q < 0.0f)) ++s.clipped;
     q = clip_(q, 0.0f, 15.0f);

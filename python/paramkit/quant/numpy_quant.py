@@ -219,7 +219,7 @@ def _q8_0(x: np.ndarray, s: Scheme) -> QuantResult:
     d = (amax / F32(127)).astype(np.float32)
     inv = np.where(d == 0, F32(0), F32(1) / np.where(d == 0, F32(1), d)).astype(np.float32)
     q = _roundf(grp * inv)
-    q = np.where((d == 0) & ~np.isnan(grp), F32(0), q)  # Inf·0
+    q = np.where(((d == 0) | (grp == 0)) & ~np.isnan(grp), F32(0), q)  # 0·Inf when 1/d overflows
     clipped = _count(np.isfinite(grp) & (np.abs(q) > 127))
     q = np.clip(q, F32(-127), F32(127)) + F32(0)
     stored, clamped = _fp16_stored(d)
@@ -237,7 +237,7 @@ def _q4_0(x: np.ndarray, s: Scheme) -> QuantResult:
     inv = np.where(d == 0, F32(0), F32(1) / np.where(d == 0, F32(1), d)).astype(np.float32)
     t = (grp * inv).astype(np.float32)
     t = (t + F32(8.5)).astype(np.float32)                    # separately rounded, no FMA
-    t = np.where((d == 0) & ~np.isnan(grp), F32(8.5), t)    # Inf·0
+    t = np.where(((d == 0) | (grp == 0)) & ~np.isnan(grp), F32(8.5), t)    # 0·Inf when 1/d overflows
     q = np.trunc(t)
     clipped = _count(np.isfinite(grp) & ((q > 15) | (q < 0)))
     q = np.clip(q, F32(0), F32(15))

@@ -1,0 +1,177 @@
+"""`paramkit quant PATH`: simulated quantization under several schemes side by side (bits/weight, model
+size, SQNR, relative error: the table to choose a scheme from), and --out/--scheme to export a fake-quantized file."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections import Counter
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "quant", help="simulate quantization schemes (error and size side by side) or export a fake-quantized file",
+        description="Fake-quantize the weights of a model under each scheme and report bits/weight (scales and "
+                    "zero points included), the whole model's size, the error (SQNR, relative error, cosine, "
+                    "clipped values) and the worst tensor; by default floating-point parameters with 2 or more "
+                    "dimensions are quantized. With --out FILE --scheme S, write FILE: the model with those "
+                    "tensors replaced by their fake-quantized values in their original dtype.")
+    p.add_argument("path", help="a .safetensors file, a model.safetensors.index.json or a model directory "
+                                "(--out: one .safetensors file)")
+    p.add_argument("--schemes", default=None, metavar="A,B,C",
+                   help="comma-separated scheme ids (default: the must-have list: int8_tensor, int8_channel, "
+                        "int8_g128, int4_g128, int4_g128_asym, q8_0, q4_0, nf4, fp8_e4m3; group variants like "
+                        "int4_g64 or int4_g32_asym are accepted)")
+    p.add_argument("--tensors", default=None, metavar="REGEX",
+                   help="quantize the floating-point tensors whose name matches REGEX (re.search) instead of "
+                        "the default policy")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON: the scan's quant section (schemes, policy, summary), or with --out the "
+                        "export summary")
+    p.add_argument("--backend", default="auto", choices=["auto", "cuda", "cpu", "numpy"],
+                   help="compute backend (default auto; $PARAMKIT_BACKEND overrides auto)")
+    p.add_argument("--out", default=None, metavar="FILE", help="write a fake-quantized copy of PATH to FILE "
+                                                                "(needs --scheme)")
+    p.add_argument("--scheme", default=None, metavar="S", help="the scheme for --out")
+    p.add_argument("--overwrite", action="store_true", help="with --out: replace FILE if it exists")
+    p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
+    p.set_defaults(func=cmd_quant)
+    return p
+
+
+def _usage_error(msg: str) -> int:
+    print(f"paramkit quant: error: {msg}", file=sys.stderr)
+    return 1
+
+
+def cmd_quant(args) -> int:
+    if args.out is not None and args.scheme is None:
+        return _usage_error("--out needs --scheme S (the scheme to export with; see the table without --out)")
+    if args.scheme is not None and args.out is None:
+        return _usage_error("--scheme chooses the scheme for --out FILE; to compare schemes use --schemes A,B,C")
+    if args.out is not None and args.schemes is not None:
+        return _usage_error("--schemes compares schemes; with --out give a single --scheme")
+    if args.overwrite and args.out is None:
+        return _usage_error("--overwrite only applies to --out FILE")
+    progress = (not args.json and sys.stderr.isatty()) or args.progress
+    if args.out is not None:
+        return _export(args, progress)
+    from .api import scan
+    from .quant import resolve_schemes
+    schemes = [s.id for s in resolve_schemes(args.schemes or "default")]  # unknown ids: ValueError -> exit 1
+    r = scan(args.path, quant=schemes, quant_tensors=args.tensors, backend=args.backend, quantiles=False,
+             progress=progress)
+    if args.json:
+        from .report import _json_safe
+        print(json.dumps(_json_safe(r.to_dict()["quant"]), indent=2))
+        return 0
+    from .cli import _console
+    render_quant(r, _console())
+    return 0
+
+
+# ---- the table --------------------------------------------------------------------------------
+def _db(v) -> str:
+    if v is None:
+        return "-"
+    if math.isinf(v):
+        return "exact" if v > 0 else "-inf"
+    return f"{v:.2f}"
+
+
+def _pct(v, digits: int = 2) -> str:
+    if v is None:
+        return "-"
+    if math.isinf(v) or math.isnan(v):
+        return str(v)
+    return f"{100 * v:.{digits}f}%"
+
+
+def _cos(v) -> str:
+    return "-" if v is None else f"{v:.6f}"
+
+
+def render_quant(r, console) -> None:
+    """Print the scheme comparison of a scan(quant=...) report: one row per scheme, fewest bits first."""
+    from rich.table import Table
+
+    from .cli import _bytes, _human
+
+    d = r.to_dict()["quant"]
+    rows = list(d["summary"])
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    head.add_row("file", r.path + ("" if len(r.files) == 1 else f"  ({len(r.files)} shards)"))
+    head.add_row("parameters", f"{r.total_params:,}  ({_human(r.total_params)})")
+    head.add_row("size", _bytes(r.bytes_total) + "  (as stored)")
+    head.add_row("quantized", d.get("policy") or "")
+    if rows:
+        most = max(rows, key=lambda x: x.get("tensors") or 0)
+        head.add_row("", f"{most.get('tensors', 0):,} of {len(r.tensors):,} tensors, "
+                         f"{most.get('quantized_elements', most.get('n', 0)) or 0:,} elements")
+    console.print(head)
+
+    t = Table(title="quantization schemes (fewest bits first)", title_justify="left")
+    t.add_column("scheme", no_wrap=True)
+    t.add_column("bits/weight", justify="right", no_wrap=True)
+    t.add_column("model size", justify="right", no_wrap=True)
+    t.add_column("vs original", justify="right", no_wrap=True)
+    t.add_column("SQNR dB", justify="right", no_wrap=True)
+    t.add_column("rel. error", justify="right", no_wrap=True)
+    t.add_column("cosine", justify="right", no_wrap=True)
+    t.add_column("clipped", justify="right", no_wrap=True)
+    t.add_column("tensors", justify="right", no_wrap=True)
+    t.add_column("worst tensor (SQNR dB)", overflow="fold", ratio=1)
+    rows.sort(key=lambda x: (x["bits_per_weight"] if x.get("bits_per_weight") is not None else math.inf,
+                             -(x["sqnr_db"] if x.get("sqnr_db") is not None else -math.inf)))
+    for x in rows:
+        worst = (x.get("worst") or [None])[0]
+        w = f"{worst['name']} ({_db(worst.get('sqnr_db'))})" if worst else "-"
+        t.add_row(x["scheme"],
+                  "-" if x.get("bits_per_weight") is None else f"{x['bits_per_weight']:.3f}",
+                  _bytes(x["quantized_bytes"]) if x.get("quantized_bytes") is not None else "-",
+                  _pct(x.get("size_ratio"), 1),
+                  _db(x.get("sqnr_db")), _pct(x.get("rel_err")), _cos(x.get("cosine")),
+                  f"{x.get('clipped') or 0:,}", f"{x.get('tensors') or 0:,}", w)
+    console.print(t)
+    console.print("[dim]bits/weight include scales and zero points; model size = quantized tensors under the "
+                  "scheme + the rest as stored. SQNR = 10·log10(Σw²/Σ(w−q)²), element-weighted over the "
+                  "quantized tensors (higher is better, ≈6 dB per bit); rel. error = ‖w−q‖/‖w‖.[/dim]")
+    console.print(f"[dim]export one: paramkit quant {r.path} --out FILE --scheme SCHEME[/dim]")
+
+
+# ---- the export --------------------------------------------------------------------------------
+def _export(args, progress) -> int:
+    from .quant.export import fake_quantize_file
+    summary = fake_quantize_file(args.path, args.scheme, args.out, quant_tensors=args.tensors,
+                                 backend=args.backend, progress=progress, overwrite=args.overwrite)
+    if args.json:
+        from .report import _json_safe
+        print(json.dumps(_json_safe(summary), indent=2))
+        return 0
+    from .cli import _bytes, _console
+    con = _console()
+    e = summary["error"]
+    con.print(f"wrote [bold]{summary['out']}[/bold] ({_bytes(summary['bytes_written'])})")
+    con.print(f"  {summary['n_quantized']:,} of {summary['tensors']:,} tensors fake-quantized with "
+              f"[bold]{summary['scheme']}[/bold] ({summary['quantized_elements']:,} elements), each kept in "
+              f"its original dtype; policy: {summary['policy']}")
+    if summary["n_quantized"]:
+        bpw = e.get("bits_per_weight")
+        con.print(f"  SQNR {_db(e.get('sqnr_db'))} dB, rel. error {_pct(e.get('rel_err'))}, cosine "
+                  f"{_cos(e.get('cosine'))}, clipped {e.get('clipped') or 0:,}"
+                  + (f"; {bpw:.3f} bits/weight under the scheme, model "
+                     f"{_bytes(summary['quantized_bytes'])} vs {_bytes(summary['original_bytes'])}" if bpw else ""))
+        se = summary["stored_error"]
+        con.print(f"  as stored (after the cast back to the original dtypes): SQNR {_db(se.get('sqnr_db'))} dB")
+        worst = summary.get("worst") or []
+        if worst:
+            con.print("  worst: " + ", ".join(f"{w['name']} ({_db(w['sqnr_db'])} dB)" for w in worst[:3]))
+    if summary["n_kept"]:
+        reasons = Counter(k["reason"] for k in summary["kept"])
+        con.print(f"  {summary['n_kept']:,} tensors copied unchanged: "
+                  + "; ".join(f"{n} × {why}" for why, n in reasons.most_common()))
+    con.print(f"  metadata entry [bold]{summary['metadata_key']}[/bold] records the scheme and the tensors")
+    return 0
