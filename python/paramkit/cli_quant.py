@@ -35,6 +35,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                                                                 "(needs --scheme)")
     p.add_argument("--scheme", default=None, metavar="S", help="the scheme for --out")
     p.add_argument("--overwrite", action="store_true", help="with --out: replace FILE if it exists")
+    p.add_argument("--threads", type=int, default=None, help="cpu worker threads (default: all cores)")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
     p.set_defaults(func=cmd_quant)
     return p
@@ -61,7 +62,7 @@ def cmd_quant(args) -> int:
     from .quant import resolve_schemes
     schemes = [s.id for s in resolve_schemes(args.schemes or "default")]  # unknown ids: ValueError -> exit 1
     r = scan(args.path, quant=schemes, quant_tensors=args.tensors, backend=args.backend, quantiles=False,
-             progress=progress)
+             threads=args.threads, progress=progress)
     if args.json:
         from .report import _json_safe
         print(json.dumps(_json_safe(r.to_dict()["quant"]), indent=2))
@@ -146,7 +147,8 @@ def render_quant(r, console) -> None:
 def _export(args, progress) -> int:
     from .quant.export import fake_quantize_file
     summary = fake_quantize_file(args.path, args.scheme, args.out, quant_tensors=args.tensors,
-                                 backend=args.backend, progress=progress, overwrite=args.overwrite)
+                                 backend=args.backend, progress=progress, overwrite=args.overwrite,
+                                 threads=args.threads)
     if args.json:
         from .report import _json_safe
         print(json.dumps(_json_safe(summary), indent=2))

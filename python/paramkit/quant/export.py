@@ -16,8 +16,10 @@ so the shards quantize independently).
 
 Memory: one tensor at a time, and a tensor of more than `CHUNK_ELEMENTS` elements in chunks that
 start at multiples of ``scheme.chunk_multiple(shape)`` (whole groups, rows or channels); a
-per-tensor-scale scheme (int8_tensor, fp8_e4m3) first reads that tensor once for its finite
-absmax. The output goes to a temporary file beside ``out``, renamed into place only when
+per-tensor-scale scheme (int8_tensor, fp8_e4m3) first reads such a tensor once for its finite
+absmax. A chunk is cut into pieces of `PIECE_ELEMENTS` (same alignment) that worker threads
+quantize, cast back and sum; sums merge in piece order, so the file and the summary do not depend
+on the thread count. The output goes to a temporary file beside ``out``, renamed into place only when
 complete (`paramkit.formats.writer.write_safetensors`): an error or Ctrl-C leaves no partial file
 and an existing ``out`` untouched.
 """
@@ -306,9 +308,14 @@ def fake_quantize_file(path, scheme: str | Scheme, out, *, quant_tensors=None, b
             if reason is None:
                 reason = plan.not_applicable.get(i, {}).get(s.id)
             if reason is None:
-                reason = (f"role {roles[i]}" if roles[i] != "parameter" else
-                          "not selected by the policy" if DTYPES[t.dtype].kind == "float"
-                          else f"not floating point ({t.dtype})")
+                if roles[i] != "parameter":
+                    reason = f"role {roles[i]}: never quantized"
+                elif DTYPES[t.dtype].kind != "float":
+                    reason = f"not floating point ({t.dtype})"
+                elif quant_tensors is None and len(t.shape) < 2:
+                    reason = "fewer than 2 dimensions (default policy: norms, biases, 1-D tensors stay)"
+                else:
+                    reason = "not selected by the policy"
             kept.append({"name": t.name, "dtype": t.dtype, "reason": reason})
         quantize.append(ok)
     qnames = [t.name for t, q in zip(table.tensors, quantize) if q]
@@ -379,6 +386,9 @@ def fake_quantize_file(path, scheme: str | Scheme, out, *, quant_tensors=None, b
                         if s.needs_tensor_absmax and absmax is None:   # one chunk = whole tensor
                             a = np.abs(x[np.isfinite(x)])
                             absmax = float(a.max()) if a.size else 0.0
+                        # [k, chunk_multiple] = k whole channels, rows or groups, which the
+                        # reference quantizes exactly as inside the whole tensor; flat groups and
+                        # per-tensor scales (given the tensor's absmax) take any aligned 1-D piece
                         view = (-1, cm) if s.granularity in ("row", "row_group", "ggml_block") else (-1,)
                         jobs = [(x[p:p + sub], view, absmax) for p in range(0, n, sub)]
                     if pool is not None and len(jobs) > 1:
