@@ -39,3 +39,46 @@ def test_generic_and_simd_kernels_bit_identical():
     from paramkit import _core
     assert _core.build_info()["isa"] in ("avx2", "generic")
     assert _run("generic") == _run("native")
+
+
+QUANT_SCRIPT = r"""
+import json, numpy as np
+from paramkit import _core
+rng = np.random.default_rng(11)
+out = {}
+for kind in range(9):
+    group = {2: 128, 3: 32, 4: 64, 5: 32, 6: 32, 7: 64}.get(kind, 0)
+    for rows, row_len in ((3, 96), (7, 160), (1, 1), (5, 37), (2, 0), (4, 64)):
+        if kind in (5, 6) and row_len % 32:
+            continue
+        x = (rng.standard_normal(rows * row_len) * 0.02).astype(np.float32)
+        if x.size > 20:
+            x[::13] = np.nan; x[3] = np.inf; x[4] = -np.inf; x[5:9] = 0; x[9] = -0.0
+            x[10] = 1e-41; x[11] = -3e-39
+            x[12:20] = (np.arange(8) + 0.5).astype(np.float32) * np.float32(0.02 / 127)  # ties of int8
+        s = _core.quant_error_sums(x, kind, group, rows, row_len)
+        out[f"{kind}/{rows}x{row_len}"] = s
+        if kind in (0, 8):   # per-tensor scale given, and a tiny one (codes overflow, clipping)
+            out[f"{kind}/{rows}x{row_len}/tiny"] = _core.quant_error_sums(x, kind, group, rows, row_len, 1e-39)
+print(json.dumps(out, sort_keys=True))
+"""
+
+
+def test_generic_and_simd_quant_kernels_agree():
+    """The AVX2 quantization kernel gives the same dequantized values as the baseline (counts and
+    max error exact); float64 sums are added in lanes, so they agree to rounding only."""
+    assert "cpu" in available_backends(), "the C++ extension must be built for this test"
+    env = dict(os.environ)
+    runs = {}
+    for isa in ("generic", "native"):
+        env["PARAMKIT_ISA"] = isa
+        res = subprocess.run([sys.executable, "-c", QUANT_SCRIPT], env=env, capture_output=True, text=True, check=True)
+        runs[isa] = json.loads(res.stdout)
+    g, v = runs["generic"], runs["native"]
+    assert g.keys() == v.keys() and len(g) > 40
+    for key in g:
+        a, b = g[key], v[key]
+        for k in ("n", "nonfinite", "clipped", "scale_clamped", "max_abs_err"):
+            assert a[k] == b[k], (key, k, a[k], b[k])
+        for k in ("sse", "sum_w2", "sum_q2", "sum_wq"):
+            assert a[k] == pytest.approx(b[k], rel=1e-12, abs=1e-300), (key, k)

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "paramkit/quant.hpp"
+#include "kernels.hpp"
 
 namespace py = pybind11;
 using namespace paramkit;
@@ -94,7 +95,12 @@ py::dict quant_error_sums(const py::array& x, int kind, int group, int64_t rows,
   QuantSums s{};
   {
     py::gil_scoped_release nogil;
-    run_all(spec, px, rows, row_len, nullptr, s);
+    // the engine's kernel (AVX2 where the CPU has it, PARAMKIT_ISA=generic for the baseline), so
+    // that the tests compare the vector code with fake_quantize's element-by-element sums
+    uint64_t rl = uint64_t(row_len > 0 ? row_len : 1);
+    if (quant_kind_needs_tensor_absmax(spec.kind) && spec.tensor_absmax < 0)
+      spec.tensor_absmax = quant_finite_absmax(px, rows * row_len);
+    select_kernels().quant(spec, rl, rl, px, uint64_t(rows * row_len), nullptr, s);
   }
   return sums_dict(s);
 }
@@ -116,7 +122,8 @@ void register_quant(py::module_& m) {
                      "bit-identical to paramkit.quant.fake_quantize. ") + args_doc).c_str());
   m.def("quant_error_sums", &quant_error_sums, py::arg("x"), py::arg("kind"), py::arg("group"),
         py::arg("rows"), py::arg("row_len"), py::arg("tensor_absmax") = py::none(),
-        (std::string("The error-sums dict of fake_quantize without producing the values. ") + args_doc).c_str());
+        (std::string("The error-sums dict of fake_quantize without producing the values, computed by the engine's "
+                     "kernel (the active ISA: vector lanes, so float64 sums may differ from fake_quantize's in the last bits). ") + args_doc).c_str());
   py::dict kinds;
   for (int k = 0; k < Q_KIND_COUNT; ++k) kinds[kKindNames[k]] = k;
   m.attr("QUANT_KINDS") = kinds;

@@ -25,6 +25,9 @@ namespace paramkit {
 
 namespace {
 
+// Elements per block of the quantization pass (float32: 64 KiB, well inside L2)
+constexpr uint64_t kQuantBlockElements = 16384;
+
 struct Piece { uint32_t task, index; uint64_t begin, nbytes; };   // begin: byte offset inside the tensor
 struct Unit { int file; uint64_t offset, nbytes; const uint8_t* mem; uint32_t first, count; };
 
@@ -39,44 +42,6 @@ struct TaskState {
   std::vector<QuantSums> qpieces;     // [piece][scheme] error sums, merged in order
   std::vector<double> qabsmax;        // [piece] finite absmax of the quantized values
 };
-
-// Decode n elements of a float dtype to float32 (exact for 8/16-bit floats; F64 rounds).
-void decode_f32(int dt, const uint8_t* p, uint64_t n, float* out) {
-  switch (dt) {
-    case F32: std::memcpy(out, p, n * 4); break;
-    case BF16: for (uint64_t i = 0; i < n; ++i) { uint16_t h; std::memcpy(&h, p + 2 * i, 2); out[i] = decode_bf16(h); } break;
-    case F16: for (uint64_t i = 0; i < n; ++i) { uint16_t h; std::memcpy(&h, p + 2 * i, 2); out[i] = decode_f16(h); } break;
-    case F8_E4M3: for (uint64_t i = 0; i < n; ++i) out[i] = decode_f8_e4m3(p[i]); break;
-    case F8_E5M2: for (uint64_t i = 0; i < n; ++i) out[i] = decode_f8_e5m2(p[i]); break;
-    case F64: for (uint64_t i = 0; i < n; ++i) { double d; std::memcpy(&d, p + 8 * i, 8); out[i] = float(d); } break;
-    default: for (uint64_t i = 0; i < n; ++i) out[i] = 0; break;
-  }
-}
-
-// One scheme over one piece of a tensor (the piece starts on a row, channel and 64-element boundary).
-void quantize_piece(const QuantSpec& spec, const EngineTask& T, const float* x, uint64_t n, QuantSums& sums) {
-  QuantSpec sp = spec;
-  switch (spec.kind) {
-    case Q_INT8_TENSOR: case Q_FP8_E4M3:
-      if (T.tensor_absmax != T.tensor_absmax) return;   // absmax not known yet: second pass
-      sp.tensor_absmax = T.tensor_absmax;
-      quant_group(sp, x, int64_t(n), nullptr, sums);
-      break;
-    case Q_INT8_CHANNEL:
-      for (uint64_t r = 0; r < n; r += T.chan_len) quant_group(sp, x + r, int64_t(std::min(T.chan_len, n - r)), nullptr, sums);
-      break;
-    case Q_NF4:
-      for (uint64_t b = 0; b < n; b += 64) quant_group(sp, x + b, int64_t(std::min<uint64_t>(64, n - b)), nullptr, sums);
-      break;
-    default: {  // groups along the last dimension, a short last group per row
-      uint64_t g = uint64_t(spec.group > 0 ? spec.group : 1);
-      for (uint64_t r = 0; r < n; r += T.row_len) {
-        uint64_t rl = std::min(T.row_len, n - r);
-        for (uint64_t k = 0; k < rl; k += g) quant_group(sp, x + r + k, int64_t(std::min(g, rl - k)), nullptr, sums);
-      }
-    }
-  }
-}
 
 void add_sums(QuantSums& a, const QuantSums& b) {
   a.sse += b.sse; a.sum_w2 += b.sum_w2; a.sum_q2 += b.sum_q2; a.sum_wq += b.sum_wq;
@@ -320,20 +285,32 @@ EngineOutput run_engine(const std::vector<std::string>& files, const std::vector
           }
         }
         if (T.quant_mask) {   // simulated quantization of this piece, every requested scheme
-          fbuf.resize(n);
-          decode_f32(dt, p, n, fbuf.data());
+          // in cache-sized blocks that start at multiples of piece_multiple (whole rows, channels
+          // and groups, like the pieces themselves): each block is decoded once and stays in L2
+          // while every scheme runs over it
+          const uint64_t pm = std::max<uint64_t>(T.piece_multiple, 1);
+          const uint64_t blk = std::max<uint64_t>(pm, kQuantBlockElements / pm * pm);
+          QuantSums* qout = &S.qpieces[size_t(pc.index) * size_t(ns)];
+          for (int sc = 0; sc < ns; ++sc) quant_sums_clear(qout[sc]);
           float am = 0;
-          for (uint64_t i = 0; i < n; ++i) {
-            float a = fbuf[i] < 0 ? -fbuf[i] : fbuf[i];
-            am = (a > am && a - a == 0) ? a : am;
+          const size_t esz = size_t(dtype_size(dt));
+          for (uint64_t b = 0; b < n; b += blk) {
+            const uint64_t m = std::min(blk, n - b);
+            fbuf.resize(m);
+            QuantSums base;
+            float a = K.decode_for_quant(dt, p + b * esz, m, fbuf.data(), base);
+            am = a > am ? a : am;
+            for (int sc = 0; sc < ns; ++sc) {
+              if (!(T.quant_mask >> sc & 1u)) continue;
+              QuantSpec sp = opt.schemes[size_t(sc)];
+              if (quant_kind_needs_tensor_absmax(sp.kind)) {
+                if (T.tensor_absmax != T.tensor_absmax) continue;   // scale not known yet: second pass
+                sp.tensor_absmax = T.tensor_absmax;
+              }
+              K.quant(sp, T.row_len, T.chan_len, fbuf.data(), m, &base, qout[sc]);
+            }
           }
           S.qabsmax[pc.index] = am;
-          for (int sc = 0; sc < ns; ++sc) {
-            if (!(T.quant_mask >> sc & 1u)) continue;
-            QuantSums q{};
-            quantize_piece(opt.schemes[size_t(sc)], T, fbuf.data(), n, q);
-            S.qpieces[size_t(pc.index) * size_t(ns) + size_t(sc)] = q;
-          }
         }
         bytes_done.fetch_add(pc.nbytes, std::memory_order_relaxed);
         if (S.left.fetch_sub(1) == 1) {   // last piece of this tensor: finalize it

@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include "paramkit/quant.hpp"
 #include "paramkit/stats.hpp"
 
 namespace paramkit {
@@ -15,6 +16,15 @@ struct Kernels {
   void (*hist16)(const uint8_t* p, size_t n, uint32_t* h);
   // Exact statistics of a piece of a 32/64-bit tensor; with qhist, also its bf16-prefix histogram.
   void (*wide)(int dt, const uint8_t* p, size_t n, PieceStats& out, uint32_t* qhist);
+  // Fake quantization of n float32 values (a piece that starts on a row, channel and group
+  // boundary; rows of row_len, output channels of chan_len; spec.tensor_absmax set for the
+  // per-tensor kinds), its error sums added to `sums`. base: nullptr, or the scheme-independent
+  // sums of x (n, nonfinite, sum_w2; from decode_for_quant), which are then taken as they are.
+  void (*quant)(const QuantSpec& spec, uint64_t row_len, uint64_t chan_len, const float* x, uint64_t n,
+                const QuantSums* base, QuantSums& sums);
+  // float32 decode of an 8/16/32/64-bit float piece; returns its finite absmax and sets `base`
+  // to the scheme-independent sums (n, nonfinite, sum_w2; the rest zero).
+  float (*decode_for_quant)(int dt, const uint8_t* p, size_t n, float* out, QuantSums& base);
 };
 
 const Kernels& kernels_generic();

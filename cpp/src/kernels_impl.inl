@@ -1,5 +1,6 @@
 // Body of the CPU kernels; included by kernels_generic.cpp and kernels_avx2.cpp with PK_KNS set
 // to a namespace name, so one source becomes one function set per instruction set.
+#include <algorithm>
 #include <cstring>
 #include <cmath>
 #include <limits>
@@ -248,7 +249,70 @@ static void wide(int dt, const uint8_t* p, size_t n, PieceStats& s, uint32_t* qh
   }
 }
 
-static const Kernels table = {PK_KISA, hist8, hist16, wide};
+#if defined(PK_KAVX2)
+#include "quant_avx2.inl"
+#else
+// quantize_piece of the engine for one scheme, element by element with quant.hpp (which adds
+// every sum itself, so `base` is not needed)
+static void quant_piece(const QuantSpec& spec, uint64_t row_len, uint64_t chan_len, const float* x, uint64_t n,
+                        const QuantSums* base, QuantSums& sums) {
+  switch (spec.kind) {
+    case Q_INT8_TENSOR: case Q_FP8_E4M3: quant_group(spec, x, int64_t(n), nullptr, sums); break;
+    case Q_INT8_CHANNEL:
+      for (uint64_t r = 0; r < n; r += chan_len) quant_group(spec, x + r, int64_t(std::min(chan_len, n - r)), nullptr, sums);
+      break;
+    case Q_NF4: {
+      uint64_t g = uint64_t(spec.group > 0 ? spec.group : 64);
+      for (uint64_t b = 0; b < n; b += g) quant_group(spec, x + b, int64_t(std::min(g, n - b)), nullptr, sums);
+      break;
+    }
+    default: {  // groups along the last dimension, a short last group per row
+      uint64_t g = uint64_t(spec.group > 0 ? spec.group : 1);
+      for (uint64_t r = 0; r < n; r += row_len) {
+        uint64_t rl = std::min(row_len, n - r);
+        for (uint64_t k = 0; k < rl; k += g) quant_group(spec, x + r + k, int64_t(std::min(g, rl - k)), nullptr, sums);
+      }
+    }
+  }
+}
+#endif
+
+// Decode n elements of a float dtype to float32 (exact for 8/16-bit floats; F64 rounds); returns
+// the finite absmax of the decoded values (0 when none) and sets base's n, nonfinite and sum_w2.
+static float decode_for_quant(int dt, const uint8_t* p, size_t n, float* out, QuantSums& base) {
+  size_t i = 0;
+  switch (dt) {
+    case F32: std::memcpy(out, p, n * 4); break;
+    case BF16:
+#if defined(PK_KAVX2)
+      for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, load8<true>(p, i));
+#endif
+      for (; i < n; ++i) out[i] = decode_bf16(load<uint16_t>(p + 2 * i));
+      break;
+    case F16: for (; i < n; ++i) out[i] = decode_f16(load<uint16_t>(p + 2 * i)); break;
+    case F8_E4M3: for (; i < n; ++i) out[i] = decode_f8_e4m3(p[i]); break;
+    case F8_E5M2: for (; i < n; ++i) out[i] = decode_f8_e5m2(p[i]); break;
+    case F64: for (; i < n; ++i) out[i] = float(load<double>(p + 8 * i)); break;
+    default: for (; i < n; ++i) out[i] = 0; break;
+  }
+  quant_sums_clear(base);
+#if defined(PK_KAVX2)
+  return qv::piece_base(out, int64_t(n), base);
+#else
+  float m = 0.0f;
+  for (i = 0; i < n; ++i) {
+    float v = out[i];
+    if (!qdetail::is_finite(v)) { ++base.nonfinite; continue; }
+    float a = qdetail::fabs_(v);
+    m = a > m ? a : m;
+    ++base.n;
+    base.sum_w2 += double(v) * double(v);
+  }
+  return m;
+#endif
+}
+
+static const Kernels table = {PK_KISA, hist8, hist16, wide, quant_piece, decode_for_quant};
 
 }  // namespace PK_KNS
 }  // namespace paramkit

@@ -333,7 +333,8 @@ PK_HD PK_INLINE void int4_asym(const float* x, int64_t len, float* out, QuantSum
 }
 
 // ggml Q8_0: d = amax/127, q = roundf(x·(1/d)) (half away from zero), value q·fp16(d).
-// As in the oracle, a subnormal d whose reciprocal overflows turns x = 0 into 0·Inf = NaN (q4_0 too).
+// A subnormal d whose reciprocal overflows would turn x = 0 into 0·Inf = NaN (ggml does); like the oracle,
+// zeros are kept exactly 0 instead (q4_0 too; a documented deviation).
 PK_HD PK_INLINE void q8_0(const float* x, int64_t len, float* out, QuantSums& s) {
   float d = fdiv(quant_finite_absmax(x, len), 127.0f);
   float inv = d == 0.0f ? 0.0f : fdiv(1.0f, d);
