@@ -54,3 +54,17 @@ def test_demo_and_python_m(tmp_path):
 
 
 import numpy as np  # noqa: E402
+
+
+def test_closed_pipe_is_not_an_error(tmp_path):
+    """`paramkit scan --json FILE | head -c 10`: the reader leaves early; exit 0, nothing on stderr."""
+    from safetensors.numpy import save_file
+    path = str(tmp_path / "many.safetensors")   # a report far larger than a pipe's buffer
+    save_file({f"layers.{i}.weight": np.full((2, 3), i, dtype=np.float32) for i in range(3000)}, path)
+    p = subprocess.Popen([sys.executable, "-m", "paramkit", "scan", path, "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.read(10)
+    p.stdout.close()
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=60) == 0, err
+    assert "Broken pipe" not in err and "Traceback" not in err

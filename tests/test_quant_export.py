@@ -337,3 +337,15 @@ def test_minilm_export(minilm_path, tmp_path):
     for n, t in orig.items():
         if n not in s["quantized"]:
             assert torch.equal(got[n], t), n
+
+
+def test_output_mode_follows_umask(checkpoint, tmp_path):
+    """The temporary file is private (0600) while written; the finished file gets the usual mode."""
+    path, _ = checkpoint
+    old = os.umask(0o027)
+    try:
+        out = str(tmp_path / "m.safetensors")
+        fake_quantize_file(path, "q8_0", out)
+    finally:
+        os.umask(old)
+    assert os.stat(out).st_mode & 0o777 == 0o640

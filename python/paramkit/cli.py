@@ -244,6 +244,12 @@ def main(argv=None) -> int:
         return 1
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:
+        # the reader went away (`paramkit scan --json ... | head`): not an error of ours; point
+        # stdout at /dev/null so that the interpreter's final flush does not complain again
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except FormatError as e:
         where = f" (file {e.path}" + (f", tensor {e.tensor}" if e.tensor else "") + ")" if e.path else ""
         print(f"paramkit: error [{e.code}]: {e.message}{where}", file=sys.stderr)

@@ -39,6 +39,7 @@ def write_safetensors(path: str, tensors: list[TensorSource], metadata: dict[str
                     raise ValueError(f"tensor {name}: produced {written} bytes, expected {nbytes}")
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())   # mkstemp makes 0600; a new file follows the umask
         os.replace(tmp, target)
     except BaseException:
         try:
@@ -47,3 +48,17 @@ def write_safetensors(path: str, tensors: list[TensorSource], metadata: dict[str
             pass
         raise
     return target
+
+
+def _umask() -> int:
+    """The process umask: from /proc (Linux), else by setting and restoring it."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    m = os.umask(0o022)
+    os.umask(m)
+    return m
