@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import paramkit
 from paramkit.backends.cuda_backend import probe
@@ -12,6 +13,9 @@ def test_cuda_backend_reason_is_recorded():
     status = {b.name: b for b in paramkit.backends()}["cuda"]
     built = importlib.util.find_spec("paramkit._cuda") is not None
     p = probe()
+    # .ci/run exports PARAMKIT_CUDA=ON where nvcc exists: the install must then have built _cuda
+    if os.environ.get("PARAMKIT_CUDA") == "ON" and os.environ.get("PARAMKIT_CI_INSTALL") == "1":
+        assert built, "PARAMKIT_CUDA=ON but paramkit._cuda was not installed"
     if not built:
         assert p is None and not status.available
         assert "not built" in status.reason and "PARAMKIT_CUDA" in status.reason
