@@ -251,21 +251,23 @@ template <bool W> static inline void q8_0(AccT<W>& A, QuantSums& s, const float*
 
 template <bool W> static inline void q4_0(AccT<W>& A, QuantSums& s, const float* x, int64_t len) {
   using namespace qdetail;
-  // m: the first element of largest |x| (non-finite read as +0), sign kept
-  float amax = finite_absmax(x, len), m = 0.0f;
+  // m: the first element of largest |x| (non-finite read as +0), sign kept. Branch-free: the
+  // smallest index whose |x| equals the max (an early exit mispredicts once per block)
+  float amax = finite_absmax(x, len);
   __m256 valid;
   const __m256 vam = _mm256_set1_ps(amax);
-  for (int64_t i = 0; i < len; i += 8) {
+  const __m256i big = _mm256_set1_epi32(0x7FFFFFFF), step = _mm256_set1_epi32(8);
+  __m256i idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), first = big;
+  for (int64_t i = 0; i < len; i += 8, idx = _mm256_add_epi32(idx, step)) {
     __m256 w = load(x, i, len, valid);
-    __m256 wz = _mm256_and_ps(w, finitev(w));
-    int hit = _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(absv(wz), vam, _CMP_EQ_OQ), valid));
-    if (hit) {
-      alignas(32) float t[8];
-      _mm256_store_ps(t, wz);
-      m = t[__builtin_ctz(unsigned(hit))];
-      break;
-    }
+    __m256 hit = _mm256_and_ps(_mm256_cmp_ps(absv(_mm256_and_ps(w, finitev(w))), vam, _CMP_EQ_OQ), valid);
+    first = _mm256_min_epi32(first, _mm256_blendv_epi8(big, idx, _mm256_castps_si256(hit)));
   }
+  __m128i f4 = _mm_min_epi32(_mm256_castsi256_si128(first), _mm256_extracti128_si256(first, 1));
+  f4 = _mm_min_epi32(f4, _mm_shuffle_epi32(f4, _MM_SHUFFLE(1, 0, 3, 2)));
+  f4 = _mm_min_epi32(f4, _mm_shuffle_epi32(f4, _MM_SHUFFLE(2, 3, 0, 1)));
+  const float xj = x[_mm_cvtsi128_si32(f4)];   // always found: the max is attained
+  const float m = is_finite(xj) ? xj : 0.0f;
   float d = fdiv(m, -8.0f);
   float inv = d == 0.0f ? 0.0f : fdiv(1.0f, d);
   float stored = fp16_stored(d, s.scale_clamped);
