@@ -1,20 +1,95 @@
 // paramkit._cuda: reports the CUDA runtime/driver and devices, so Python can say exactly why the
-// cuda backend is or is not usable. It includes the shared PK_HD headers so they stay nvcc-clean.
+// cuda backend is or is not usable, and runs the GPU statistics engine (stats_engine.cu).
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <string>
+#include <system_error>
+
 #include "paramkit/stats.hpp"
+#include "stats_engine.cuh"
 
 namespace py = pybind11;
+using namespace paramkit;
 
 namespace {
-// Compiles the shared decode math for the device, so a header that breaks under nvcc fails the build.
-__global__ void decode_probe(const uint16_t* in, float* out, int n) {
-  int i = blockIdx.x * blockDim.x + threadIdx.x;
-  if (i < n) out[i] = paramkit::decode_bf16(in[i]) + paramkit::decode_f16(in[i]);
+
+// The same result layout as paramkit._core.run (python/paramkit/backends/native_records.py reads it).
+py::dict pack(const std::vector<TensorResult>& rs, int nq) {
+  size_t n = rs.size();
+  py::array_t<uint64_t> counts({n, size_t(7)});
+  py::array_t<double> fext({n, size_t(3)});
+  py::array_t<int64_t> iext({n, size_t(2)});
+  py::array_t<uint64_t> uext({n, size_t(3)});
+  py::array_t<double> mom({n, size_t(4)});
+  py::array_t<double> q({n, size_t(nq)});
+  auto c = counts.mutable_unchecked<2>(); auto f = fext.mutable_unchecked<2>();
+  auto ii = iext.mutable_unchecked<2>(); auto u = uext.mutable_unchecked<2>();
+  auto m = mom.mutable_unchecked<2>(); auto qq = q.mutable_unchecked<2>();
+  for (size_t i = 0; i < n; ++i) {
+    const TensorResult& r = rs[i];
+    c(i, 0) = r.numel; c(i, 1) = r.nan; c(i, 2) = r.posinf; c(i, 3) = r.neginf;
+    c(i, 4) = r.zeros; c(i, 5) = r.subnormal; c(i, 6) = r.nonnan;
+    f(i, 0) = r.fmin; f(i, 1) = r.fmax; f(i, 2) = r.fabsmax;
+    ii(i, 0) = r.imin; ii(i, 1) = r.imax;
+    u(i, 0) = r.umin; u(i, 1) = r.umax; u(i, 2) = r.uabsmax;
+    m(i, 0) = r.nfinite; m(i, 1) = r.mean; m(i, 2) = r.std; m(i, 3) = r.l2;
+    for (int k = 0; k < nq; ++k) qq(i, k) = k < r.nq ? r.q[k] : NAN;
+  }
+  py::dict d;
+  d["counts"] = counts; d["fext"] = fext; d["iext"] = iext; d["uext"] = uext; d["moments"] = mom; d["quantiles"] = q;
+  return d;
 }
+
+cuda::Options options(bool quantiles, const std::vector<double>& levels) {
+  if (levels.size() > size_t(kMaxQuantiles)) throw std::invalid_argument("too many quantile levels");
+  for (size_t i = 1; i < levels.size(); ++i)
+    if (!(levels[i - 1] <= levels[i])) throw std::invalid_argument("quantile levels must be ascending");
+  cuda::Options o;
+  o.quantiles = quantiles; o.levels = levels;
+  if (const char* e = std::getenv("PARAMKIT_CUDA_RING_MB")) o.ring_bytes = uint64_t(std::max(1, std::atoi(e))) << 20;
+  if (const char* e = std::getenv("PARAMKIT_CUDA_SLOTS")) o.slots = std::max(2, std::atoi(e));
+  return o;
+}
+
+py::dict run(const std::vector<std::string>& files, const std::vector<cuda::Task>& tasks, const cuda::Options& opt,
+             bool stats, py::object progress) {
+  PyObject *et = nullptr, *ev = nullptr, *etb = nullptr;
+  bool have_err = false;
+  auto cb = [&](uint64_t done) -> bool {
+    py::gil_scoped_acquire g;
+    if (PyErr_CheckSignals() != 0) { have_err = true; PyErr_Fetch(&et, &ev, &etb); return false; }
+    if (!progress.is_none()) {
+      try { progress(done); }
+      catch (py::error_already_set& e) { have_err = true; e.restore(); PyErr_Fetch(&et, &ev, &etb); return false; }
+    }
+    return true;
+  };
+  std::vector<TensorResult> out(tasks.size());
+  cuda::Info info;
+  try {
+    py::gil_scoped_release nogil;
+    if (stats) out = cuda::run_stats(files, tasks, opt, cb, &info);
+  } catch (cuda::Cancelled&) {
+    if (have_err) { PyErr_Restore(et, ev, etb); throw py::error_already_set(); }
+    throw std::runtime_error("cancelled");
+  } catch (std::system_error& e) {
+    PyErr_SetFromErrnoWithFilename(PyExc_OSError, e.what());
+    throw py::error_already_set();
+  }
+  py::dict d = pack(out, opt.quantiles ? int(opt.levels.size()) : 0);
+  d["quant"] = py::array_t<double>({tasks.size(), size_t(0), size_t(9)});
+  py::array_t<double> am(tasks.size());
+  for (size_t i = 0; i < tasks.size(); ++i) am.mutable_at(i) = NAN;
+  d["quant_absmax"] = am;
+  d["isa"] = "cuda:" + info.device; d["threads"] = 0; d["units"] = info.batches;
+  return d;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_cuda, m) {
@@ -43,7 +118,53 @@ PYBIND11_MODULE(_cuda, m) {
       devs.append(x);
     }
     d["devices"] = devs;
-    (void)&decode_probe;
     return d;
   });
+  // Same signature as paramkit._core.run; quantization schemes are not on the GPU yet (the Python
+  // cuda backend sends those runs to the cpu engine), so `schemes` must be empty here.
+  m.def("run",
+        [](const std::vector<std::string>& files, py::array_t<int64_t, py::array::c_style | py::array::forcecast> spec,
+           py::array_t<double, py::array::c_style | py::array::forcecast> absmax, bool stats, bool quantiles, int threads,
+           uint64_t chunk_bytes, const std::string& io, const std::vector<double>& levels,
+           const std::vector<std::pair<int, int>>& schemes, py::object progress) {
+          (void)threads; (void)chunk_bytes; (void)io;
+          if (!schemes.empty()) throw std::invalid_argument("paramkit._cuda: quantization schemes are not implemented on the GPU");
+          if (spec.ndim() != 2 || spec.shape(1) != 9)
+            throw std::invalid_argument("spec must be (n, 9): file, offset, nbytes, numel, dtype, quant_mask, row_len, chan_len, piece_multiple");
+          if (absmax.ndim() != 1 || absmax.shape(0) != spec.shape(0)) throw std::invalid_argument("absmax must be (n,)");
+          auto s = spec.unchecked<2>();
+          std::vector<cuda::Task> tasks(size_t(spec.shape(0)));
+          for (size_t i = 0; i < tasks.size(); ++i) {
+            cuda::Task& t = tasks[i];
+            t.file = int(s(i, 0)); t.offset = uint64_t(s(i, 1)); t.nbytes = uint64_t(s(i, 2));
+            t.numel = uint64_t(s(i, 3)); t.dtype = int(s(i, 4));
+            if (t.dtype < 0 || t.dtype >= DTYPE_COUNT) throw std::invalid_argument("bad dtype id");
+            if (t.nbytes != t.numel * uint64_t(dtype_size(t.dtype))) throw std::invalid_argument("nbytes != numel * element size");
+            if (s(i, 5) != 0) throw std::invalid_argument("paramkit._cuda: quant_mask must be 0");
+          }
+          return run(files, tasks, options(quantiles, levels), stats, progress);
+        },
+        py::arg("files"), py::arg("spec"), py::arg("absmax"), py::arg("stats"), py::arg("quantiles"), py::arg("threads"),
+        py::arg("chunk_bytes"), py::arg("io"), py::arg("levels"), py::arg("schemes"), py::arg("progress"));
+  m.def("array_stats",
+        [](py::buffer buf, int dtype, bool quantiles, uint64_t chunk_bytes, const std::vector<double>& levels) {
+          (void)chunk_bytes;
+          py::buffer_info bi = buf.request();
+          if (dtype < 0 || dtype >= DTYPE_COUNT) throw std::invalid_argument("bad dtype id");
+          uint64_t nbytes = uint64_t(bi.size) * uint64_t(bi.itemsize);
+          for (py::ssize_t k = bi.ndim - 1, expect = bi.itemsize; k >= 0; --k) {
+            if (bi.shape[k] > 1 && bi.strides[k] != expect) throw std::invalid_argument("array must be C-contiguous");
+            expect *= bi.shape[k];
+          }
+          uint64_t es = uint64_t(dtype_size(dtype));
+          if (nbytes % es) throw std::invalid_argument("buffer size is not a multiple of the element size");
+          cuda::Task t; t.mem = static_cast<const uint8_t*>(bi.ptr); t.nbytes = nbytes; t.numel = nbytes / es; t.dtype = dtype;
+          return run({}, {t}, options(quantiles, levels), true, py::none());
+        },
+        py::arg("buffer"), py::arg("dtype"), py::arg("quantiles"), py::arg("chunk_bytes"), py::arg("levels"));
+  m.def("h2d_ceiling", [](uint64_t bytes, int reps) {
+          py::gil_scoped_release nogil;
+          return cuda::h2d_ceiling(bytes, reps);
+        },
+        py::arg("bytes"), py::arg("reps") = 5, "GB/s of pinned host-to-device cudaMemcpyAsync of `bytes`, on 2 streams");
 }

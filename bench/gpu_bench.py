@@ -1,0 +1,86 @@
+"""GPU benchmark for bench/gpu_check.sh: paramkit cuda end to end (warm page cache) on a generated
+bf16 safetensors file vs the pinned H2D copy ceiling measured in the same run, and vs the cpu backend."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+import paramkit
+from paramkit import _cuda
+from paramkit.backends import get_engine
+
+
+def make_file(path: str, gib: float) -> None:
+    """~gib GiB of bf16 in 64 tensors of equal size plus 64 small norms, written in 64 MiB steps."""
+    if os.path.exists(path) and abs(os.path.getsize(path) - gib * 2**30) < 2**26:
+        return
+    per = int(gib * 2**30) // 2 // 64
+    header, off = {}, 0
+    for i in range(64):
+        header[f"layer{i}.weight"] = {"dtype": "BF16", "shape": [per], "data_offsets": [off, off + 2 * per]}
+        off += 2 * per
+        header[f"layer{i}.norm"] = {"dtype": "BF16", "shape": [1024], "data_offsets": [off, off + 2048]}
+        off += 2048
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    rng = np.random.default_rng(0)
+    block = (rng.standard_normal(32 << 20).astype(np.float32).view(np.uint32) >> 16).astype(np.uint16).tobytes()
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little") + h)
+        left = off
+        while left:
+            k = min(left, len(block))
+            f.write(block[:k])
+            left -= k
+
+
+def _infos(path: str):
+    from paramkit.table import TensorInfo
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    return [TensorInfo(k, e["dtype"], tuple(e["shape"]), os.path.abspath(path), 8 + n + e["data_offsets"][0],
+                       e["data_offsets"][1] - e["data_offsets"][0], int(np.prod(e["shape"])))
+            for k, e in header.items() if k != "__metadata__"]
+
+
+def timed(fn, reps: int = 3) -> float:
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main() -> int:
+    path = sys.argv[1] if len(sys.argv) > 1 else "/tmp/pk_gpu_bench.safetensors"
+    gib = float(os.environ.get("PK_BENCH_GIB", "2"))
+    make_file(path, gib)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:                       # warm the page cache
+        while f.read(64 << 20):
+            pass
+    ceiling = _cuda.h2d_ceiling(256 << 20, 8)
+    rows = [("pinned H2D ceiling (cudaMemcpyAsync, 2 streams)", None, ceiling)]
+    t_cuda = timed(lambda: paramkit.scan(path, backend="cuda"))
+    rows.append(("paramkit cuda scan, end to end", t_cuda, size / t_cuda / 1e9))
+    t_cpu = timed(lambda: paramkit.scan(path, backend="cpu"), reps=2)
+    rows.append(("paramkit cpu scan, end to end", t_cpu, size / t_cpu / 1e9))
+    infos = _infos(path)
+    same = get_engine("cuda").run_stats(infos) == get_engine("cpu").run_stats(infos)
+    print(f"\nfile: {size / 1e9:.2f} GB bf16, {get_engine('cuda').build_info()['device']['name']}")
+    print(f"{'what':52s} {'seconds':>9s} {'GB/s':>8s}")
+    for name, t, bw in rows:
+        print(f"{name:52s} {('-' if t is None else f'{t:9.3f}'):>9s} {bw:8.2f}")
+    print(f"cuda / H2D ceiling: {rows[1][2] / ceiling:.0%} (target >= 80%);  cuda vs cpu: {t_cpu / t_cuda:.1f}x;"
+          f"  bf16 stats identical to cpu: {same}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
