@@ -13,37 +13,12 @@
 #include "paramkit/stats.hpp"
 #include "stats_engine.cuh"
 
+#include "result_records.hpp"   // pack(): the same result layout as paramkit._core.run
+
 namespace py = pybind11;
 using namespace paramkit;
 
 namespace {
-
-// The same result layout as paramkit._core.run (python/paramkit/backends/native_records.py reads it).
-py::dict pack(const std::vector<TensorResult>& rs, int nq) {
-  size_t n = rs.size();
-  py::array_t<uint64_t> counts({n, size_t(7)});
-  py::array_t<double> fext({n, size_t(3)});
-  py::array_t<int64_t> iext({n, size_t(2)});
-  py::array_t<uint64_t> uext({n, size_t(3)});
-  py::array_t<double> mom({n, size_t(4)});
-  py::array_t<double> q({n, size_t(nq)});
-  auto c = counts.mutable_unchecked<2>(); auto f = fext.mutable_unchecked<2>();
-  auto ii = iext.mutable_unchecked<2>(); auto u = uext.mutable_unchecked<2>();
-  auto m = mom.mutable_unchecked<2>(); auto qq = q.mutable_unchecked<2>();
-  for (size_t i = 0; i < n; ++i) {
-    const TensorResult& r = rs[i];
-    c(i, 0) = r.numel; c(i, 1) = r.nan; c(i, 2) = r.posinf; c(i, 3) = r.neginf;
-    c(i, 4) = r.zeros; c(i, 5) = r.subnormal; c(i, 6) = r.nonnan;
-    f(i, 0) = r.fmin; f(i, 1) = r.fmax; f(i, 2) = r.fabsmax;
-    ii(i, 0) = r.imin; ii(i, 1) = r.imax;
-    u(i, 0) = r.umin; u(i, 1) = r.umax; u(i, 2) = r.uabsmax;
-    m(i, 0) = r.nfinite; m(i, 1) = r.mean; m(i, 2) = r.std; m(i, 3) = r.l2;
-    for (int k = 0; k < nq; ++k) qq(i, k) = k < r.nq ? r.q[k] : NAN;
-  }
-  py::dict d;
-  d["counts"] = counts; d["fext"] = fext; d["iext"] = iext; d["uext"] = uext; d["moments"] = mom; d["quantiles"] = q;
-  return d;
-}
 
 cuda::Options options(bool quantiles, const std::vector<double>& levels) {
   if (levels.size() > size_t(kMaxQuantiles)) throw std::invalid_argument("too many quantile levels");

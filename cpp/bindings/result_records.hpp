@@ -1,0 +1,40 @@
+// The statistics result layout shared by paramkit._core.run and paramkit._cuda.run (read by
+// python/paramkit/backends/native_records.py): one numpy array per field group, a row per tensor.
+#pragma once
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cmath>
+#include <vector>
+
+#include "paramkit/stats.hpp"
+
+namespace paramkit {
+
+inline pybind11::dict pack(const std::vector<TensorResult>& rs, int nq) {
+  size_t n = rs.size();
+  pybind11::array_t<uint64_t> counts({n, size_t(7)});
+  pybind11::array_t<double> fext({n, size_t(3)});
+  pybind11::array_t<int64_t> iext({n, size_t(2)});
+  pybind11::array_t<uint64_t> uext({n, size_t(3)});
+  pybind11::array_t<double> mom({n, size_t(4)});
+  pybind11::array_t<double> q({n, size_t(nq)});
+  auto c = counts.mutable_unchecked<2>(); auto f = fext.mutable_unchecked<2>();
+  auto ii = iext.mutable_unchecked<2>(); auto u = uext.mutable_unchecked<2>();
+  auto m = mom.mutable_unchecked<2>(); auto qq = q.mutable_unchecked<2>();
+  for (size_t i = 0; i < n; ++i) {
+    const TensorResult& r = rs[i];
+    c(i, 0) = r.numel; c(i, 1) = r.nan; c(i, 2) = r.posinf; c(i, 3) = r.neginf;
+    c(i, 4) = r.zeros; c(i, 5) = r.subnormal; c(i, 6) = r.nonnan;
+    f(i, 0) = r.fmin; f(i, 1) = r.fmax; f(i, 2) = r.fabsmax;
+    ii(i, 0) = r.imin; ii(i, 1) = r.imax;
+    u(i, 0) = r.umin; u(i, 1) = r.umax; u(i, 2) = r.uabsmax;
+    m(i, 0) = r.nfinite; m(i, 1) = r.mean; m(i, 2) = r.std; m(i, 3) = r.l2;
+    for (int k = 0; k < nq; ++k) qq(i, k) = k < r.nq ? r.q[k] : NAN;
+  }
+  pybind11::dict d;
+  d["counts"] = counts; d["fext"] = fext; d["iext"] = iext; d["uext"] = uext; d["moments"] = mom; d["quantiles"] = q;
+  return d;
+}
+
+}  // namespace paramkit
