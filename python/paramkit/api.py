@@ -8,6 +8,7 @@ from typing import Iterable
 
 import numpy as np
 
+from ._gcpause import gc_paused
 from .backends import get_engine
 from .dtypes import DTYPES, from_numpy
 from .errors import FormatError
@@ -34,54 +35,61 @@ def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "au
     from .formats import open_table
 
     t0 = time.perf_counter()
-    table = open_table(os.fspath(path), strict=strict)
-    t_header = time.perf_counter()
-    counting = count_table(table)
-    t_count = time.perf_counter()
-    results: list = [None] * len(table.tensors)
-    qsums: list = [None] * len(table.tensors)
-    engine_name = None
-    engine_info: dict = {}
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
-        raise ValueError("threads must be a positive integer or None")
-    plan = None
-    if quant:
-        from .quant import resolve_schemes
-        from .quant.plan import make_plan
-        plan = make_plan(table.tensors, [r.role for r in counting.roles], resolve_schemes(quant), quant_tensors)
-    if stats or plan is not None:
-        engine = get_engine(backend)
-        engine_name = engine.name
-        total = table.data_bytes if stats or plan is not None else 0
-        if plan is not None and plan.second_pass_bits:
-            total += sum(t.nbytes for t, m in zip(table.tensors, plan.masks) if m & plan.second_pass_bits)
-        cb, close = make_progress(progress, total)
-        try:
-            results, qsums = engine.run(table.tensors, stats=stats, quantiles=quantiles, threads=threads,
-                                        progress=cb, quant=plan)
-        finally:
-            close()
-        engine_info = dict(getattr(engine, "last_run", {}) or {})
-    t_stats = time.perf_counter()
-    tensors = []
-    for i, (info, role, st) in enumerate(zip(table.tensors, counting.roles, results)):
-        tensors.append(TensorReport(name=info.name, dtype=info.dtype, shape=tuple(info.shape), numel=info.numel,
-                                    nbytes=info.nbytes, role=role.role, logical_numel=role.logical_numel,
-                                    file=info.file, stats=st,
-                                    quant=_quant_records(plan, i, qsums[i], info) if plan is not None else None))
-    data_s = t_stats - t_count
-    timing = {"header_s": t_header - t0, "count_s": t_count - t_header, "stats_s": data_s if stats else 0.0,
-              "total_s": t_stats - t0,
-              "data_bytes": table.data_bytes if stats else 0,
-              "gb_per_s": (table.data_bytes / data_s / 1e9) if stats and data_s > 0 else None}
-    return ScanReport(path=os.fspath(path), format=table.format, backend=engine_name, files=list(table.files),
-                      counting=counting, tensors=tensors, metadata=dict(table.metadata),
-                      index_metadata=table.index_metadata, config=table.config,
-                      unreferenced_files=list(table.unreferenced_files),
-                      options={"stats": stats, "quantiles": quantiles if stats else None, "threads": threads,
-                               "strict": strict},
-                      timing=timing, aggregates=aggregate(tensors) if stats else None, engine_info=engine_info,
-                      quant_plan=plan)
+    # gc paused while building ~10 acyclic objects per tensor (1M for a 100k-tensor header), not
+    # during the data pass
+    with gc_paused() as pause:
+        table = open_table(os.fspath(path), strict=strict)
+        t_header = time.perf_counter()
+        counting = count_table(table)
+        t_count = time.perf_counter()
+        results: list = [None] * len(table.tensors)
+        qsums: list = [None] * len(table.tensors)
+        engine_name = None
+        engine_info: dict = {}
+        if threads is not None and (not isinstance(threads, int) or threads < 1):
+            raise ValueError("threads must be a positive integer or None")
+        plan = None
+        if quant:
+            from .quant import resolve_schemes
+            from .quant.plan import make_plan
+            plan = make_plan(table.tensors, [r.role for r in counting.roles], resolve_schemes(quant), quant_tensors)
+        if stats or plan is not None:
+            engine = get_engine(backend)
+            engine_name = engine.name
+            total = table.data_bytes if stats or plan is not None else 0
+            if plan is not None and plan.second_pass_bits:
+                total += sum(t.nbytes for t, m in zip(table.tensors, plan.masks) if m & plan.second_pass_bits)
+            cb, close = make_progress(progress, total)
+            try:
+                with pause.resumed():   # the data pass: gc as the caller had it
+                    results, qsums = engine.run(table.tensors, stats=stats, quantiles=quantiles, threads=threads,
+                                                progress=cb, quant=plan)
+            finally:
+                close()
+            engine_info = dict(getattr(engine, "last_run", {}) or {})
+        t_stats = time.perf_counter()
+        TR = TensorReport   # positional: name, dtype, shape, numel, nbytes, role, logical_numel, file, stats, quant
+        if plan is None:
+            tensors = [TR(info.name, info.dtype, tuple(info.shape), info.numel, info.nbytes, role.role,
+                          role.logical_numel, info.file, st, None)
+                       for info, role, st in zip(table.tensors, counting.roles, results)]
+        else:
+            tensors = [TR(info.name, info.dtype, tuple(info.shape), info.numel, info.nbytes, role.role,
+                          role.logical_numel, info.file, st, _quant_records(plan, i, qsums[i], info))
+                       for i, (info, role, st) in enumerate(zip(table.tensors, counting.roles, results))]
+        data_s = t_stats - t_count
+        timing = {"header_s": t_header - t0, "count_s": t_count - t_header, "stats_s": data_s if stats else 0.0,
+                  "total_s": t_stats - t0,
+                  "data_bytes": table.data_bytes if stats else 0,
+                  "gb_per_s": (table.data_bytes / data_s / 1e9) if stats and data_s > 0 else None}
+        return ScanReport(path=os.fspath(path), format=table.format, backend=engine_name, files=list(table.files),
+                          counting=counting, tensors=tensors, metadata=dict(table.metadata),
+                          index_metadata=table.index_metadata, config=table.config,
+                          unreferenced_files=list(table.unreferenced_files),
+                          options={"stats": stats, "quantiles": quantiles if stats else None, "threads": threads,
+                                   "strict": strict},
+                          timing=timing, aggregates=aggregate(tensors) if stats else None, engine_info=engine_info,
+                          quant_plan=plan)
 
 
 def _quant_records(plan, i: int, sums: dict | None, info) -> dict | None:

@@ -2,11 +2,13 @@
 every tensor (parameter, buffer, quantization state, packed quantized weight), ties, MoE total vs active."""
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
+from ._gcpause import gc_paused
 from .dtypes import DTYPES
 from .table import TensorInfo, TensorTable
 
@@ -252,6 +254,25 @@ _BUFFER_LEAVES = {"position_ids", "token_type_ids", "inv_freq", "masked_bias",
                   "cos_cached", "sin_cached", "original_inv_freq"}
 
 _EXPERT_INDEX_RE = re.compile(r"(?:^|\.)experts\.(?:expert_)?(\d+)\.")
+
+
+def _expert_index(name: str) -> str | None:
+    """The index group of _EXPERT_INDEX_RE.search(name), None without a match; without the regex in
+    the usual case: when the first "experts." starts the name or follows a '.', and the component after
+    it is decimal digits followed by a '.', that is the regex's leftmost match (\\d = str.isdecimal)."""
+    i = name.find("experts.")
+    if i < 0:
+        return None
+    j = i + 8
+    k = name.find(".", j)
+    if k > j and (not i or name[i - 1] == "."):
+        digits = name[j:k]
+        if digits.isdecimal():
+            return digits
+    m = _EXPERT_INDEX_RE.search(name)
+    return m.group(1) if m else None
+
+
 _SHARED_RE = re.compile(r"(?:^|\.)(shared_experts?|shared_mlp)\.")
 
 
@@ -275,12 +296,41 @@ def _layer_of(name: str) -> str | None:
     return m.group(1) if m else None
 
 
+# Inline classification (classify_all): which leaves and dtypes classify() can decide without any
+# quantization rule. A leaf is _LEAF_QUANT when some rule of section 1 looks at it (its name, or a
+# suffix); "weight" only matters for integer dtypes; 8-bit floats (FP8 rule) and F8_E8M0 (block
+# scales) always take the full path, like dtypes outside DTYPES.
+_LEAF_PLAIN, _LEAF_WEIGHT, _LEAF_BUFFER, _LEAF_BIAS, _LEAF_QUANT = range(5)
+_QUANT_LEAVES = frozenset({"qweight", "qzeros", "g_idx", "scales", "zeros", "weight_packed"} | _QSTATE_LEAVES)
+
+
+def _plain_leaf_kind(leaf: str) -> int:
+    if leaf in _QUANT_LEAVES or leaf.endswith(("_blocks", "_scales")):
+        return _LEAF_QUANT
+    if leaf == "weight":
+        return _LEAF_WEIGHT
+    if leaf in _BUFFER_LEAVES:
+        return _LEAF_BUFFER
+    return _LEAF_BIAS if leaf == "bias" else _LEAF_PLAIN
+
+
+_PLAIN_DTYPES: dict[str, tuple[bool, str]] = {   # dtype -> (integer-like?, reason of the dtype rule)
+    name: (d.kind in ("int", "uint", "bool"), f"{d.kind} dtype") for name, d in DTYPES.items()
+    if name != "F8_E8M0" and not (d.kind == "float" and d.bits == 8)}
+_PLAIN_FLOAT_DTYPES: dict[str, str] = {   # the parameter dtypes among them -> reason
+    name: reason for name, (is_int, reason) in _PLAIN_DTYPES.items() if not is_int}
+
+
 class _Classifier:
     def __init__(self, table: TensorTable, quant: _Quant):
-        self.by_name: dict[str, TensorInfo] = {t.name: t for t in table.tensors}
+        self._tensors = table.tensors
         self.q = quant
         self.detected: dict[str, int] = {}      # method detected from names -> tensors
         self.notes: list[str] = []
+
+    @functools.cached_property
+    def by_name(self) -> dict[str, TensorInfo]:   # built on first use: the inline path needs none
+        return {t.name: t for t in self._tensors}
 
     # --- helpers
     def _has(self, name: str) -> bool:
@@ -331,6 +381,68 @@ class _Classifier:
         self.notes.append(f"{t.name}: bits per weight unknown (no quantization_config, shapes "
                           "inconclusive); assuming 4")
         return 4, "assumed 4 bits"
+
+    # --- all tensors
+    def classify_all(self, tensors: list[TensorInfo]) -> list[TensorRole]:
+        """[classify(t) for t in tensors], each role's .layer = _layer_of(name). Tensors that no
+        quantization rule can concern (see _plain_leaf_kind / _PLAIN_DTYPES) are classified inline:
+        the same roles, a fraction of the per-tensor cost for 100k-tensor headers; every other tensor
+        goes through classify()."""
+        roles: list[TensorRole] = []
+        append = roles.append
+        classify = self.classify
+        leaf_kinds: dict[str, int] = {}   # leaf -> _plain_leaf_kind(leaf), filled as leaves are seen
+        float_reasons = _PLAIN_FLOAT_DTYPES
+        plain_dtypes = _PLAIN_DTYPES
+        layer_match = _LAYER_PREFIX_RE.match
+        TR = TensorRole
+        WEIGHT, BUFFER, BIAS = _LEAF_WEIGHT, _LEAF_BUFFER, _LEAF_BIAS
+        prev_layer = prev_dot = None
+        for t in tensors:
+            name = t.name
+            if prev_dot is not None and name.startswith(prev_dot):
+                layer = prev_layer    # same components up to that layer's number: same layer
+            else:
+                m = layer_match(name)
+                prev_layer = layer = m.group(1) if m else None
+                prev_dot = None if layer is None else layer + "."
+            dtype = t.dtype
+            if name.endswith(".weight"):
+                lk = WEIGHT
+            else:
+                base, _, leaf = name.rpartition(".")
+                lk = leaf_kinds.get(leaf)
+                if lk is None:
+                    lk = leaf_kinds[leaf] = _plain_leaf_kind(leaf)
+            # the usual tensor first: a float (or complex) weight or plainly named tensor
+            reason = float_reasons.get(dtype)
+            if reason is not None and lk <= WEIGHT and ".quant_state." not in name:
+                numel = t.numel
+                append(TR(name, "parameter", dtype, tuple(t.shape), numel, numel, 1, None, None, reason, True,
+                          None, [], layer))
+                continue
+            dk = plain_dtypes.get(dtype)
+            if dk is None or lk == _LEAF_QUANT or (lk == WEIGHT and dk[0]) or ".quant_state." in name:
+                r = classify(t)
+                r.layer = layer
+                append(r)
+                continue
+            is_int, reason = dk
+            numel = t.numel
+            if lk == BUFFER:
+                r = TR(name, "buffer", dtype, tuple(t.shape), numel, 0, 1, None, None,
+                       f"buffer by name ({leaf})", True, None, [], layer)
+            elif lk == BIAS and len(t.shape) >= 2 and base.split(".")[-1] in ("attn", "attention"):
+                r = TR(name, "buffer", dtype, tuple(t.shape), numel, 0, 1, None, None,
+                       "causal attention mask (attn.bias with 2+ dims)", True, None, [], layer)
+            elif is_int:
+                r = TR(name, "buffer", dtype, tuple(t.shape), numel, 0, 1, None, None, reason, True, None,
+                       [], layer)
+            else:
+                r = TR(name, "parameter", dtype, tuple(t.shape), numel, numel, 1, None, None, reason, True,
+                       None, [], layer)
+            append(r)
+        return roles
 
     # --- the rules
     def classify(self, t: TensorInfo) -> TensorRole:
@@ -455,6 +567,8 @@ _LM_ARCH_SUFFIXES = ("ForCausalLM", "LMHeadModel", "ForMaskedLM", "ForConditiona
 def _find_embedding(roles: list[TensorRole]) -> TensorRole | None:
     best = None
     for r in roles:
+        if not r.name.endswith(_EMBED_PATTERNS):   # cheap necessary condition for the test below
+            continue
         if r.role not in ("parameter", "packed_parameter") or r.expert:
             continue
         if ".".join(r.name.rsplit(".", 2)[-2:]) in _EMBED_SET:
@@ -466,6 +580,7 @@ def _find_embedding(roles: list[TensorRole]) -> TensorRole | None:
 
 
 def _find_lm_head(roles: list[TensorRole]) -> TensorRole | None:
+    roles = [r for r in roles if r.name.endswith(_LMHEAD_SUFFIXES)]   # the only candidates below
     by_name = {r.name: r for r in roles if r.name in _LMHEAD_SET}
     for n in _LMHEAD_NAMES:
         r = by_name.get(n)
@@ -478,6 +593,8 @@ def _find_lm_head(roles: list[TensorRole]) -> TensorRole | None:
 
 
 _LMHEAD_SET = frozenset(_LMHEAD_NAMES)
+_LMHEAD_SUFFIXES = _LMHEAD_NAMES + (".lm_head.weight",)
+_TIE_SUFFIXES = tuple(dict.fromkeys(_EMBED_PATTERNS + _LMHEAD_SUFFIXES))  # every name the two finders take
 
 
 def _bytes_equal(a: TensorInfo, b: TensorInfo, mode: str) -> bool | None:
@@ -506,6 +623,17 @@ def _bytes_equal(a: TensorInfo, b: TensorInfo, mode: str) -> bool | None:
 
 def _grp() -> dict[str, int]:
     return {"params": 0, "elements": 0, "bytes": 0, "tensors": 0}
+
+
+def _add_grp(bucket: dict[str, dict[str, int]], key: str, params: int, elements: int, nbytes: int,
+             tensors: int) -> None:
+    g = bucket.get(key)
+    if g is None:
+        g = bucket[key] = _grp()
+    g["params"] += params
+    g["elements"] += elements
+    g["bytes"] += nbytes
+    g["tensors"] += tensors
 
 
 def count_table(table: TensorTable, *, tie_check: str = "sample") -> Counting:
@@ -539,14 +667,16 @@ def count_table(table: TensorTable, *, tie_check: str = "sample") -> Counting:
     """
     if tie_check not in ("none", "sample", "full"):
         raise ValueError(f"tie_check must be 'none', 'sample' or 'full', not {tie_check!r}")
+    with gc_paused():   # a few acyclic objects per tensor, 100k tensors in MoE headers
+        return _count_table(table, tie_check)
+
+
+def _count_table(table: TensorTable, tie_check: str) -> Counting:
     config = table.config if isinstance(table.config, dict) else None
     quant = _parse_quant_config(config)
     clf = _Classifier(table, quant)
-    roles = [clf.classify(t) for t in table.tensors]
-    for r in roles:
-        r.layer = _layer_of(r.name)
+    roles = clf.classify_all(table.tensors)
     notes = list(clf.notes)
-    by_name = {t.name: t for t in table.tensors}
 
     # quantization summary
     qsum = quant.to_dict()
@@ -565,8 +695,9 @@ def count_table(table: TensorTable, *, tie_check: str = "sample") -> Counting:
     tie_cfg = config_get(config, "tie_word_embeddings")
     if not isinstance(tie_cfg, bool):
         tie_cfg = None
-    emb = _find_embedding(roles)
-    head = _find_lm_head(roles)
+    candidates = [r for r in roles if r.name.endswith(_TIE_SUFFIXES)]   # one cheap pass over the names
+    emb = _find_embedding(candidates)
+    head = _find_lm_head(candidates)
     ties: dict[str, Any] = {"tie_word_embeddings": tie_cfg,
                             "embedding": emb.name if emb else None,
                             "lm_head": head.name if head else None,
@@ -583,12 +714,12 @@ def count_table(table: TensorTable, *, tie_check: str = "sample") -> Counting:
         else:
             ties["status"] = "no lm_head tensor (a base model, or an output layer tied to the embedding)"
     elif emb is not None and head is not None:
-        same_shape = tuple(by_name[emb.name].shape) == tuple(by_name[head.name].shape) and \
+        same_shape = tuple(clf.by_name[emb.name].shape) == tuple(clf.by_name[head.name].shape) and \
             emb.dtype == head.dtype
         if tie_cfg is True and same_shape:
             equal = None
             if tie_check in ("sample", "full"):
-                equal = _bytes_equal(by_name[emb.name], by_name[head.name], tie_check)
+                equal = _bytes_equal(clf.by_name[emb.name], clf.by_name[head.name], tie_check)
                 ties["bytes_compared"] = tie_check
             if equal is False:
                 ties["status"] = "tie_word_embeddings is true but lm_head bytes differ: counted twice"
@@ -611,48 +742,96 @@ def count_table(table: TensorTable, *, tie_check: str = "sample") -> Counting:
     moe = _moe(roles, config, notes)
 
     # totals -----------------------------------------------------------------------------
+    # One pass over 100k tensors in the largest headers, sums in locals: per run of consecutive
+    # tensors with the same dtype (elements_by_dtype, params_by_dtype), and per segment of consecutive
+    # tensors with the same first name component and layer (the module and layer groups), each run
+    # added to its dict entry when it ends -- entries in order of first appearance, the same sums,
+    # a few dict operations per run instead of per tensor (tensors come in file order: long runs).
+    # A layer is a prefix of whole name components, so the same layer means the same module.
     total_params = 0
     parameter_elements = packed_stored = packed_logical = buffer_el = qstate_el = 0
+    b_param = b_packed = b_buffer = b_qstate = 0
     elements_by_dtype: dict[str, int] = {}
     params_by_dtype: dict[str, int] = {}
-    bytes_by_role = {r: 0 for r in ROLES}
     modules: dict[str, dict[str, int]] = {}
     layers: dict[str, dict[str, int]] = {}
+    d_key = None                        # dtype run: its elements, its counted plain parameters
+    d_e = d_p = d_n = 0
+    d_has_p = False
+    s_top = s_lay = None                # segment: module, layer (None: none) and group sums
+    s_p = s_e = s_b = s_n = 0
     for t, r in zip(table.tensors, roles):
-        elements_by_dtype[t.dtype] = elements_by_dtype.get(t.dtype, 0) + t.numel
-        bytes_by_role[r.role] += t.nbytes
-        counted = r.logical_numel if (r.counted and r.role in ("parameter", "packed_parameter")) else 0
-        total_params += counted
-        if r.role == "parameter":
+        numel = t.numel
+        nbytes = t.nbytes
+        dtype = t.dtype
+        if dtype is not d_key and dtype != d_key:
+            if d_n:
+                elements_by_dtype[d_key] = elements_by_dtype.get(d_key, 0) + d_e
+                if d_has_p:
+                    params_by_dtype[d_key] = params_by_dtype.get(d_key, 0) + d_p
+            d_key = dtype
+            d_e = d_p = d_n = 0
+            d_has_p = False
+        d_e += numel
+        d_n += 1
+        role = r.role
+        if role == "parameter":
+            b_param += nbytes
             if r.counted:
-                parameter_elements += t.numel
-                params_by_dtype[t.dtype] = params_by_dtype.get(t.dtype, 0) + t.numel
-        elif r.role == "packed_parameter":
-            packed_stored += t.numel
+                counted = r.logical_numel
+                parameter_elements += numel
+                d_p += numel
+                d_has_p = True
+            else:
+                counted = 0
+        elif role == "packed_parameter":
+            b_packed += nbytes
+            packed_stored += numel
             if r.counted:
-                packed_logical += r.logical_numel
+                counted = r.logical_numel
+                packed_logical += counted
                 pf = r.pack_factor
-                key = f"{t.dtype}×{int(pf) if float(pf).is_integer() else round(float(pf), 4)}"
-                params_by_dtype[key] = params_by_dtype.get(key, 0) + r.logical_numel
-        elif r.role == "buffer":
-            buffer_el += t.numel
+                key = f"{dtype}×{int(pf) if float(pf).is_integer() else round(float(pf), 4)}"
+                params_by_dtype[key] = params_by_dtype.get(key, 0) + counted
+            else:
+                counted = 0
+        elif role == "buffer":
+            b_buffer += nbytes
+            buffer_el += numel
+            counted = 0
         else:
-            qstate_el += t.numel
-        top = t.name.split(".", 1)[0]
+            b_qstate += nbytes
+            qstate_el += numel
+            counted = 0
+        total_params += counted
         lay = r.layer
-        for key, bucket in ((top, modules), (lay, layers)):
-            if key is None:
-                continue
-            g = bucket.get(key)
-            if g is None:
-                g = bucket[key] = _grp()
-            g["params"] += counted
-            g["elements"] += t.numel
-            g["bytes"] += t.nbytes
-            g["tensors"] += 1
+        if lay is None or lay is not s_lay:
+            top = t.name.partition(".")[0]
+            if s_n and (top != s_top or lay != s_lay):
+                _add_grp(modules, s_top, s_p, s_e, s_b, s_n)
+                if s_lay is not None:
+                    _add_grp(layers, s_lay, s_p, s_e, s_b, s_n)
+                s_p = s_e = s_b = s_n = 0
+            s_top = top
+            s_lay = lay
+        s_p += counted
+        s_e += numel
+        s_b += nbytes
+        s_n += 1
+    if d_n:
+        elements_by_dtype[d_key] = elements_by_dtype.get(d_key, 0) + d_e
+        if d_has_p:
+            params_by_dtype[d_key] = params_by_dtype.get(d_key, 0) + d_p
+    if s_n:
+        _add_grp(modules, s_top, s_p, s_e, s_b, s_n)
+        if s_lay is not None:
+            _add_grp(layers, s_lay, s_p, s_e, s_b, s_n)
+    bytes_by_role = {"parameter": b_param, "buffer": b_buffer, "quant_state": b_qstate,
+                     "packed_parameter": b_packed}
+    bytes_total = b_param + b_buffer + b_qstate + b_packed         # each tensor is in one role
+    total_elements = sum(elements_by_dtype.values())                # and has one dtype
     elements_by_dtype = dict(sorted(elements_by_dtype.items(), key=lambda kv: (-kv[1], kv[0])))
     params_by_dtype = dict(sorted(params_by_dtype.items(), key=lambda kv: (-kv[1], kv[0])))
-    bytes_total = sum(t.nbytes for t in table.tensors)
 
     # declared totals --------------------------------------------------------------------
     declared: dict[str, dict] = {}
@@ -684,7 +863,7 @@ def count_table(table: TensorTable, *, tie_check: str = "sample") -> Counting:
 
     return Counting(
         path=table.path, format=table.format, roles=roles, total_params=total_params,
-        total_elements=sum(t.numel for t in table.tensors), parameter_elements=parameter_elements,
+        total_elements=total_elements, parameter_elements=parameter_elements,
         packed_stored_elements=packed_stored, packed_logical_params=packed_logical,
         buffer_elements=buffer_el, quant_state_elements=qstate_el,
         elements_by_dtype=elements_by_dtype, params_by_dtype=params_by_dtype,
@@ -707,22 +886,43 @@ def _moe(roles: list[TensorRole], config: dict | None, notes: list[str]) -> dict
     if n_cfg is not None and n_cfg <= 1:
         n_cfg = None  # "num_experts": 1 / 0 = dense
 
+    names = "\n".join([r.name for r in roles])
+    if "experts" not in names and "moe" not in names:
+        # No name can be a routed expert (indexed or stacked: both need one of these substrings), so
+        # nothing is detected and no router flag would survive; only shared experts are tagged.
+        if "shared" in names:
+            for r in roles:
+                if "shared" in r.name and _SHARED_RE.search(r.name):
+                    r.expert = {"kind": "shared", "index": None, "stacked": None, "layer": r.layer or ""}
+        return {"detected": False}
+
     routed_by_layer: dict[str, int] = {}
     experts_by_layer: dict[str, set[int] | int] = {}
-    shared_params = router_params = routed_params = 0
+    shared_params = router_params = routed_params = total = 0
+    routers: list[TensorRole] = []       # roles flagged "router" here (no other code sets that flag)
+    stacked_routed = False               # a routed expert without an index (expert_layout)
+    expert_index = _expert_index
+    search_shared = _SHARED_RE.search
+    # Substring tests ("shared", "experts.", "experts"/"moe", "router"/"gate") skip the regexes and
+    # the split for names that cannot match them: 100k-tensor headers come through here.
     for r in roles:
         name = r.name
         lay = r.layer or ""
-        m = _EXPERT_INDEX_RE.search(name) if "expert" in name else None
-        parts = name.split(".")
-        if "shared" in name and _SHARED_RE.search(name):
-            r.expert = {"kind": "shared", "index": None, "stacked": None, "layer": lay}
-        elif m:
-            r.expert = {"kind": "routed", "index": int(m.group(1)), "stacked": None, "layer": lay}
-            s = experts_by_layer.setdefault(lay, set())
-            if isinstance(s, set):
-                s.add(int(m.group(1)))
-        elif (in_experts := "experts" in parts[:-1]) or any("moe" in p for p in parts[:-1]):
+        parts = None
+        expert = None
+        if "shared" in name and search_shared(name):
+            expert = r.expert = {"kind": "shared", "index": None, "stacked": None, "layer": lay}
+        elif "experts." in name and (digits := expert_index(name)) is not None:
+            idx = int(digits)
+            expert = r.expert = {"kind": "routed", "index": idx, "stacked": None, "layer": lay}
+            s = experts_by_layer.get(lay)
+            if s is None:
+                experts_by_layer[lay] = {idx}
+            elif isinstance(s, set):
+                s.add(idx)
+        elif ("experts" in name or "moe" in name) and (
+                (in_experts := "experts" in (parts := name.split("."))[:-1]) or
+                any("moe" in p for p in parts[:-1])):
             stacked = routed = None
             if r.role in ("parameter", "packed_parameter", "quant_state") and \
                     len(r.shape) >= 2 and not _is_router(parts):
@@ -738,38 +938,42 @@ def _moe(roles: list[TensorRole], config: dict | None, notes: list[str]) -> dict
                     if len(r.shape) >= 3 or name.endswith("bias"):
                         stacked = n0
             if routed:
-                r.expert = {"kind": "routed", "index": None, "stacked": stacked, "layer": lay}
+                expert = r.expert = {"kind": "routed", "index": None, "stacked": stacked, "layer": lay}
+                stacked_routed = True
                 if stacked:
                     prev = experts_by_layer.get(lay)
                     experts_by_layer[lay] = max(stacked, prev if isinstance(prev, int) else 0)
-        if r.expert is None and _is_router(parts) and r.role == "parameter":
+        role = r.role
+        if expert is None and role == "parameter" and ("router" in name or "gate" in name) and \
+                _is_router(parts if parts is not None else name.split(".")):
             r.flags.append("router")
-        if not (r.counted and r.role in ("parameter", "packed_parameter")):
+            routers.append(r)
+        if not (r.counted and role in ("parameter", "packed_parameter")):
             continue
-        if r.expert and r.expert["kind"] == "routed":
-            routed_params += r.logical_numel
-            routed_by_layer[lay] = routed_by_layer.get(lay, 0) + r.logical_numel
-        elif r.expert:
-            shared_params += r.logical_numel
-        elif "router" in r.flags:
-            router_params += r.logical_numel
+        n_log = r.logical_numel
+        total += n_log
+        if expert is None:
+            if routers and routers[-1] is r:
+                router_params += n_log
+        elif expert["kind"] == "routed":
+            routed_params += n_log
+            routed_by_layer[lay] = routed_by_layer.get(lay, 0) + n_log
+        else:
+            shared_params += n_log
 
     # routers are only routers in layers that have experts
     moe_layers = sorted(routed_by_layer, key=_natural)
     if not moe_layers:
-        for r in roles:
-            if "router" in r.flags:
-                r.flags.remove("router")
+        for r in routers:
+            r.flags.remove("router")
         return {"detected": False}
-    for r in roles:
-        if "router" in r.flags and (r.layer or "") not in routed_by_layer:
+    for r in routers:
+        if (r.layer or "") not in routed_by_layer:
             r.flags.remove("router")
             router_params -= r.logical_numel if r.counted else 0
     all_layers = sorted({r.layer for r in roles if r.layer}, key=_natural)
     dense_layers = [l for l in all_layers if l not in routed_by_layer]
     detected_n = sorted({len(v) if isinstance(v, set) else v for v in experts_by_layer.values()})
-    total = sum(r.logical_numel for r in roles
-                if r.counted and r.role in ("parameter", "packed_parameter"))
     always = total - routed_params
     out: dict[str, Any] = {
         "detected": True,
@@ -778,8 +982,7 @@ def _moe(roles: list[TensorRole], config: dict | None, notes: list[str]) -> dict
         "routed_expert_params": routed_params, "shared_expert_params": shared_params,
         "router_params": router_params, "always_active_params": always,
         "moe_layers": len(moe_layers), "dense_layers": dense_layers,
-        "expert_layout": "stacked" if any(r.expert and r.expert["kind"] == "routed" and
-                                          r.expert["index"] is None for r in roles) else "indexed",
+        "expert_layout": "stacked" if stacked_routed else "indexed",
     }
     n = n_cfg
     if n is None and len(detected_n) == 1:

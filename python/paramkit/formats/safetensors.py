@@ -2,7 +2,6 @@
 them into a TensorTable, reading headers only and rejecting every malformed file with a stable code."""
 from __future__ import annotations
 
-import gc
 import json
 import os
 import re
@@ -10,6 +9,7 @@ import reprlib
 import stat
 from typing import Any
 
+from .._gcpause import gc_paused
 from ..dtypes import DTYPES
 from ..errors import FormatError
 from ..table import TensorInfo, TensorTable
@@ -63,6 +63,9 @@ ERROR_CODES: dict[str, str] = {
 _NON_WS = re.compile(rb"[^ \t\r\n]")          # JSON whitespace is exactly these four bytes
 _REQUIRED = ("dtype", "shape", "data_offsets")
 _BITS: dict[str, int] = {name: d.bits for name, d in DTYPES.items()}
+# dtype -> (bits, the DTYPES key itself): every TensorInfo.dtype shares one str object per dtype
+# (json.loads makes a new one per tensor)
+_DTYPE_BITS: dict[str, tuple[int, str]] = {name: (d.bits, name) for name, d in DTYPES.items()}
 _DTYPE_LIST = ", ".join(DTYPES)
 _short = reprlib.Repr()
 _short.maxstring = 60
@@ -224,9 +227,7 @@ def read_file(path: str, *, strict: bool = True) -> tuple[list[TensorInfo], dict
 
 
 def _parse_header(text: str, raw: bytes, path: str, n: int, size: int, strict: bool):
-    gc_was_enabled = gc.isenabled()
-    gc.disable()  # 100k dicts/lists from json: generational GC passes would double the time
-    try:
+    with gc_paused():  # 100k dicts/lists from json: generational GC passes would double the time
         try:
             obj = json.loads(text, parse_constant=_reject_constant)
         except RecursionError:
@@ -241,9 +242,6 @@ def _parse_header(text: str, raw: bytes, path: str, n: int, size: int, strict: b
             # a duplicate key may be the root cause (the later value shadowed the earlier one)
             _raise_if_duplicate(text, path)
             raise
-    finally:
-        if gc_was_enabled:
-            gc.enable()
 
 
 def _entry_error(name: str, e: Any, path: str) -> FormatError:
@@ -317,20 +315,31 @@ def _validate(obj: dict, text: str, raw: bytes, path: str, n: int, size: int, st
                        "an object of string to string (pass strict=False to tolerate)", path)
         # strict=False and not an object: dropped (there are no string pairs to keep)
 
-    bits_of = _BITS
+    base = 8 + n
+    data_len = size - 8 - n
+    dtype_bits = _DTYPE_BITS
     U64 = _U64_MAX
-    items: list[tuple] = []
-    append = items.append
-    # Hot loop, run 100k times for MoE headers: only detect that an entry is bad, with as few
-    # operations as possible; _entry_error() then re-checks that entry in the documented rule order
-    # and builds the precise error.
+    fast = _FAST_TI
+    new = object.__new__
+    setattr_ = object.__setattr__
+    TI = TensorInfo
+    tensors: list[TensorInfo] = []
+    append = tensors.append
+    # Hot loop, run 100k times for MoE headers, fused into one pass: detect (only detect) that an
+    # entry is bad with as few operations as possible -- _entry_error() then re-checks that entry in
+    # the documented rule order and builds the precise error -- and build its TensorInfo. `pos`
+    # tracks whether the entries, in header order, tile the data buffer with strictly increasing
+    # (BEGIN, END): the case of every file safetensors writes. Anything else (other order,
+    # zero-byte tensors, gaps, overlaps) goes through the sort and the exact checks below, after the
+    # duplicate-key test, so the error raised is the same as with a separate sort-then-check pass.
+    pos = 0
+    tiled = True
     for name, e in obj.items():
         try:
             dtype = e["dtype"]
             shape = e["shape"]
-            offs = e["data_offsets"]
-            bits = bits_of[dtype]
-            begin, end = offs
+            begin, end = e["data_offsets"]
+            bits, dtype = dtype_bits[dtype]
         except Exception:
             raise _entry_error(name, e, path) from None
         if type(shape) is not list or type(begin) is not int or type(end) is not int or begin < 0:
@@ -344,7 +353,16 @@ def _validate(obj: dict, text: str, raw: bytes, path: str, n: int, size: int, st
         nbytes = nbits >> 3
         if numel > U64 or nbits & 7 or end - begin != nbytes or (not numel and shape and max(shape) > U64):
             raise _entry_error(name, e, path)
-        append((begin, end, name, dtype, shape, nbytes, numel))
+        if begin != pos or end == pos:
+            tiled = False
+        pos = end
+        if fast:
+            t = new(TI)
+            setattr_(t, "__dict__", {"name": name, "dtype": dtype, "shape": tuple(shape), "file": path,
+                                     "offset": base + begin, "nbytes": nbytes, "numel": numel})
+            append(t)
+        else:  # pragma: no cover - only if table.TensorInfo changes shape
+            append(TI(name, dtype, tuple(shape), path, base + begin, nbytes, numel))
 
     # Duplicate keys: json keeps the last value silently. Every key/value pair of every object costs
     # one ':' outside strings, so when the raw ':' count equals the pairs we hold, nothing was shadowed
@@ -352,43 +370,29 @@ def _validate(obj: dict, text: str, raw: bytes, path: str, n: int, size: int, st
     if raw.count(b":") != expected_colons + sum(map(len, obj.values())):
         _raise_if_duplicate(text, path)
 
-    items.sort()  # by (BEGIN, END, name); already in order for files written by safetensors
-    data_len = size - 8 - n
+    if tiled and pos == data_len:
+        return tensors, metadata, base   # in (BEGIN, END) order, no gap, overlap or trailing byte
+
+    # by (BEGIN, END, name); names are unique, so the order is total
+    tensors.sort(key=lambda t: (t.offset, t.nbytes, t.name))
     pos = 0
-    for it in items:
-        begin = it[0]
+    for t in tensors:
+        begin = t.offset - base
         if begin != pos:
             prev = f"the previous tensor ends at {pos}" if pos else "the data buffer starts at 0"
             if begin > pos:
                 raise _err("data_gap", f"data_offsets begin at {begin}, but {prev}: {begin - pos} bytes "
-                           "belong to no tensor", path, it[2])
+                           "belong to no tensor", path, t.name)
             raise _err("data_overlap", f"data_offsets begin at {begin}, before the previous tensor ends at "
-                       f"{pos}: {pos - begin} bytes overlap", path, it[2])
-        pos = it[1]
+                       f"{pos}: {pos - begin} bytes overlap", path, t.name)
+        pos = begin + t.nbytes
         if pos > data_len:
             raise _err("data_beyond_eof",
                        f"data ends at buffer offset {pos} (file offset {8 + n + pos}), but the file "
-                       f"is {size} bytes (data buffer {data_len} bytes); truncated file?", path, it[2])
+                       f"is {size} bytes (data buffer {data_len} bytes); truncated file?", path, t.name)
     if pos != data_len:
         raise _err("trailing_bytes", f"the tensors' data ends at file offset {8 + n + pos}, but the file has "
                    f"{data_len - pos} more bytes (file is {size} bytes)", path)
-
-    base = 8 + n
-    tensors: list[TensorInfo]
-    if _FAST_TI:
-        new = object.__new__
-        setattr_ = object.__setattr__
-        TI = TensorInfo
-        tensors = []
-        tappend = tensors.append
-        for begin, end, name, dtype, shape, nbytes, numel in items:
-            t = new(TI)
-            setattr_(t, "__dict__", {"name": name, "dtype": dtype, "shape": tuple(shape), "file": path,
-                                     "offset": base + begin, "nbytes": nbytes, "numel": numel})
-            tappend(t)
-    else:  # pragma: no cover - only if table.TensorInfo changes shape
-        tensors = [TensorInfo(name, dtype, tuple(shape), path, base + begin, nbytes, numel)
-                   for begin, end, name, dtype, shape, nbytes, numel in items]
     return tensors, metadata, base
 
 
