@@ -112,6 +112,17 @@ def test_array_api_native_equals_numpy(backend):
         assert ea["clipped"] == eb["clipped"] and math.isclose(ea["sse"], eb["sse"], rel_tol=1e-9)
 
 
+@pytest.mark.parametrize("backend", ["numpy"] + NATIVE_BACKENDS)
+def test_array_api_keeps_a_scalar_shape(backend):
+    """fake_quantize returns the input's shape, a 0-d array included (ggml blocks need rows of 32)."""
+    for sid in DEFAULT_SCHEMES:
+        if sid in ("q8_0", "q4_0"):
+            continue
+        v = paramkit.fake_quantize(np.array(0.37, dtype=np.float32), sid, backend=backend)
+        assert v.shape == () and v.dtype == np.float32, sid
+        assert paramkit.quant_error(np.float32(0.37), sid, backend=backend)["n"] == 1
+
+
 def test_sqnr_sanity_bands():
     x = (np.random.default_rng(1).standard_normal((1024, 4096)) * 0.02).astype(np.float32)
     bands = {"q8_0": 45, "int8_channel": 41, "q4_0": 21, "nf4": 21, "int4_g128_asym": 20}

@@ -159,7 +159,7 @@ def _quant_call(array, scheme, backend: str, want_values: bool):
     if raw_dtype is not None:   # torch bf16/fp8: decode the bits exactly
         from .backends.numpy_backend import decode
         arr = np.asarray(decode(arr, raw_dtype), dtype=np.float32).reshape(arr.shape)
-    x = np.ascontiguousarray(to_float32(arr))
+    x = np.require(to_float32(arr), requirements="C")   # keeps a 0-d shape (ascontiguousarray makes it 1-d)
     s.check_shape(x.shape)
     core = _native_quant(backend)
     if core is None:
