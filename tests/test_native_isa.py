@@ -24,6 +24,20 @@ for dt in ("float32", "float64", "int32", "int64", "uint32", "uint64"):
         info = np.iinfo(dt)
         x = rng.integers(info.min, info.max, size=100_003, dtype=dt, endpoint=True)
     out[dt] = paramkit.tensor_stats(x, backend="cpu")
+# bfloat16 (bit patterns): without quantiles the blocked one-pass kernel (1024-element blocks,
+# 16-element groups), with quantiles the histogram; sizes around block and group edges, blocks
+# with and without NaN/Inf, +-0, subnormals, and a block of only non-finite values
+for n in (1, 15, 16, 17, 1023, 1024, 1025, 4096 + 33, 100_003):
+    b = (rng.standard_normal(n) * 0.02 + 0.001).astype(np.float32).view(np.uint32)
+    b = (b >> 16).astype(np.uint16)
+    if n > 40:
+        b[::997] = 0x7FC0; b[5] = 0x7F80; b[6] = 0xFF80; b[10:20] = 0; b[21] = 0x8000
+        b[30] = 0x0001; b[31] = 0x8011; b[33] = 0xFFC1; b[-3] = 0x7F80
+    if n > 4000:
+        b[2048:3072] = 0x7FC0; b[2050] = 0xFF80                  # a block with no finite value
+        b[3072:3072 + 1024] = 0x3F80                             # a constant block
+    for q in (False, True):
+        out[f"bf16/{n}/{q}"] = paramkit.tensor_stats(b, dtype="BF16", quantiles=q, backend="cpu")
 print(json.dumps(out, sort_keys=True))
 """
 

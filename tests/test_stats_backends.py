@@ -385,6 +385,12 @@ def test_f64_moments_do_not_overflow_or_underflow(backend):
     assert st_["l2"] == math.inf and math.isclose(st_["mean"], 1.4e308 / 3, rel_tol=1e-12)
     st_ = check_array(backend, np.full(4, 5e-324), "F64")
     assert st_["l2"] == 1e-323 and st_["mean"] == 5e-324 and st_["subnormal"] == 4
+    # l2 exactly DBL_MAX (found by hypothesis): rounding in the scaled sums must not make it inf
+    big = np.finfo(np.float64).max
+    st_ = check_array(backend, np.array([0.0] * 8 + [big]), "F64")
+    assert st_["l2"] == big and st_["absmax"] == big
+    st_ = check_array(backend, np.array([-big, big]), "F64")
+    assert st_["std"] == big and st_["l2"] == math.inf
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -534,6 +540,23 @@ def test_threads_do_not_change_results(backend, big_file):
             assert same_bits(g, want)
         else:
             R.assert_stats_match(g, want, what=f"{backend} {t.name}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_big_file_without_quantiles(backend, big_file):
+    """quantiles=False takes other native paths (bf16: the blocked one-pass kernel instead of the
+    histogram) over multi-piece tensors: same counts/extremes, moments within the tolerances,
+    and bit-identical for any thread count."""
+    path, tensors = big_file
+    infos = tensor_infos(path)
+    eng = get_engine(backend)
+    one = eng.run_stats(infos, quantiles=False, threads=1, progress=None)
+    assert same_bits(eng.run_stats(infos, quantiles=False, threads=4, progress=None), one)
+    for t, g in zip(infos, one):
+        dtype, raw = tensors[t.name]
+        R.assert_plain(g, dtype)
+        assert g["quantiles"] is None
+        R.assert_stats_match(g, ORACLE.array_stats(raw, dtype, quantiles=False), what=f"{backend} {t.name}")
 
 
 # ------------------------------------------------------------------------------------------------

@@ -67,9 +67,10 @@ void dense_bins(int dt, bool prefix, const C* h, std::vector<Bin>& out) {
   }
 }
 
-// 8/16-bit dtypes are reduced through their exact bit-pattern histogram, with or without
-// quantiles: measured faster than the two-pass SIMD element loop for bf16 (bench/RESULTS.md).
-bool histogram_path(int dt, bool quantiles) { (void)quantiles; return dtype_is_small(dt); }
+// 8/16-bit dtypes are reduced through their exact bit-pattern histogram (exact quantiles need
+// it), except bfloat16 without quantiles: its one-pass blocked SIMD kernel (bf16_stats in
+// kernels_impl.inl) beats the histogram's random scatter into 1 MiB of sub-histograms.
+bool histogram_path(int dt, bool quantiles) { return dtype_is_small(dt) && (quantiles || dt != BF16); }
 
 }  // namespace
 

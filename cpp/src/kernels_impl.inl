@@ -197,6 +197,188 @@ static void wide_float(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhis
   s = r;
 }
 
+// ---- bfloat16 statistics in one pass over memory (the quantiles=False path) ----
+// The piece is cut into blocks of kBfBlock elements, each handled while it is in L1. Counts and
+// min/max are integer work on the raw 16-bit patterns (exact, so their order does not matter).
+// The moments of a block are taken about a shift K = its first finite element (Samuelson:
+// (K - mean)^2 <= n var, so the shifted float64 sums lose at most log2(kBfBlock) of 53 bits),
+// and the blocks are Chan-merged in order. Moment terms go group by group (16 elements) into 4
+// float64 lanes in the fixed order of bf_group; the AVX2 loop does exactly those operations, so
+// both builds give bit-identical results.
+constexpr size_t kBfBlock = 1024;
+
+// Order-preserving signed key of a bf16 bit pattern, an involution: -inf < ... < -0 < +0 < ...
+// < +inf, positive NaNs above +inf and negative NaNs below -inf (so NaN is masked out first).
+static inline int16_t bf_key(uint16_t b) {
+  int16_t s = int16_t(b);
+  return int16_t(s ^ ((s >> 15) & 0x7FFF));
+}
+
+struct BfAcc {
+  uint64_t nan = 0, pinf = 0, ninf = 0, zero = 0, small = 0;   // small: |x| < 2^-126 (zeros too)
+  int16_t kmin = 0x7FFF, kmax = int16_t(0x8000);              // keys of the non-NaN elements
+};
+
+static inline void bf_count(BfAcc& a, uint16_t b, bool zs) {   // zs: count zeros and small too
+  uint16_t m = b & 0x7FFF;
+  bool nan = m > 0x7F80;
+  a.nan += nan; a.pinf += b == 0x7F80; a.ninf += b == 0xFF80;
+  if (zs) { a.zero += m == 0; a.small += m < 0x0080; }
+  int16_t k = bf_key(b);
+  int16_t kn = nan ? int16_t(0x7FFF) : k, kx = nan ? int16_t(0x8000) : k;
+  a.kmin = kn < a.kmin ? kn : a.kmin; a.kmax = kx > a.kmax ? kx : a.kmax;
+}
+
+// Moment terms of one group of 16 elements (m < 16: the rest count as the shift itself); a
+// non-finite element is replaced by the shift (bits kb, value K), so its d is +0. Lane k takes
+// elements k, 8+k, 4+k, 12+k in that order (the AVX2 register layout after the bf16 unpack);
+// the generic build calls std::fma, which rounds once like the AVX2 vfmadd.
+static inline void bf_group(const uint8_t* p, size_t m, uint16_t kb, double K, double* a, double* q) {
+  double d[16];
+  for (size_t t = 0; t < 16; ++t) {
+    uint16_t b = t < m ? load<uint16_t>(p + 2 * t) : kb;
+    if ((b & 0x7F80) == 0x7F80) b = kb;
+    d[t] = double(decode_bf16(b)) - K;
+  }
+  for (int k = 0; k < 4; ++k) {
+    double d0 = d[k], d1 = d[8 + k], d2 = d[4 + k], d3 = d[12 + k];
+    a[k] += (d0 + d1) + (d2 + d3);
+    double sq = d0 * d0;
+    sq = std::fma(d1, d1, sq); sq = std::fma(d2, d2, sq); sq = std::fma(d3, d3, sq);
+    q[k] += sq;
+  }
+}
+
+#if defined(PK_KAVX2)
+static inline uint64_t hsum_epi16(__m256i c) {   // c: non-negative 16-bit counts
+  __m256i w = _mm256_madd_epi16(c, _mm256_set1_epi16(1));
+  __m128i x = _mm_add_epi32(_mm256_castsi256_si128(w), _mm256_extracti128_si256(w, 1));
+  x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0x4E));
+  x = _mm_add_epi32(x, _mm_shuffle_epi32(x, 0xB1));
+  return uint64_t(uint32_t(_mm_cvtsi128_si32(x)));
+}
+static inline uint16_t hred16(__m256i v, int op) {   // 0: max signed, 1: max unsigned, 2: min unsigned
+  alignas(32) uint16_t t[16];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(t), v);
+  uint16_t r = t[0];
+  for (int j = 1; j < 16; ++j) {
+    if (op == 0) r = int16_t(t[j]) > int16_t(r) ? t[j] : r;
+    else if (op == 1) r = t[j] > r ? t[j] : r;
+    else r = t[j] < r ? t[j] : r;
+  }
+  return r;
+}
+// Extremes of raw bf16 patterns without a key transform, kept as 3 lane-wise reductions:
+// smax = max as int16 (the largest value if any sign bit is clear), umax = max as uint16 (the most
+// negative value if any sign bit is set), umin = min as uint16 (the value nearest +0 among the
+// non-negative ones, else the negative nearest -0). Valid when there is no NaN.
+struct BfExt { __m256i smax, umax, umin; };
+
+// The whole 16-element groups of a block of m elements with no NaN or Inf among them: zero and
+// small counts into `acc` (by a second pass over the L1-resident block when it has any), extremes into `ext`, moment terms into a4/q4 exactly as bf_group
+// (which a4/q4, zero here, then hold). Returns false, having changed nothing, when the groups do
+// hold a NaN or Inf: the caller takes that (rare) block the scalar way.
+__attribute__((noinline)) static bool bf_block_vec(const uint8_t* p, size_t m, double K, BfAcc& acc, BfExt& ext,
+                                                   double* a4, double* q4) {
+  const __m256i ABS = _mm256_set1_epi16(0x7FFF), Z = _mm256_setzero_si256();
+  const __m256d Kv = _mm256_set1_pd(K);
+  __m256i smax = _mm256_set1_epi16(int16_t(0x8000)), umax = Z, umin = _mm256_set1_epi16(-1), amin = _mm256_set1_epi16(-1);
+  __m256d a = _mm256_setzero_pd(), q = _mm256_setzero_pd();
+  const size_t end = m - m % 16;
+  for (size_t i = 0; i < end; i += 16) {
+    __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2 * i));
+    amin = _mm256_min_epu16(amin, _mm256_and_si256(b, ABS));
+    smax = _mm256_max_epi16(smax, b); umax = _mm256_max_epu16(umax, b); umin = _mm256_min_epu16(umin, b);
+    // bf16 -> float32 exactly (bits << 16): lo holds elements 0-3 | 8-11, hi 4-7 | 12-15
+    __m256 lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(Z, b)), hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(Z, b));
+    __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(lo)), Kv);
+    __m256d d1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(lo, 1)), Kv);
+    __m256d d2 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(hi)), Kv);
+    __m256d d3 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(hi, 1)), Kv);
+    a = _mm256_add_pd(a, _mm256_add_pd(_mm256_add_pd(d0, d1), _mm256_add_pd(d2, d3)));
+    __m256d sq = _mm256_mul_pd(d0, d0);
+    sq = _mm256_fmadd_pd(d1, d1, sq); sq = _mm256_fmadd_pd(d2, d2, sq); sq = _mm256_fmadd_pd(d3, d3, sq);
+    q = _mm256_add_pd(q, sq);
+  }
+  // NaN or Inf present: a positive one is above 0x7F7F as int16, a negative one above 0xFF7F
+  __m256i bad = _mm256_or_si256(_mm256_cmpgt_epi16(smax, _mm256_set1_epi16(0x7F7F)),
+                                _mm256_cmpeq_epi16(_mm256_max_epu16(umax, _mm256_set1_epi16(int16_t(0xFF80))), umax));
+  if (_mm256_movemask_epi8(bad)) return false;
+  _mm256_storeu_pd(a4, a); _mm256_storeu_pd(q4, q);
+  if (hred16(amin, 2) < 0x0080) {   // zeros or subnormals: count them (the block is in L1)
+    const __m256i SMALL = _mm256_set1_epi16(0x0080);
+    __m256i czero = Z, csmall = Z;
+    for (size_t i = 0; i < end; i += 16) {
+      __m256i am = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2 * i)), ABS);
+      czero = _mm256_sub_epi16(czero, _mm256_cmpeq_epi16(am, Z));
+      csmall = _mm256_sub_epi16(csmall, _mm256_cmpgt_epi16(SMALL, am));
+    }
+    acc.zero += hsum_epi16(czero); acc.small += hsum_epi16(csmall);
+  }
+  ext.smax = _mm256_max_epi16(ext.smax, smax); ext.umax = _mm256_max_epu16(ext.umax, umax);
+  ext.umin = _mm256_min_epu16(ext.umin, umin);
+  return true;
+}
+#endif
+
+static void bf16_stats(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhist) {
+  static_assert(kBfBlock % 16 == 0 && kBfBlock / 16 <= 32767, "int16 lane counters");
+  BfAcc acc;
+  PieceStats r;
+#if defined(PK_KAVX2)
+  BfExt ext = {_mm256_set1_epi16(int16_t(0x8000)), _mm256_setzero_si256(), _mm256_set1_epi16(-1)};
+  bool any_vec = false;
+#endif
+  for (size_t bs = 0; bs < n; bs += kBfBlock) {
+    const uint8_t* pb = p + 2 * bs;
+    const size_t m = std::min(kBfBlock, n - bs);
+    const uint64_t nonfin0 = acc.nan + acc.pinf + acc.ninf;
+    // the shift: the block's first finite element (any value when there is none)
+    uint16_t kb = 0;
+    for (size_t i = 0; i < m; ++i) {
+      uint16_t b = load<uint16_t>(pb + 2 * i);
+      if ((b & 0x7F80) != 0x7F80) { kb = b; break; }
+    }
+    const double K = double(decode_bf16(kb));
+    double a4[4] = {}, q4[4] = {};
+    size_t done = 0;
+#if defined(PK_KAVX2)
+    if (m >= 16 && bf_block_vec(pb, m, K, acc, ext, a4, q4)) { done = m - m % 16; any_vec = true; }
+#endif
+    for (size_t i = done; i < m; ++i) bf_count(acc, load<uint16_t>(pb + 2 * i), true);
+    for (size_t i = done; i < m; i += 16) bf_group(pb + 2 * i, std::min<size_t>(16, m - i), kb, K, a4, q4);
+    const uint64_t nfin = m - (acc.nan + acc.pinf + acc.ninf - nonfin0);
+    if (nfin > 0) {
+      double c = (a4[0] + a4[1]) + (a4[2] + a4[3]), q = (q4[0] + q4[1]) + (q4[2] + q4[3]);
+      Moments mb;
+      mb.n = double(nfin);
+      mb.mean = K + c / mb.n;
+      mb.m2 = q - c * c / mb.n;
+      if (mb.m2 < 0) mb.m2 = 0;
+      merge_moments(r.mom, mb);
+    }
+  }
+#if defined(PK_KAVX2)
+  if (any_vec) {   // extremes of the vector blocks (no NaN there) as keys
+    uint16_t smax = hred16(ext.smax, 0), umax = hred16(ext.umax, 1), umin = hred16(ext.umin, 2);
+    uint16_t hi = int16_t(smax) >= 0 ? smax : umin, lo = umax >= 0x8000 ? umax : umin;
+    acc.kmin = std::min(acc.kmin, bf_key(lo)); acc.kmax = std::max(acc.kmax, bf_key(hi));
+  }
+#endif
+  r.nan = acc.nan; r.posinf = acc.pinf; r.neginf = acc.ninf; r.zeros = acc.zero; r.subnormal = acc.small - acc.zero;
+  r.nonnan = n - acc.nan;
+  if (r.nonnan > 0) {
+    r.fmin = double(decode_bf16(uint16_t(bf_key(uint16_t(acc.kmin)))));
+    r.fmax = double(decode_bf16(uint16_t(bf_key(uint16_t(acc.kmax)))));
+  }
+  if (qhist)   // bf16-prefix histogram of a bf16 piece: the non-NaN bit patterns themselves
+    for (size_t i = 0; i < n; ++i) {
+      uint16_t b = load<uint16_t>(p + 2 * i);
+      if ((b & 0x7FFF) <= 0x7F80) qhist[b]++;
+    }
+  s = r;
+}
+
 template <class I>
 static void wide_int(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhist) {
   uint64_t zer[L] = {};
@@ -239,7 +421,7 @@ static void wide_int(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhist)
 static void wide(int dt, const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhist) {
   switch (dt) {
     case F32: wide_float<float, uint32_t, 0x7F800000u, 0x007FFFFFu, 31>(p, n, s, qhist); break;
-    case BF16: wide_float<float, uint32_t, 0x7F800000u, 0x007FFFFFu, 31, true>(p, n, s, qhist); break;
+    case BF16: bf16_stats(p, n, s, qhist); break;
     case F64: wide_float<double, uint64_t, 0x7FF0000000000000ull, 0x000FFFFFFFFFFFFFull, 63>(p, n, s, qhist); break;
     case I32: wide_int<int32_t>(p, n, s, qhist); break;
     case U32: wide_int<uint32_t>(p, n, s, qhist); break;

@@ -1,6 +1,7 @@
 // The statistics accumulator: per-chunk partial results, their Chan merge in float64, and the
 // walk over a value-ordered histogram that yields exact counts, min/max, moments and quantiles.
 #pragma once
+#include <cfloat>
 #include <cmath>
 #include "config.hpp"
 #include "dtype.hpp"
@@ -64,14 +65,25 @@ struct TensorResult {
   bool done = false;
 };
 
+// ldexp(x, e) for a result that is a statistic of finite values: one whose true value is at most
+// DBL_MAX may come out a few ulps above it (e.g. l2 of {0, ..., 0, DBL_MAX}); that rounds to DBL_MAX
+// instead of Inf. A result clearly beyond DBL_MAX (l2 of {DBL_MAX, DBL_MAX}) stays Inf.
+PK_HD PK_INLINE double ldexp_finite(double x, int e) {
+  double r = ldexp(x, e);
+  if (r - r == 0) return r;                               // finite (or NaN, which r - r is not)
+  if (r != r) return r;
+  double lower = ldexp(x * (1.0 - 0x1p-48), e);           // the value moved down by 2^-48 relative
+  return lower - lower == 0 ? (x < 0 ? -DBL_MAX : DBL_MAX) : r;
+}
+
 PK_HD PK_INLINE void finish_moments(TensorResult& r, const Moments& m) {
   r.nfinite = m.n;
   if (m.n > 0) {
-    r.mean = ldexp(m.mean, m.exp);
+    r.mean = ldexp_finite(m.mean, m.exp);
     double var = m.m2 / m.n;
-    r.std = ldexp(sqrt(var > 0 ? var : 0.0), m.exp);
+    r.std = ldexp_finite(sqrt(var > 0 ? var : 0.0), m.exp);
     double ss = m.m2 + m.n * m.mean * m.mean;
-    r.l2 = ldexp(sqrt(ss > 0 ? ss : 0.0), m.exp);
+    r.l2 = ldexp_finite(sqrt(ss > 0 ? ss : 0.0), m.exp);
   }
 }
 
