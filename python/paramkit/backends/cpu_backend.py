@@ -18,6 +18,9 @@ from .native_records import quant_sums, task_spec, to_stats
 CHUNK_BYTES = 4 << 20
 # I/O mode: "pread" (large reads into reused aligned buffers) or "mmap" (+ MADV_SEQUENTIAL).
 DEFAULT_IO = os.environ.get("PARAMKIT_IO", "pread")
+# With per-tensor-scale quantization schemes, tensors are scanned in batches of about this many bytes,
+# each re-read (second pass) right after it was read, while it is still in the page cache
+SECOND_PASS_BATCH_BYTES = 1 << 30
 
 
 class CpuEngine:
@@ -34,27 +37,47 @@ class CpuEngine:
     def run(self, tensors: Sequence[TensorInfo], *, stats: bool = True, quantiles: bool = True,
             threads: int | None = None, progress=None, quant=None, io: str | None = None):
         """One streaming pass: statistics and every row/group quantization scheme of `quant` (a
-        paramkit.quant.plan.QuantPlan); then, for per-tensor-scale schemes, a second pass over just
-        those tensors (from the page cache) once their absmax is known. Returns (stats list,
+        paramkit.quant.plan.QuantPlan); per-tensor-scale schemes (int8_tensor, fp8_e4m3) need the
+        tensor's absmax first, so they run in a second pass over just those tensors. To keep that
+        re-read in the page cache, not on the disk, the tensors go in consecutive batches of about
+        `SECOND_PASS_BATCH_BYTES`, each read once and then re-read at once. Returns (stats list,
         quant list: per tensor {scheme id: error sums} or None)."""
         masks = quant.masks if quant is not None else None
-        schemes = [engine_kind(s) for s in quant.schemes] if quant is not None else []
-        files, spec, where = task_spec(tensors, masks, quant)
+        second = quant.second_pass_bits if quant is not None else 0
         out: list[dict | None] = [None] * len(tensors)
         qout: list[dict | None] = [None] * len(tensors)
+        _, _, where = task_spec(tensors, masks, quant)
         total = sum(t.nbytes for t in tensors)
-        done_before = total - int(spec[:, 2].sum())   # tensors without statistics are not read
-        cb = None
-        if progress:
-            cb = (lambda done: progress(done + done_before))
+        done = total - sum(tensors[i].nbytes for i in where)   # tensors without statistics are not read
         if not where:
             if progress:
                 progress(total)
             return out, qout
-        nan = np.full(len(where), np.nan)
-        rec = self._core.run(files, spec, nan, bool(stats), bool(quantiles), int(threads or 0), CHUNK_BYTES,
-                             io or DEFAULT_IO, list(QUANTILE_LEVELS), schemes, cb)
+        batches = [where]
+        if second and any(masks[i] & second for i in where):
+            batches, cur, size = [], [], 0
+            for i in where:
+                if cur and size + tensors[i].nbytes > SECOND_PASS_BATCH_BYTES:
+                    batches.append(cur)
+                    cur, size = [], 0
+                cur.append(i)
+                size += tensors[i].nbytes
+            batches.append(cur)
+        for batch in batches:
+            done = self._run_batch(tensors, batch, stats, quantiles, threads, progress, quant, io, done, out, qout)
+        return out, qout
+
+    def _run_batch(self, tensors, batch, stats, quantiles, threads, progress, quant, io, done, out, qout) -> int:
+        """Both passes over the tensors `batch`; `done` = bytes reported so far; returns the new count."""
+        masks = quant.masks if quant is not None else None
+        schemes = [engine_kind(s) for s in quant.schemes] if quant is not None else []
+        files, spec, where = task_spec(tensors, masks, quant, only=batch)
+        base = done
+        cb = (lambda d: progress(base + d)) if progress else None
+        rec = self._core.run(files, spec, np.full(len(where), np.nan), bool(stats), bool(quantiles),
+                             int(threads or 0), CHUNK_BYTES, io or DEFAULT_IO, list(QUANTILE_LEVELS), schemes, cb)
         self.last_run = {"isa": rec["isa"], "threads": rec["threads"], "units": rec["units"]}
+        done += int(spec[:, 2].sum())
         for row, i in enumerate(where):
             if stats:
                 out[i] = to_stats(rec, row, tensors[i].dtype, quantiles)
@@ -64,18 +87,20 @@ class CpuEngine:
         again = [i for i in where if masks[i] & second] if second else []
         if again:
             absmax_of = {i: float(rec["quant_absmax"][row]) for row, i in enumerate(where)}
-            m2 = [(masks[i] & second) if i in again else 0 for i in range(len(tensors))]
+            m2 = [0] * len(tensors)
+            for i in again:
+                m2[i] = masks[i] & second
             files2, spec2, where2 = task_spec(tensors, m2, quant, only=again)
-            am = np.array([absmax_of[i] for i in where2])
-            base = total
-            cb2 = (lambda done: progress(base + done)) if progress else None
-            rec2 = self._core.run(files2, spec2, am, False, False, int(threads or 0), CHUNK_BYTES,
-                                  io or DEFAULT_IO, [], schemes, cb2)
+            base2 = done
+            cb2 = (lambda d: progress(base2 + d)) if progress else None
+            rec2 = self._core.run(files2, spec2, np.array([absmax_of[i] for i in where2]), False, False,
+                                  int(threads or 0), CHUNK_BYTES, io or DEFAULT_IO, [], schemes, cb2)
+            done += int(spec2[:, 2].sum())
             for row, i in enumerate(where2):
                 for k, s in enumerate(quant.schemes):
                     if m2[i] >> k & 1:
                         qout[i][s.id] = quant_sums(rec2, row, k)
-        return out, qout
+        return done
 
     def array_stats(self, array: np.ndarray, dtype: str, *, quantiles: bool = True) -> dict:
         d = DTYPES[dtype]
