@@ -33,25 +33,15 @@ cuda::Options options(bool quantiles, const std::vector<double>& levels) {
 
 py::dict run(const std::vector<std::string>& files, const std::vector<cuda::Task>& tasks, const cuda::Options& opt,
              bool stats, py::object progress) {
-  PyObject *et = nullptr, *ev = nullptr, *etb = nullptr;
-  bool have_err = false;
-  auto cb = [&](uint64_t done) -> bool {
-    py::gil_scoped_acquire g;
-    if (PyErr_CheckSignals() != 0) { have_err = true; PyErr_Fetch(&et, &ev, &etb); return false; }
-    if (!progress.is_none()) {
-      try { progress(done); }
-      catch (py::error_already_set& e) { have_err = true; e.restore(); PyErr_Fetch(&et, &ev, &etb); return false; }
-    }
-    return true;
-  };
+  ProgressBridge bridge{progress};
+  auto cb = [&](uint64_t done) -> bool { return bridge(done); };
   std::vector<TensorResult> out(tasks.size());
   cuda::Info info;
   try {
     py::gil_scoped_release nogil;
     if (stats) out = cuda::run_stats(files, tasks, opt, cb, &info);
   } catch (cuda::Cancelled&) {
-    if (have_err) { PyErr_Restore(et, ev, etb); throw py::error_already_set(); }
-    throw std::runtime_error("cancelled");
+    bridge.rethrow();
   } catch (std::system_error& e) {
     PyErr_SetFromErrnoWithFilename(PyExc_OSError, e.what());
     throw py::error_already_set();

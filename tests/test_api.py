@@ -170,3 +170,22 @@ def test_scan_many_keeps_going(tmp_path, small_checkpoint):
     assert out[0][1] is not None and out[0][2] is None
     assert out[1][1] is None and out[1][2]["code"] == "header_not_json"
     assert out[2][2]["code"] == "os_error"
+
+
+class _StopScan(Exception):
+    pass
+
+
+def test_progress_exception_stops_the_scan(tmp_path):
+    """An exception raised by the progress callable (or Ctrl-C) cancels the native pass and comes
+    out of scan() unchanged; the engine is usable again afterwards."""
+    from safetensors.numpy import save_file
+    path = str(tmp_path / "p.safetensors")
+    save_file({f"w{i}": np.full((512, 1024), i, dtype=np.float32) for i in range(24)}, path)   # 48 MiB
+
+    def boom(done, total):   # the engine reports every 100 ms and at the end: this small file, at the end
+        raise _StopScan(done)
+    for backend in [b.name for b in paramkit.backends() if b.available]:
+        with pytest.raises(_StopScan):
+            paramkit.scan(path, backend=backend, progress=boom)
+        assert paramkit.scan(path, backend=backend).total_params == 24 * 512 * 1024

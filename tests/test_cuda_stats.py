@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 
 import ml_dtypes
 import numpy as np
@@ -15,6 +14,8 @@ import paramkit
 from paramkit.backends import get_engine, numpy_backend
 from paramkit.table import TensorInfo
 
+from conftest import tensor_infos
+
 _status = {b.name: b for b in paramkit.backends()}["cuda"]
 if not _status.available:
     pytest.skip(f"cuda backend unavailable: {_status.reason}", allow_module_level=True)
@@ -23,20 +24,6 @@ FLOATS = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dt
 INTS = {"I8": np.int8, "U8": np.uint8, "I16": np.int16, "U16": np.uint16, "I32": np.int32,
         "U32": np.uint32, "I64": np.int64, "U64": np.uint64}
 SIZES = [0, 1, 7, 4099, 70001]
-
-
-def _infos(path: str) -> list[TensorInfo]:
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
-    out = []
-    for name, e in header.items():
-        if name == "__metadata__":
-            continue
-        b, end = e["data_offsets"]
-        shape = tuple(e["shape"])
-        out.append(TensorInfo(name, e["dtype"], shape, os.path.abspath(path), 8 + n + b, end - b, math.prod(shape)))
-    return sorted(out, key=lambda t: t.offset)
 
 
 def _float_data(np_t, n: int, rng) -> np.ndarray:
@@ -69,7 +56,7 @@ def _compare(cu: dict | None, cpu: dict | None, ref: dict | None) -> None:
 
 
 def _run_all(path: str, quantiles: bool = True):
-    infos = _infos(path)
+    infos = tensor_infos(path)
     cu = get_engine("cuda").run_stats(infos, quantiles=quantiles)
     cpu = get_engine("cpu").run_stats(infos, quantiles=quantiles)
     ref = numpy_backend.ENGINE.run_stats(infos, quantiles=quantiles)

@@ -18,7 +18,7 @@ from safetensors.numpy import save_file as np_save_file
 from safetensors.torch import save_file as torch_save_file
 
 import stats_reference as R
-from conftest import available_backends     # [b.name for b in backends() if b.available]
+from conftest import available_backends, tensor_infos     # [b.name for b in backends() if b.available]
 from paramkit import stats as S
 from paramkit.backends import get_engine, numpy_backend
 from paramkit.dtypes import DTYPES
@@ -147,22 +147,6 @@ def write_safetensors(path: str, tensors: dict[str, tuple[str, tuple, np.ndarray
         else:   # frombuffer keeps BOOL bytes other than 0/1 (a clone would normalise them)
             out[name] = torch.frombuffer(bytearray(raw.tobytes()), dtype=TORCH[dtype]).reshape(shape)
     torch_save_file(out, path)
-
-
-def tensor_infos(path: str) -> list[TensorInfo]:
-    """TensorInfo list from a safetensors header, parsed here (absolute offset = 8 + N + begin)."""
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(n))
-    out = []
-    for name, e in header.items():
-        if name == "__metadata__":
-            continue
-        begin, end = e["data_offsets"]
-        shape = tuple(e["shape"])
-        out.append(TensorInfo(name, e["dtype"], shape, os.path.abspath(path), 8 + n + begin,
-                              end - begin, math.prod(shape)))
-    return sorted(out, key=lambda t: t.offset)
 
 
 def file_bytes(t: TensorInfo) -> bytes:

@@ -1,10 +1,13 @@
-// The statistics result layout shared by paramkit._core.run and paramkit._cuda.run (read by
-// python/paramkit/backends/native_records.py): one numpy array per field group, a row per tensor.
+// Glue shared by paramkit._core.run and paramkit._cuda.run: the statistics result layout (read by
+// python/paramkit/backends/native_records.py; one numpy array per field group, a row per tensor)
+// and the bridge from an engine's progress callback to the Python one.
 #pragma once
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
 #include <cmath>
+#include <cstdint>
+#include <stdexcept>
 #include <vector>
 
 #include "paramkit/stats.hpp"
@@ -36,5 +39,29 @@ inline pybind11::dict pack(const std::vector<TensorResult>& rs, int nq) {
   d["counts"] = counts; d["fext"] = fext; d["iext"] = iext; d["uext"] = uext; d["moments"] = mom; d["quantiles"] = q;
   return d;
 }
+
+// The engines' progress callback (called on the calling thread with the GIL released): calls the
+// Python progress(done) with the GIL held; Ctrl-C, or an exception raised by progress, cancels the
+// run and is kept so that rethrow() re-raises it once the engine has unwound.
+struct ProgressBridge {
+  pybind11::object progress;
+  PyObject *et = nullptr, *ev = nullptr, *etb = nullptr;
+  bool have_err = false;
+
+  bool operator()(uint64_t done) {
+    pybind11::gil_scoped_acquire g;
+    if (PyErr_CheckSignals() != 0) { have_err = true; PyErr_Fetch(&et, &ev, &etb); return false; }
+    if (!progress.is_none()) {
+      try { progress(done); }
+      catch (pybind11::error_already_set& e) { have_err = true; e.restore(); PyErr_Fetch(&et, &ev, &etb); return false; }
+    }
+    return true;
+  }
+  // after the engine reported a cancellation: the kept Python error, else "cancelled"
+  [[noreturn]] void rethrow() {
+    if (have_err) { PyErr_Restore(et, ev, etb); throw pybind11::error_already_set(); }
+    throw std::runtime_error("cancelled");
+  }
+};
 
 }  // namespace paramkit

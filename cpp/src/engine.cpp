@@ -367,7 +367,8 @@ EngineOutput run_engine(const std::vector<std::string>& files, const std::vector
   close_all();
   if (cancelled) throw EngineCancelled{};
   if (err_no) throw std::system_error(err_no, std::generic_category(), err_msg);
-  if (progress) progress(bytes_done.load());
+  // the last report too: an exception raised there (or Ctrl-C) must not be lost
+  if (progress && !progress(bytes_done.load())) throw EngineCancelled{};
   return output;
 }
 
