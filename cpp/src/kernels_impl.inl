@@ -52,7 +52,6 @@ template <bool BF> static inline __m256 load8(const uint8_t* p, size_t i) {
   }
 }
 // pass 1 over the first n - n % 8 elements; returns how many were done
-template <bool BF>
 static size_t f32_pass1_vec(const uint8_t* p, size_t n, FloatLanes<float>& s) {
   const __m256i EXPv = _mm256_set1_epi32(0x7F800000), MANv = _mm256_set1_epi32(0x007FFFFF),
                 ABSv = _mm256_set1_epi32(0x7FFFFFFF), Z = _mm256_setzero_si256();
@@ -61,7 +60,7 @@ static size_t f32_pass1_vec(const uint8_t* p, size_t n, FloatLanes<float>& s) {
   __m256d s0 = _mm256_loadu_pd(s.sum), s1 = _mm256_loadu_pd(s.sum + 4);
   size_t i = 0, end = n - n % 8;
   for (; i < end; i += 8) {
-    __m256 x = load8<BF>(p, i);
+    __m256 x = load8<false>(p, i);
     __m256i b = _mm256_castps_si256(x);
     __m256i e = _mm256_and_si256(b, EXPv), m = _mm256_and_si256(b, MANv);
     __m256i emax = _mm256_cmpeq_epi32(e, EXPv), mz = _mm256_cmpeq_epi32(m, Z);
@@ -91,14 +90,13 @@ static size_t f32_pass1_vec(const uint8_t* p, size_t n, FloatLanes<float>& s) {
   _mm256_storeu_pd(s.sum, s0); _mm256_storeu_pd(s.sum + 4, s1);
   return end;
 }
-template <bool BF>
 static size_t f32_pass2_vec(const uint8_t* p, size_t n, double mean, double* s1, double* s2) {
   const __m256i EXPv = _mm256_set1_epi32(0x7F800000);
   const __m256d mv = _mm256_set1_pd(mean);
   __m256d a0 = _mm256_loadu_pd(s1), a1 = _mm256_loadu_pd(s1 + 4), q0 = _mm256_loadu_pd(s2), q1 = _mm256_loadu_pd(s2 + 4);
   size_t i = 0, end = n - n % 8;
   for (; i < end; i += 8) {
-    __m256 x = load8<BF>(p, i);
+    __m256 x = load8<false>(p, i);
     __m256i fin = _mm256_xor_si256(_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(x), EXPv), EXPv),
                                    _mm256_set1_epi32(-1));
     __m256d f0 = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(fin)));
@@ -113,13 +111,10 @@ static size_t f32_pass2_vec(const uint8_t* p, size_t n, double mean, double* s1,
 }
 #endif
 
-// BF: the elements are bfloat16, widened exactly to float (F = float) before the same math.
-template <class F, class U, U EXP, U MAN, int SHIFT, bool BF = false>
+// F32 and F64 (bf16 has its own block kernel, bf16_stats)
+template <class F, class U, U EXP, U MAN, int SHIFT>
 static void wide_float(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhist) {
-  auto ld = [p](size_t i) -> F {
-    if constexpr (BF) return F(bits_to_f32(uint32_t(load<uint16_t>(p + 2 * i)) << 16));
-    else return load<F>(p + i * sizeof(F));
-  };
+  auto ld = [p](size_t i) -> F { return load<F>(p + i * sizeof(F)); };
   FloatLanes<F> ln;
   auto &nan = ln.nan, &pinf = ln.pinf, &ninf = ln.ninf, &zer = ln.zer, &sub = ln.sub, &fin = ln.fin;
   auto &mn = ln.mn, &mx = ln.mx;
@@ -143,7 +138,7 @@ static void wide_float(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhis
   }
   size_t i = 0;
 #if defined(PK_KAVX2)
-  if constexpr (sizeof(F) == 4) i = f32_pass1_vec<BF>(p, n, ln);
+  if constexpr (sizeof(F) == 4) i = f32_pass1_vec(p, n, ln);
 #endif
   auto body = [&](int j, F x) {
     U b; std::memcpy(&b, &x, sizeof(F));
@@ -175,7 +170,7 @@ static void wide_float(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhis
     };
     i = 0;
 #if defined(PK_KAVX2)
-    if constexpr (sizeof(F) == 4) i = f32_pass2_vec<BF>(p, n, mean, s1, s2);
+    if constexpr (sizeof(F) == 4) i = f32_pass2_vec(p, n, mean, s1, s2);
 #endif
     for (; i + L <= n; i += L)
       for (int j = 0; j < L; ++j) dev(j, ld(i + j));
