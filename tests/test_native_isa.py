@@ -24,6 +24,16 @@ for dt in ("float32", "float64", "int32", "int64", "uint32", "uint64"):
         info = np.iinfo(dt)
         x = rng.integers(info.min, info.max, size=100_003, dtype=dt, endpoint=True)
     out[dt] = paramkit.tensor_stats(x, backend="cpu")
+# float32 (blocked one-pass kernel, 1024-element blocks, 8-element groups): sizes around block and
+# group edges, NaN/Inf blocks, an all-NaN block, and finite values over a wide exponent range
+for n in (1, 7, 8, 9, 1023, 1024, 1025, 4096 + 33):
+    x = (rng.standard_normal(n) * 10.0 ** rng.uniform(-30, 30, n)).astype(np.float32)
+    if n > 40:
+        x[5] = np.inf; x[6] = -np.inf; x[10:20] = 0; x[21] = -0.0; x[30] = 1e-40; x[-2] = np.nan
+    if n > 4000:
+        x[2048:3072] = np.nan; x[2050] = -np.inf; x[3072:3072 + 1024] = 1.5
+    for q in (False, True):
+        out[f"f32/{n}/{q}"] = paramkit.tensor_stats(x, quantiles=q, backend="cpu")
 # bfloat16 (bit patterns): without quantiles the blocked one-pass kernel (1024-element blocks,
 # 16-element groups), with quantiles the histogram; sizes around block and group edges, blocks
 # with and without NaN/Inf, +-0, subnormals, and a block of only non-finite values
@@ -38,6 +48,28 @@ for n in (1, 15, 16, 17, 1023, 1024, 1025, 4096 + 33, 100_003):
         b[3072:3072 + 1024] = 0x3F80                             # a constant block
     for q in (False, True):
         out[f"bf16/{n}/{q}"] = paramkit.tensor_stats(b, dtype="BF16", quantiles=q, backend="cpu")
+# float16 (same blocked kernel, F16C widening in the AVX2 build): NaN, +-Inf, +-0, subnormals
+# (decoded exactly), +-65504, a block of only non-finite values and a constant block
+for n in (1, 15, 16, 17, 1023, 1024, 1025, 4096 + 33, 100_003):
+    h = (rng.standard_normal(n) * 0.02 + 0.001).astype(np.float16)
+    if n > 40:
+        h[::997] = np.nan; h[5] = np.inf; h[6] = -np.inf; h[10:20] = 0; h[21] = -0.0
+        h[30] = 6e-8; h[31] = -3e-5; h[32] = 65504; h[34] = -65504; h[-3] = np.inf
+    if n > 4000:
+        h[2048:3072] = np.nan; h[2050] = -np.inf                 # a block with no finite value
+        h[3072:3072 + 1024] = 1.5                                # a constant block
+    for q in (False, True):
+        out[f"f16/{n}/{q}"] = paramkit.tensor_stats(h, quantiles=q, backend="cpu")
+# finite only (every whole group takes the AVX2 path): +-0, subnormals and +-65504 among them
+f = (rng.standard_normal(4096 + 33) * 0.02).astype(np.float16)
+f[100:110] = np.float16(6e-8) * np.arange(10); f[111] = -0.0; f[1500] = 65504; f[1501] = -65504; f[2100] = -3e-5
+for q in (False, True):
+    out[f"f16/finite/{q}"] = paramkit.tensor_stats(f, quantiles=q, backend="cpu")
+# finite values spread over the exponent range: subnormals next to thousands in the vector blocks
+w = rng.standard_normal(20_011) * 10.0 ** rng.uniform(-7.5, 3.5, 20_011)   # |w| < 65504
+out["f16/wide"] = paramkit.tensor_stats(w.astype(np.float16), quantiles=False, backend="cpu")
+wb = (w.astype(np.float32).view(np.uint32) >> 16).astype(np.uint16)
+out["bf16/wide"] = paramkit.tensor_stats(wb, dtype="BF16", quantiles=False, backend="cpu")
 print(json.dumps(out, sort_keys=True))
 """
 

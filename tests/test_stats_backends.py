@@ -378,13 +378,13 @@ def test_f64_moments_do_not_overflow_or_underflow(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", ["BF16", "F32", "U8", "I64", "F64"])
+@pytest.mark.parametrize("dtype", ["BF16", "F16", "F32", "U8", "I64", "F64"])
 def test_large_odd_size(backend, dtype, monkeypatch):
     """1,000,003 elements: typical values plus a sprinkle of special patterns, several chunks."""
     monkeypatch.setattr(numpy_backend, "CHUNK_ELEMENTS", 1 << 18)
     rng = np.random.default_rng(DTYPE_NAMES.index(dtype))
     n = 1_000_003
-    if dtype in ("BF16", "F32", "F64"):
+    if dtype in ("BF16", "F16", "F32", "F64"):
         x = (rng.standard_normal(n) * 0.02 + 0.001).astype(R.FLOAT_VIEW[dtype])
         raw = x.view(UINT[R.ITEMSIZE[dtype]]).copy()
     else:
@@ -393,6 +393,7 @@ def test_large_odd_size(backend, dtype, monkeypatch):
     pos = rng.integers(0, n, 500)
     raw[pos] = pick(rng, dtype, 500)
     check_array(backend, raw, dtype)
+    check_array(backend, raw, dtype, quantiles=False)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -500,9 +501,15 @@ def big_file(tmp_path_factory):
         "ids": ("I64", (100_003,), rng.integers(-2**63, 2**63 - 1, 100_003, dtype=np.int64,
                                                 endpoint=True).view(np.uint64)),
         "norm": ("F16", (4096,), rng.standard_normal(4096).astype(np.float16).view(np.uint16)),
+        "h16": ("F16", (3_000_017,), (rng.standard_normal(3_000_017) * 0.02 + 0.001).astype(
+            np.float16).view(np.uint16)),
         "scalar": ("F32", (), np.array([np.float32(0.5)]).view(np.uint32)),
     }
     tensors["emb"][2][::99_991] = 0x7FC0                    # some NaNs
+    h = tensors["h16"][2]                                   # NaN, +-Inf, +-0, subnormals, +-max
+    h[::99_989] = 0x7E00; h[7] = 0x7C00; h[8] = 0xFC00; h[9] = 0x8000; h[10:20] = 0
+    h[21] = 0x0001; h[22] = 0x81F7; h[23] = 0x7BFF; h[2_500_000] = 0xFBFF
+    h[1_000_448:1_001_472] = 0x7C01                         # a 1024-block with no finite value
     path = str(tmp_path_factory.mktemp("big") / "big.safetensors")
     write_safetensors(path, {k: (d, s, r.reshape(-1)) for k, (d, s, r) in tensors.items()})
     return path, {k: (d, r) for k, (d, s, r) in tensors.items()}
@@ -528,8 +535,8 @@ def test_threads_do_not_change_results(backend, big_file):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_big_file_without_quantiles(backend, big_file):
-    """quantiles=False takes other native paths (bf16: the blocked one-pass kernel instead of the
-    histogram) over multi-piece tensors: same counts/extremes, moments within the tolerances,
+    """quantiles=False takes other native paths (bf16, f16: the blocked one-pass kernel instead of
+    the histogram) over multi-piece tensors: same counts/extremes, moments within the tolerances,
     and bit-identical for any thread count."""
     path, tensors = big_file
     infos = tensor_infos(path)

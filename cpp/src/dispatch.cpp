@@ -1,4 +1,4 @@
-// Run-time choice of the kernel set: AVX2 where the CPU has it (and FMA), else the baseline build.
+// Run-time choice of the kernel set: AVX2 where the CPU has it (and FMA, F16C), else the baseline build.
 #include <cstdlib>
 #include <cstring>
 #include "kernels.hpp"
@@ -11,7 +11,8 @@ const Kernels& select_kernels() {
     if (want && std::strcmp(want, "generic") == 0) return &kernels_generic();
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
-    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return &kernels_avx2();
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+      return &kernels_avx2();
 #endif
     return &kernels_generic();
   }();

@@ -68,9 +68,9 @@ void dense_bins(int dt, bool prefix, const C* h, std::vector<Bin>& out) {
 }
 
 // 8/16-bit dtypes are reduced through their exact bit-pattern histogram (exact quantiles need
-// it), except bfloat16 without quantiles: its one-pass blocked SIMD kernel (bf16_stats in
-// kernels_impl.inl) beats the histogram's random scatter into 1 MiB of sub-histograms.
-bool histogram_path(int dt, bool quantiles) { return dtype_is_small(dt) && (quantiles || dt != BF16); }
+// it), except bfloat16 and float16 without quantiles: their one-pass blocked SIMD kernel
+// (h16_stats in kernels_impl.inl) beats the histogram's random scatter into 1 MiB of sub-histograms.
+bool histogram_path(int dt, bool quantiles) { return dtype_is_small(dt) && (quantiles || (dt != BF16 && dt != F16)); }
 
 }  // namespace
 

@@ -1,4 +1,4 @@
-// AVX2 + FMA build of the CPU kernels (compiled with -mavx2 -mfma on x86; chosen at run time).
+// AVX2 + FMA build of the CPU kernels (compiled with -mavx2 -mfma -mbmi2 -mf16c on x86; chosen at run time).
 #if defined(__x86_64__) && defined(__AVX2__)
 #define PK_KNS avx2
 #define PK_KAVX2 1

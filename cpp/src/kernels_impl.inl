@@ -34,7 +34,7 @@ static void hist16(const uint8_t* p, size_t n, uint32_t* h) {
   for (; i < n; ++i) h0[load<uint16_t>(p + 2 * i)]++;
 }
 
-// Lane state of the float passes; vector main loops (AVX2, F32 only) fill exactly the same lanes
+// Lane state of the float passes; vector main loops (AVX2, f32_stats) fill exactly the same lanes
 // (element i goes to lane i % L) as the scalar loop, so every ISA gives bit-identical results.
 template <class F> struct FloatLanes {
   uint64_t nan[L] = {}, pinf[L] = {}, ninf[L] = {}, zer[L] = {}, sub[L] = {}, fin[L] = {};
@@ -42,76 +42,14 @@ template <class F> struct FloatLanes {
   double sum[L] = {};
 };
 #if defined(PK_KAVX2)
-// 8 consecutive elements as floats: float32 as is, bfloat16 widened exactly (bits << 16)
-template <bool BF> static inline __m256 load8(const uint8_t* p, size_t i) {
-  if constexpr (BF) {
-    __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 * i));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-  } else {
-    return _mm256_loadu_ps(reinterpret_cast<const float*>(p + 4 * i));
-  }
-}
-// pass 1 over the first n - n % 8 elements; returns how many were done
-static size_t f32_pass1_vec(const uint8_t* p, size_t n, FloatLanes<float>& s) {
-  const __m256i EXPv = _mm256_set1_epi32(0x7F800000), MANv = _mm256_set1_epi32(0x007FFFFF),
-                ABSv = _mm256_set1_epi32(0x7FFFFFFF), Z = _mm256_setzero_si256();
-  __m256i cnan = Z, cpinf = Z, cninf = Z, czer = Z, csub = Z, cfin = Z;
-  __m256 mn = _mm256_loadu_ps(s.mn), mx = _mm256_loadu_ps(s.mx);
-  __m256d s0 = _mm256_loadu_pd(s.sum), s1 = _mm256_loadu_pd(s.sum + 4);
-  size_t i = 0, end = n - n % 8;
-  for (; i < end; i += 8) {
-    __m256 x = load8<false>(p, i);
-    __m256i b = _mm256_castps_si256(x);
-    __m256i e = _mm256_and_si256(b, EXPv), m = _mm256_and_si256(b, MANv);
-    __m256i emax = _mm256_cmpeq_epi32(e, EXPv), mz = _mm256_cmpeq_epi32(m, Z);
-    __m256i isn = _mm256_andnot_si256(mz, emax), isi = _mm256_and_si256(emax, mz);
-    __m256i neg = _mm256_srai_epi32(b, 31);
-    cnan = _mm256_sub_epi32(cnan, isn);
-    cpinf = _mm256_sub_epi32(cpinf, _mm256_andnot_si256(neg, isi));
-    cninf = _mm256_sub_epi32(cninf, _mm256_and_si256(neg, isi));
-    czer = _mm256_sub_epi32(czer, _mm256_cmpeq_epi32(_mm256_and_si256(b, ABSv), Z));
-    csub = _mm256_sub_epi32(csub, _mm256_andnot_si256(mz, _mm256_cmpeq_epi32(e, Z)));
-    cfin = _mm256_sub_epi32(cfin, _mm256_xor_si256(emax, _mm256_set1_epi32(-1)));
-    mn = _mm256_min_ps(x, mn);   // x < mn ? x : mn, as the scalar loop
-    mx = _mm256_max_ps(x, mx);
-    __m256 xf = _mm256_andnot_ps(_mm256_castsi256_ps(emax), x);
-    s0 = _mm256_add_pd(s0, _mm256_cvtps_pd(_mm256_castps256_ps128(xf)));
-    s1 = _mm256_add_pd(s1, _mm256_cvtps_pd(_mm256_extractf128_ps(xf, 1)));
-  }
-  alignas(32) int32_t t[6][8];
-  _mm256_store_si256((__m256i*)t[0], cnan); _mm256_store_si256((__m256i*)t[1], cpinf);
-  _mm256_store_si256((__m256i*)t[2], cninf); _mm256_store_si256((__m256i*)t[3], czer);
-  _mm256_store_si256((__m256i*)t[4], csub); _mm256_store_si256((__m256i*)t[5], cfin);
-  for (int j = 0; j < 8; ++j) {
-    s.nan[j] += uint32_t(t[0][j]); s.pinf[j] += uint32_t(t[1][j]); s.ninf[j] += uint32_t(t[2][j]);
-    s.zer[j] += uint32_t(t[3][j]); s.sub[j] += uint32_t(t[4][j]); s.fin[j] += uint32_t(t[5][j]);
-  }
-  _mm256_storeu_ps(s.mn, mn); _mm256_storeu_ps(s.mx, mx);
-  _mm256_storeu_pd(s.sum, s0); _mm256_storeu_pd(s.sum + 4, s1);
-  return end;
-}
-static size_t f32_pass2_vec(const uint8_t* p, size_t n, double mean, double* s1, double* s2) {
-  const __m256i EXPv = _mm256_set1_epi32(0x7F800000);
-  const __m256d mv = _mm256_set1_pd(mean);
-  __m256d a0 = _mm256_loadu_pd(s1), a1 = _mm256_loadu_pd(s1 + 4), q0 = _mm256_loadu_pd(s2), q1 = _mm256_loadu_pd(s2 + 4);
-  size_t i = 0, end = n - n % 8;
-  for (; i < end; i += 8) {
-    __m256 x = load8<false>(p, i);
-    __m256i fin = _mm256_xor_si256(_mm256_cmpeq_epi32(_mm256_and_si256(_mm256_castps_si256(x), EXPv), EXPv),
-                                   _mm256_set1_epi32(-1));
-    __m256d f0 = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(fin)));
-    __m256d f1 = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_extracti128_si256(fin, 1)));
-    __m256d d0 = _mm256_and_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x)), mv), f0);
-    __m256d d1 = _mm256_and_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)), mv), f1);
-    a0 = _mm256_add_pd(a0, d0); a1 = _mm256_add_pd(a1, d1);
-    q0 = _mm256_add_pd(q0, _mm256_mul_pd(d0, d0)); q1 = _mm256_add_pd(q1, _mm256_mul_pd(d1, d1));
-  }
-  _mm256_storeu_pd(s1, a0); _mm256_storeu_pd(s1 + 4, a1); _mm256_storeu_pd(s2, q0); _mm256_storeu_pd(s2 + 4, q1);
-  return end;
+// 8 consecutive bfloat16 elements widened exactly to float (bits << 16)
+static inline __m256 load8_bf16(const uint8_t* p, size_t i) {
+  __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 * i));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
 }
 #endif
 
-// F32 and F64 (bf16 has its own block kernel, bf16_stats)
+// F64 (f32 has its own block kernel, f32_stats; bf16 and f16 theirs, h16_stats)
 template <class F, class U, U EXP, U MAN, int SHIFT>
 static void wide_float(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhist) {
   auto ld = [p](size_t i) -> F { return load<F>(p + i * sizeof(F)); };
@@ -137,9 +75,6 @@ static void wide_float(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhis
     }
   }
   size_t i = 0;
-#if defined(PK_KAVX2)
-  if constexpr (sizeof(F) == 4) i = f32_pass1_vec(p, n, ln);
-#endif
   auto body = [&](int j, F x) {
     U b; std::memcpy(&b, &x, sizeof(F));
     U e = b & EXP, m = b & MAN;
@@ -169,9 +104,6 @@ static void wide_float(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhis
       s1[j] += d; s2[j] += d * d;
     };
     i = 0;
-#if defined(PK_KAVX2)
-    if constexpr (sizeof(F) == 4) i = f32_pass2_vec(p, n, mean, s1, s2);
-#endif
     for (; i + L <= n; i += L)
       for (int j = 0; j < L; ++j) dev(j, ld(i + j));
     for (; i < n; ++i) dev(0, ld(i));
@@ -192,48 +124,199 @@ static void wide_float(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhis
   s = r;
 }
 
-// ---- bfloat16 statistics in one pass over memory (the quantiles=False path) ----
-// The piece is cut into blocks of kBfBlock elements, each handled while it is in L1. Counts and
-// min/max are integer work on the raw 16-bit patterns (exact, so their order does not matter).
-// The moments of a block are taken about a shift K = its first finite element (Samuelson:
-// (K - mean)^2 <= n var, so the shifted float64 sums lose at most log2(kBfBlock) of 53 bits),
-// and the blocks are Chan-merged in order. Moment terms go group by group (16 elements) into 4
-// float64 lanes in the fixed order of bf_group; the AVX2 loop does exactly those operations, so
-// both builds give bit-identical results.
-constexpr size_t kBfBlock = 1024;
+// ---- float32 statistics in one pass over memory ----
+// As h16_stats: blocks of kF32Block elements handled while in L1; counts and min/max in the lanes
+// of FloatLanes (element i of the piece in lane i % L); the moments of a block about a shift K =
+// its first finite element (exact in float64), d = x - K (+0 for a non-finite x) summed in 8
+// float64 lanes (element t of the block in lane t % 8, d*d multiplied then added), the lanes
+// added in a fixed order and the blocks Chan-merged in order. The AVX2 loop does exactly those
+// operations, so both builds give bit-identical results.
+constexpr size_t kF32Block = 1024;
 
-// Order-preserving signed key of a bf16 bit pattern, an involution: -inf < ... < -0 < +0 < ...
-// < +inf, positive NaNs above +inf and negative NaNs below -inf (so NaN is masked out first).
-static inline int16_t bf_key(uint16_t b) {
+#if defined(PK_KAVX2)
+struct F32Vec {   // count and extreme lanes of the AVX2 loop, kept in registers across blocks
+  __m256i cnan, cpinf, cninf, czer, csub, cfin;
+  __m256 mn, mx;
+};
+// The whole 8-element groups of a block: counts and extremes into v, moment terms into a8/q8
+// (zero here); returns whether the block held a NaN or Inf.
+static inline __attribute__((always_inline)) bool f32_block_vec(const uint8_t* p, size_t end, double K, F32Vec& v,
+                                                                 double* a8, double* q8) {
+  const __m256i EXPv = _mm256_set1_epi32(0x7F800000), MANv = _mm256_set1_epi32(0x007FFFFF),
+                ABSv = _mm256_set1_epi32(0x7FFFFFFF), Z = _mm256_setzero_si256();
+  const __m256d Kv = _mm256_set1_pd(K);
+  __m256d a0 = _mm256_setzero_pd(), a1 = a0, q0 = a0, q1 = a0;
+  __m256i bad = Z;
+  for (size_t i = 0; i < end; i += 8) {
+    __m256 x = _mm256_loadu_ps(reinterpret_cast<const float*>(p + 4 * i));
+    __m256i b = _mm256_castps_si256(x);
+    __m256i e = _mm256_and_si256(b, EXPv), m = _mm256_and_si256(b, MANv);
+    __m256i emax = _mm256_cmpeq_epi32(e, EXPv), mz = _mm256_cmpeq_epi32(m, Z);
+    __m256i isn = _mm256_andnot_si256(mz, emax), isi = _mm256_and_si256(emax, mz);
+    __m256i neg = _mm256_srai_epi32(b, 31);
+    bad = _mm256_or_si256(bad, emax);
+    v.cnan = _mm256_sub_epi32(v.cnan, isn);
+    v.cpinf = _mm256_sub_epi32(v.cpinf, _mm256_andnot_si256(neg, isi));
+    v.cninf = _mm256_sub_epi32(v.cninf, _mm256_and_si256(neg, isi));
+    v.czer = _mm256_sub_epi32(v.czer, _mm256_cmpeq_epi32(_mm256_and_si256(b, ABSv), Z));
+    v.csub = _mm256_sub_epi32(v.csub, _mm256_andnot_si256(mz, _mm256_cmpeq_epi32(e, Z)));
+    v.cfin = _mm256_sub_epi32(v.cfin, _mm256_xor_si256(emax, _mm256_set1_epi32(-1)));
+    v.mn = _mm256_min_ps(x, v.mn);   // x < mn ? x : mn, as the scalar loop
+    v.mx = _mm256_max_ps(x, v.mx);
+    __m256i fin = _mm256_xor_si256(emax, _mm256_set1_epi32(-1));
+    __m256d f0 = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(fin)));
+    __m256d f1 = _mm256_castsi256_pd(_mm256_cvtepi32_epi64(_mm256_extracti128_si256(fin, 1)));
+    __m256d d0 = _mm256_and_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(x)), Kv), f0);
+    __m256d d1 = _mm256_and_pd(_mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(x, 1)), Kv), f1);
+    a0 = _mm256_add_pd(a0, d0); a1 = _mm256_add_pd(a1, d1);
+    q0 = _mm256_add_pd(q0, _mm256_mul_pd(d0, d0)); q1 = _mm256_add_pd(q1, _mm256_mul_pd(d1, d1));
+  }
+  _mm256_storeu_pd(a8, a0); _mm256_storeu_pd(a8 + 4, a1); _mm256_storeu_pd(q8, q0); _mm256_storeu_pd(q8 + 4, q1);
+  return !_mm256_testz_si256(bad, bad);
+}
+#endif
+
+static void f32_stats(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhist) {
+  auto ld = [p](size_t i) -> float { return load<float>(p + i * 4); };
+  FloatLanes<float> ln;
+  for (int j = 0; j < L; ++j) { ln.mn[j] = std::numeric_limits<float>::infinity(); ln.mx[j] = -ln.mn[j]; }
+  auto count = [&](int j, float x) {
+    uint32_t b; std::memcpy(&b, &x, 4);
+    uint32_t e = b & 0x7F800000u, m = b & 0x007FFFFFu;
+    bool isn = (e == 0x7F800000u) & (m != 0), isi = (e == 0x7F800000u) & (m == 0), neg = (b >> 31) != 0;
+    ln.nan[j] += isn; ln.pinf[j] += isi & !neg; ln.ninf[j] += isi & neg;
+    ln.zer[j] += (b & 0x7FFFFFFFu) == 0; ln.sub[j] += (e == 0) & (m != 0);
+    ln.mn[j] = x < ln.mn[j] ? x : ln.mn[j]; ln.mx[j] = x > ln.mx[j] ? x : ln.mx[j];
+    ln.fin[j] += e != 0x7F800000u;
+  };
+  PieceStats r;
+#if defined(PK_KAVX2)
+  F32Vec v;
+  v.cnan = v.cpinf = v.cninf = v.czer = v.csub = v.cfin = _mm256_setzero_si256();
+  v.mn = _mm256_loadu_ps(ln.mn); v.mx = _mm256_loadu_ps(ln.mx);
+#endif
+  for (size_t bs = 0; bs < n; bs += kF32Block) {
+    const uint8_t* pb = p + 4 * bs;
+    const size_t m = std::min(kF32Block, n - bs);
+    size_t kf = 0;   // the shift: the block's first finite element (none: no moments)
+    while (kf < m && (f32_to_bits(load<float>(pb + 4 * kf)) & 0x7F800000u) == 0x7F800000u) ++kf;
+    const double K = kf < m ? double(load<float>(pb + 4 * kf)) : 0.0;
+    double a8[8] = {}, q8[8] = {};
+    size_t done = 0, nfin = 0;
+    bool bad = false;
+#if defined(PK_KAVX2)
+    done = m - m % 8;
+    bad = f32_block_vec(pb, done, K, v, a8, q8);
+#endif
+    for (size_t t = done; t < m; ++t) {
+      float x = ld(bs + t);
+      count(int(t % L), x);
+      bool f = (f32_to_bits(x) & 0x7F800000u) != 0x7F800000u;
+      double d = f ? double(x) - K : 0.0;
+      a8[t % 8] += d; q8[t % 8] += d * d;
+      bad |= !f;
+    }
+    if (bad) {   // (rare) count the block's finite elements again, it is in L1
+      for (size_t t = 0; t < m; ++t) nfin += (f32_to_bits(load<float>(pb + 4 * t)) & 0x7F800000u) != 0x7F800000u;
+    } else {
+      nfin = m;
+    }
+    if (nfin > 0) {
+      double c = ((a8[0] + a8[1]) + (a8[2] + a8[3])) + ((a8[4] + a8[5]) + (a8[6] + a8[7]));
+      double q = ((q8[0] + q8[1]) + (q8[2] + q8[3])) + ((q8[4] + q8[5]) + (q8[6] + q8[7]));
+      Moments mb;
+      mb.n = double(nfin);
+      mb.mean = K + c / mb.n;
+      mb.m2 = q - c * c / mb.n;
+      if (mb.m2 < 0) mb.m2 = 0;
+      merge_moments(r.mom, mb);
+    }
+  }
+#if defined(PK_KAVX2)
+  {
+    alignas(32) int32_t t[6][8];
+    _mm256_store_si256((__m256i*)t[0], v.cnan); _mm256_store_si256((__m256i*)t[1], v.cpinf);
+    _mm256_store_si256((__m256i*)t[2], v.cninf); _mm256_store_si256((__m256i*)t[3], v.czer);
+    _mm256_store_si256((__m256i*)t[4], v.csub); _mm256_store_si256((__m256i*)t[5], v.cfin);
+    alignas(32) float vmn[8], vmx[8];
+    _mm256_store_ps(vmn, v.mn); _mm256_store_ps(vmx, v.mx);
+    for (int j = 0; j < 8; ++j) {   // the scalar tail ran after the vector groups of its lane
+      ln.nan[j] += uint32_t(t[0][j]); ln.pinf[j] += uint32_t(t[1][j]); ln.ninf[j] += uint32_t(t[2][j]);
+      ln.zer[j] += uint32_t(t[3][j]); ln.sub[j] += uint32_t(t[4][j]); ln.fin[j] += uint32_t(t[5][j]);
+      ln.mn[j] = ln.mn[j] < vmn[j] ? ln.mn[j] : vmn[j]; ln.mx[j] = ln.mx[j] > vmx[j] ? ln.mx[j] : vmx[j];
+    }
+  }
+#endif
+  for (int j = 0; j < L; ++j) {
+    r.nan += ln.nan[j]; r.posinf += ln.pinf[j]; r.neginf += ln.ninf[j]; r.zeros += ln.zer[j]; r.subnormal += ln.sub[j];
+    r.fmin = double(ln.mn[j]) < r.fmin ? double(ln.mn[j]) : r.fmin;
+    r.fmax = double(ln.mx[j]) > r.fmax ? double(ln.mx[j]) : r.fmax;
+  }
+  r.nonnan = n - r.nan;
+  if (qhist)
+    for (size_t i = 0; i < n; ++i) {
+      float x = ld(i);
+      if (x == x) qhist[f32_to_bits(x) >> 16]++;
+    }
+  s = r;
+}
+
+// ---- bfloat16 / float16 statistics in one pass over memory (the quantiles=False path) ----
+// One template over the 16-bit float format (H16Fmt below: bf16 1/8/7, f16 1/5/10). The piece is
+// cut into blocks of kH16Block elements, each handled while it is in L1. Counts and min/max are
+// integer work on the raw 16-bit patterns (exact, so their order does not matter). The moments of
+// a block are taken about a shift K = its first finite element (Samuelson: (K - mean)^2 <= n var,
+// so the shifted float64 sums lose at most log2(kH16Block) of 53 bits), and the blocks are
+// Chan-merged in order. Moment terms go group by group (16 elements) into 4 float64 lanes in the
+// fixed order of h16_group; the AVX2 loop does exactly those operations, so both builds give
+// bit-identical results.
+constexpr size_t kH16Block = 1024;
+
+// A 16-bit sign-magnitude float format: EXP the exponent mask (= +inf's pattern; a magnitude
+// above it is NaN), MINNORM the smallest normal magnitude, decode exact (subnormals included).
+struct Bf16Fmt {
+  static constexpr uint16_t EXP = 0x7F80, MINNORM = 0x0080;
+  static float decode(uint16_t b) { return decode_bf16(b); }
+};
+struct F16Fmt {
+  static constexpr uint16_t EXP = 0x7C00, MINNORM = 0x0400;
+  static float decode(uint16_t b) { return decode_f16(b); }
+};
+
+// Order-preserving signed key of a 16-bit sign-magnitude pattern, an involution: -inf < ... < -0
+// < +0 < ... < +inf, positive NaNs above +inf and negative NaNs below -inf (so NaN is masked out first).
+static inline int16_t h16_key(uint16_t b) {
   int16_t s = int16_t(b);
   return int16_t(s ^ ((s >> 15) & 0x7FFF));
 }
 
-struct BfAcc {
-  uint64_t nan = 0, pinf = 0, ninf = 0, zero = 0, small = 0;   // small: |x| < 2^-126 (zeros too)
+struct H16Acc {
+  uint64_t nan = 0, pinf = 0, ninf = 0, zero = 0, small = 0;   // small: |x| below MINNORM (zeros too)
   int16_t kmin = 0x7FFF, kmax = int16_t(0x8000);              // keys of the non-NaN elements
 };
 
-static inline void bf_count(BfAcc& a, uint16_t b, bool zs) {   // zs: count zeros and small too
+template <class Fmt>
+static inline void h16_count(H16Acc& a, uint16_t b, bool zs) {   // zs: count zeros and small too
   uint16_t m = b & 0x7FFF;
-  bool nan = m > 0x7F80;
-  a.nan += nan; a.pinf += b == 0x7F80; a.ninf += b == 0xFF80;
-  if (zs) { a.zero += m == 0; a.small += m < 0x0080; }
-  int16_t k = bf_key(b);
+  bool nan = m > Fmt::EXP;
+  a.nan += nan; a.pinf += b == Fmt::EXP; a.ninf += b == (0x8000 | Fmt::EXP);
+  if (zs) { a.zero += m == 0; a.small += m < Fmt::MINNORM; }
+  int16_t k = h16_key(b);
   int16_t kn = nan ? int16_t(0x7FFF) : k, kx = nan ? int16_t(0x8000) : k;
   a.kmin = kn < a.kmin ? kn : a.kmin; a.kmax = kx > a.kmax ? kx : a.kmax;
 }
 
 // Moment terms of one group of 16 elements (m < 16: the rest count as the shift itself); a
 // non-finite element is replaced by the shift (bits kb, value K), so its d is +0. Lane k takes
-// elements k, 8+k, 4+k, 12+k in that order (the AVX2 register layout after the bf16 unpack);
+// elements k, 8+k, 4+k, 12+k in that order (the AVX2 register layout of h16_widen);
 // the generic build calls std::fma, which rounds once like the AVX2 vfmadd.
-static inline void bf_group(const uint8_t* p, size_t m, uint16_t kb, double K, double* a, double* q) {
+template <class Fmt>
+static inline void h16_group(const uint8_t* p, size_t m, uint16_t kb, double K, double* a, double* q) {
   double d[16];
   for (size_t t = 0; t < 16; ++t) {
     uint16_t b = t < m ? load<uint16_t>(p + 2 * t) : kb;
-    if ((b & 0x7F80) == 0x7F80) b = kb;
-    d[t] = double(decode_bf16(b)) - K;
+    if ((b & Fmt::EXP) == Fmt::EXP) b = kb;
+    d[t] = double(Fmt::decode(b)) - K;
   }
   for (int k = 0; k < 4; ++k) {
     double d0 = d[k], d1 = d[8 + k], d2 = d[4 + k], d3 = d[12 + k];
@@ -263,18 +346,38 @@ static inline uint16_t hred16(__m256i v, int op) {   // 0: max signed, 1: max un
   }
   return r;
 }
-// Extremes of raw bf16 patterns without a key transform, kept as 3 lane-wise reductions:
+// 16 patterns (finite ones: exact) -> 4 x 4 float64 minus K: d0 elements 0-3, d1 8-11, d2 4-7,
+// d3 12-15. bf16 widens by bits << 16 (the unpack interleaves: lo = 0-3 | 8-11, hi = 4-7 | 12-15);
+// f16 by F16C vcvtph2ps, exact for every finite value, subnormals included (MXCSR.DAZ ignored).
+template <class Fmt>
+static inline void h16_widen(__m256i b, __m256d Kv, __m256d& d0, __m256d& d1, __m256d& d2, __m256d& d3) {
+  __m256 lo, hi;
+  if constexpr (Fmt::EXP == Bf16Fmt::EXP) {
+    const __m256i Z = _mm256_setzero_si256();
+    lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(Z, b)); hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(Z, b));
+  } else {   // first = 0-7, second = 8-15: regroup to the same layout
+    __m256 f0 = _mm256_cvtph_ps(_mm256_castsi256_si128(b)), f1 = _mm256_cvtph_ps(_mm256_extracti128_si256(b, 1));
+    lo = _mm256_permute2f128_ps(f0, f1, 0x20);   // 0-3 | 8-11
+    hi = _mm256_permute2f128_ps(f0, f1, 0x31);   // 4-7 | 12-15
+  }
+  d0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(lo)), Kv);
+  d1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(lo, 1)), Kv);
+  d2 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(hi)), Kv);
+  d3 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(hi, 1)), Kv);
+}
+// Extremes of raw 16-bit patterns without a key transform, kept as 3 lane-wise reductions:
 // smax = max as int16 (the largest value if any sign bit is clear), umax = max as uint16 (the most
 // negative value if any sign bit is set), umin = min as uint16 (the value nearest +0 among the
 // non-negative ones, else the negative nearest -0). Valid when there is no NaN.
-struct BfExt { __m256i smax, umax, umin; };
+struct H16Ext { __m256i smax, umax, umin; };
 
 // The whole 16-element groups of a block of m elements with no NaN or Inf among them: zero and
-// small counts into `acc` (by a second pass over the L1-resident block when it has any), extremes into `ext`, moment terms into a4/q4 exactly as bf_group
+// small counts into `acc` (by a second pass over the L1-resident block when it has any), extremes into `ext`, moment terms into a4/q4 exactly as h16_group
 // (which a4/q4, zero here, then hold). Returns false, having changed nothing, when the groups do
 // hold a NaN or Inf: the caller takes that (rare) block the scalar way.
-__attribute__((noinline)) static bool bf_block_vec(const uint8_t* p, size_t m, double K, BfAcc& acc, BfExt& ext,
-                                                   double* a4, double* q4) {
+template <class Fmt>
+__attribute__((noinline)) static bool h16_block_vec(const uint8_t* p, size_t m, double K, H16Acc& acc, H16Ext& ext,
+                                                    double* a4, double* q4) {
   const __m256i ABS = _mm256_set1_epi16(0x7FFF), Z = _mm256_setzero_si256();
   const __m256d Kv = _mm256_set1_pd(K);
   __m256i smax = _mm256_set1_epi16(int16_t(0x8000)), umax = Z, umin = _mm256_set1_epi16(-1), amin = _mm256_set1_epi16(-1);
@@ -284,24 +387,21 @@ __attribute__((noinline)) static bool bf_block_vec(const uint8_t* p, size_t m, d
     __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2 * i));
     amin = _mm256_min_epu16(amin, _mm256_and_si256(b, ABS));
     smax = _mm256_max_epi16(smax, b); umax = _mm256_max_epu16(umax, b); umin = _mm256_min_epu16(umin, b);
-    // bf16 -> float32 exactly (bits << 16): lo holds elements 0-3 | 8-11, hi 4-7 | 12-15
-    __m256 lo = _mm256_castsi256_ps(_mm256_unpacklo_epi16(Z, b)), hi = _mm256_castsi256_ps(_mm256_unpackhi_epi16(Z, b));
-    __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(lo)), Kv);
-    __m256d d1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(lo, 1)), Kv);
-    __m256d d2 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(hi)), Kv);
-    __m256d d3 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(hi, 1)), Kv);
+    __m256d d0, d1, d2, d3;
+    h16_widen<Fmt>(b, Kv, d0, d1, d2, d3);
     a = _mm256_add_pd(a, _mm256_add_pd(_mm256_add_pd(d0, d1), _mm256_add_pd(d2, d3)));
     __m256d sq = _mm256_mul_pd(d0, d0);
     sq = _mm256_fmadd_pd(d1, d1, sq); sq = _mm256_fmadd_pd(d2, d2, sq); sq = _mm256_fmadd_pd(d3, d3, sq);
     q = _mm256_add_pd(q, sq);
   }
-  // NaN or Inf present: a positive one is above 0x7F7F as int16, a negative one above 0xFF7F
-  __m256i bad = _mm256_or_si256(_mm256_cmpgt_epi16(smax, _mm256_set1_epi16(0x7F7F)),
-                                _mm256_cmpeq_epi16(_mm256_max_epu16(umax, _mm256_set1_epi16(int16_t(0xFF80))), umax));
+  // NaN or Inf present: a positive one is above the largest finite as int16, a negative one at or
+  // above -inf's pattern as uint16
+  __m256i bad = _mm256_or_si256(_mm256_cmpgt_epi16(smax, _mm256_set1_epi16(int16_t(Fmt::EXP - 1))),
+                                _mm256_cmpeq_epi16(_mm256_max_epu16(umax, _mm256_set1_epi16(int16_t(0x8000 | Fmt::EXP))), umax));
   if (_mm256_movemask_epi8(bad)) return false;
   _mm256_storeu_pd(a4, a); _mm256_storeu_pd(q4, q);
-  if (hred16(amin, 2) < 0x0080) {   // zeros or subnormals: count them (the block is in L1)
-    const __m256i SMALL = _mm256_set1_epi16(0x0080);
+  if (hred16(amin, 2) < Fmt::MINNORM) {   // zeros or subnormals: count them (the block is in L1)
+    const __m256i SMALL = _mm256_set1_epi16(int16_t(Fmt::MINNORM));
     __m256i czero = Z, csmall = Z;
     for (size_t i = 0; i < end; i += 16) {
       __m256i am = _mm256_and_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 2 * i)), ABS);
@@ -316,32 +416,33 @@ __attribute__((noinline)) static bool bf_block_vec(const uint8_t* p, size_t m, d
 }
 #endif
 
-static void bf16_stats(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhist) {
-  static_assert(kBfBlock % 16 == 0 && kBfBlock / 16 <= 32767, "int16 lane counters");
-  BfAcc acc;
+template <class Fmt>
+static void h16_stats(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhist) {
+  static_assert(kH16Block % 16 == 0 && kH16Block / 16 <= 32767, "int16 lane counters");
+  H16Acc acc;
   PieceStats r;
 #if defined(PK_KAVX2)
-  BfExt ext = {_mm256_set1_epi16(int16_t(0x8000)), _mm256_setzero_si256(), _mm256_set1_epi16(-1)};
+  H16Ext ext = {_mm256_set1_epi16(int16_t(0x8000)), _mm256_setzero_si256(), _mm256_set1_epi16(-1)};
   bool any_vec = false;
 #endif
-  for (size_t bs = 0; bs < n; bs += kBfBlock) {
+  for (size_t bs = 0; bs < n; bs += kH16Block) {
     const uint8_t* pb = p + 2 * bs;
-    const size_t m = std::min(kBfBlock, n - bs);
+    const size_t m = std::min(kH16Block, n - bs);
     const uint64_t nonfin0 = acc.nan + acc.pinf + acc.ninf;
     // the shift: the block's first finite element (any value when there is none)
     uint16_t kb = 0;
     for (size_t i = 0; i < m; ++i) {
       uint16_t b = load<uint16_t>(pb + 2 * i);
-      if ((b & 0x7F80) != 0x7F80) { kb = b; break; }
+      if ((b & Fmt::EXP) != Fmt::EXP) { kb = b; break; }
     }
-    const double K = double(decode_bf16(kb));
+    const double K = double(Fmt::decode(kb));
     double a4[4] = {}, q4[4] = {};
     size_t done = 0;
 #if defined(PK_KAVX2)
-    if (m >= 16 && bf_block_vec(pb, m, K, acc, ext, a4, q4)) { done = m - m % 16; any_vec = true; }
+    if (m >= 16 && h16_block_vec<Fmt>(pb, m, K, acc, ext, a4, q4)) { done = m - m % 16; any_vec = true; }
 #endif
-    for (size_t i = done; i < m; ++i) bf_count(acc, load<uint16_t>(pb + 2 * i), true);
-    for (size_t i = done; i < m; i += 16) bf_group(pb + 2 * i, std::min<size_t>(16, m - i), kb, K, a4, q4);
+    for (size_t i = done; i < m; ++i) h16_count<Fmt>(acc, load<uint16_t>(pb + 2 * i), true);
+    for (size_t i = done; i < m; i += 16) h16_group<Fmt>(pb + 2 * i, std::min<size_t>(16, m - i), kb, K, a4, q4);
     const uint64_t nfin = m - (acc.nan + acc.pinf + acc.ninf - nonfin0);
     if (nfin > 0) {
       double c = (a4[0] + a4[1]) + (a4[2] + a4[3]), q = (q4[0] + q4[1]) + (q4[2] + q4[3]);
@@ -357,19 +458,19 @@ static void bf16_stats(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhis
   if (any_vec) {   // extremes of the vector blocks (no NaN there) as keys
     uint16_t smax = hred16(ext.smax, 0), umax = hred16(ext.umax, 1), umin = hred16(ext.umin, 2);
     uint16_t hi = int16_t(smax) >= 0 ? smax : umin, lo = umax >= 0x8000 ? umax : umin;
-    acc.kmin = std::min(acc.kmin, bf_key(lo)); acc.kmax = std::max(acc.kmax, bf_key(hi));
+    acc.kmin = std::min(acc.kmin, h16_key(lo)); acc.kmax = std::max(acc.kmax, h16_key(hi));
   }
 #endif
   r.nan = acc.nan; r.posinf = acc.pinf; r.neginf = acc.ninf; r.zeros = acc.zero; r.subnormal = acc.small - acc.zero;
   r.nonnan = n - acc.nan;
   if (r.nonnan > 0) {
-    r.fmin = double(decode_bf16(uint16_t(bf_key(uint16_t(acc.kmin)))));
-    r.fmax = double(decode_bf16(uint16_t(bf_key(uint16_t(acc.kmax)))));
+    r.fmin = double(Fmt::decode(uint16_t(h16_key(uint16_t(acc.kmin)))));
+    r.fmax = double(Fmt::decode(uint16_t(h16_key(uint16_t(acc.kmax)))));
   }
-  if (qhist)   // bf16-prefix histogram of a bf16 piece: the non-NaN bit patterns themselves
+  if (qhist)   // bf16-prefix histogram (for bf16: the non-NaN bit patterns themselves)
     for (size_t i = 0; i < n; ++i) {
       uint16_t b = load<uint16_t>(p + 2 * i);
-      if ((b & 0x7FFF) <= 0x7F80) qhist[b]++;
+      if ((b & 0x7FFF) <= Fmt::EXP) qhist[f32_to_bits(Fmt::decode(b)) >> 16]++;
     }
   s = r;
 }
@@ -415,8 +516,9 @@ static void wide_int(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhist)
 
 static void wide(int dt, const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhist) {
   switch (dt) {
-    case F32: wide_float<float, uint32_t, 0x7F800000u, 0x007FFFFFu, 31>(p, n, s, qhist); break;
-    case BF16: bf16_stats(p, n, s, qhist); break;
+    case F32: f32_stats(p, n, s, qhist); break;
+    case BF16: h16_stats<Bf16Fmt>(p, n, s, qhist); break;
+    case F16: h16_stats<F16Fmt>(p, n, s, qhist); break;
     case F64: wide_float<double, uint64_t, 0x7FF0000000000000ull, 0x000FFFFFFFFFFFFFull, 63>(p, n, s, qhist); break;
     case I32: wide_int<int32_t>(p, n, s, qhist); break;
     case U32: wide_int<uint32_t>(p, n, s, qhist); break;
@@ -462,7 +564,7 @@ static float decode_for_quant(int dt, const uint8_t* p, size_t n, float* out, Qu
     case F32: std::memcpy(out, p, n * 4); break;
     case BF16:
 #if defined(PK_KAVX2)
-      for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, load8<true>(p, i));
+      for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, load8_bf16(p, i));
 #endif
       for (; i < n; ++i) out[i] = decode_bf16(load<uint16_t>(p + 2 * i));
       break;
