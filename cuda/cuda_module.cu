@@ -115,15 +115,10 @@ PYBIND11_MODULE(_cuda, m) {
         [](py::buffer buf, int dtype, bool quantiles, uint64_t chunk_bytes, const std::vector<double>& levels) {
           (void)chunk_bytes;
           py::buffer_info bi = buf.request();
-          if (dtype < 0 || dtype >= DTYPE_COUNT) throw std::invalid_argument("bad dtype id");
-          uint64_t nbytes = uint64_t(bi.size) * uint64_t(bi.itemsize);
-          for (py::ssize_t k = bi.ndim - 1, expect = bi.itemsize; k >= 0; --k) {
-            if (bi.shape[k] > 1 && bi.strides[k] != expect) throw std::invalid_argument("array must be C-contiguous");
-            expect *= bi.shape[k];
-          }
+          uint64_t nbytes = 0;
+          const uint8_t* data = checked_buffer(bi, dtype, nbytes);
           uint64_t es = uint64_t(dtype_size(dtype));
-          if (nbytes % es) throw std::invalid_argument("buffer size is not a multiple of the element size");
-          cuda::Task t; t.mem = static_cast<const uint8_t*>(bi.ptr); t.nbytes = nbytes; t.numel = nbytes / es; t.dtype = dtype;
+          cuda::Task t; t.mem = data; t.nbytes = nbytes; t.numel = nbytes / es; t.dtype = dtype;
           return run({}, {t}, options(quantiles, levels), true, py::none());
         },
         py::arg("buffer"), py::arg("dtype"), py::arg("quantiles"), py::arg("chunk_bytes"), py::arg("levels"));

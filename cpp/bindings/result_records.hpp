@@ -40,6 +40,19 @@ inline pybind11::dict pack(const std::vector<TensorResult>& rs, int nq) {
   return d;
 }
 
+// The bytes of an array_stats() argument: a C-contiguous buffer whose size is a whole number of
+// `dtype` elements (std::invalid_argument otherwise). Returns the data pointer; sets nbytes.
+inline const uint8_t* checked_buffer(const pybind11::buffer_info& bi, int dtype, uint64_t& nbytes) {
+  if (dtype < 0 || dtype >= DTYPE_COUNT) throw std::invalid_argument("bad dtype id");
+  nbytes = uint64_t(bi.size) * uint64_t(bi.itemsize);
+  for (pybind11::ssize_t k = bi.ndim - 1, expect = bi.itemsize; k >= 0; --k) {
+    if (bi.shape[k] > 1 && bi.strides[k] != expect) throw std::invalid_argument("array must be C-contiguous");
+    expect *= bi.shape[k];
+  }
+  if (nbytes % uint64_t(dtype_size(dtype))) throw std::invalid_argument("buffer size is not a multiple of the element size");
+  return static_cast<const uint8_t*>(bi.ptr);
+}
+
 // The engines' progress callback (called on the calling thread with the GIL released): calls the
 // Python progress(done) with the GIL held; Ctrl-C, or an exception raised by progress, cancels the
 // run and is kept so that rethrow() re-raises it once the engine has unwound.
