@@ -1,5 +1,5 @@
-"""The public entry points: scan (file / index / directory -> ScanReport), tensor_stats (one
-in-memory array) and scan_many; they tie the format readers, counting and the engines together."""
+"""The public entry points: scan (file / index / directory -> ScanReport), tensor_stats, fake_quantize and
+quant_error (one in-memory or DLPack array) and scan_many; they tie formats, counting and the engines together."""
 from __future__ import annotations
 
 import os
@@ -8,10 +8,11 @@ from typing import Iterable
 
 import numpy as np
 
+from . import _dlpack
 from ._gcpause import gc_paused
 from .backends import get_engine
 from .dtypes import DTYPES, from_numpy
-from .errors import FormatError
+from .errors import BackendUnavailable, FormatError
 from .progress import make_progress
 from .report import ScanReport, TensorReport, aggregate
 
@@ -108,39 +109,92 @@ def _quant_records(plan, i: int, sums: dict | None, info) -> dict | None:
     return out
 
 
-def _as_numpy(array) -> tuple[np.ndarray, str | None]:
-    """A numpy view of `array` and, for dtypes numpy lacks (torch bf16/fp8), the safetensors dtype
-    of its raw bits."""
+def _device(array) -> tuple[int, int] | None:
+    """Where a DLPack array lives: None for numpy arrays and non-DLPack input (lists, scalars), the DLPack
+    (device type, id) otherwise; an object with ``__dlpack__`` but no ``__dlpack_device__`` counts as host."""
     if isinstance(array, np.ndarray):
-        return array, None
-    if type(array).__module__.startswith("torch"):
-        t = array.detach()
-        if t.device.type != "cpu":
-            t = t.cpu()
-        name = str(t.dtype).replace("torch.", "")
-        bits = {"bfloat16": "BF16", "float8_e4m3fn": "F8_E4M3", "float8_e5m2": "F8_E5M2"}
-        if name in bits:   # reinterpret the bits: numpy has no such dtype
-            import torch
-            raw = t.contiguous().view(torch.int16 if name == "bfloat16" else torch.uint8).numpy()
-            return raw, bits[name]
-        return t.contiguous().numpy(), None
-    return np.asarray(array), None
+        return None
+    dev = _dlpack.device_of(array)
+    if dev is None and hasattr(array, "__dlpack__"):
+        return (_dlpack.CPU, 0)
+    return dev
+
+
+def _as_numpy(array, dev) -> tuple[np.ndarray, str | None]:
+    """A numpy view of a host array and, for dtypes numpy lacks (bf16/fp8 through DLPack), the safetensors
+    dtype of its raw bits. DLPack producers (torch CPU tensors, ...) are viewed in place, not copied."""
+    if dev is None:
+        return np.asarray(array), None
+    arr, name, _ = _dlpack.host_array(array)
+    return arr, (name if name in _dlpack.RAW_BITS else None)
+
+
+def _cuda_engine(array, dev, backend: str):
+    """The cuda engine for an array on a CUDA device; ValueError (naming the device, the backend chosen and why
+    cuda cannot take it) otherwise: paramkit never copies device memory to the host behind the caller's back."""
+    where = _dlpack.device_name(dev)
+    what = type(array).__name__
+    if dev[0] not in _dlpack.CUDA_DEVICES:
+        raise ValueError(f"this {what} is on {where}: paramkit reads arrays in host memory or on a CUDA device; "
+                         "copy it to the host first (e.g. .cpu())")
+    name = (backend or "auto").lower()
+    how = f"backend={name!r}"
+    if name == "auto" and os.environ.get("PARAMKIT_BACKEND"):
+        how += f", PARAMKIT_BACKEND={os.environ['PARAMKIT_BACKEND']}"
+    try:
+        eng = get_engine(backend)
+    except BackendUnavailable:
+        if name not in ("cuda", "cpu", "numpy"):
+            raise   # an unknown backend name: the same error as for host input
+        eng, selected = None, f"{how} is unavailable"
+    else:
+        selected = f"the backend in use is {eng.name!r} ({how})"
+    if eng is not None and eng.name in ("cuda", "cuda-emu"):   # cuda-emu: the CUDA engine on CPU threads (tests)
+        if hasattr(eng, "dlpack_stats") and hasattr(eng, "dlpack_quant"):
+            return eng
+        cuda = "this paramkit._cuda cannot read DLPack arrays (rebuild it)"
+    else:
+        from .backends import backends
+        st = next(b for b in backends() if b.name == "cuda")
+        cuda = f"cuda is unavailable: {st.reason}" if not st.available else "cuda is available: pass backend='cuda'"
+    raise ValueError(f"this {what} is on {where}, and only the cuda backend reads device memory, but {selected}; "
+                     f"{cuda}. paramkit does not copy device memory to the host silently: pass array.cpu() to "
+                     "read it on the host")
+
+
+def _device_input(array, dev, backend: str, dtype: str | None):
+    """(cuda engine, capsule, safetensors dtype, shape) of an array on a CUDA device."""
+    eng = _cuda_engine(array, dev, backend)
+    cap = _dlpack.capsule_of(array, dev)
+    info = _dlpack.describe(cap)
+    name = _checked_dtype(dtype or _dlpack.dtype_name(info["dtype"]), info["nbytes"])
+    return eng, cap, name, tuple(info["shape"])
+
+
+def _checked_dtype(dtype: str, nbytes: int) -> str:
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}")
+    d = DTYPES[dtype]
+    if d.bits >= 8 and nbytes % (d.bits // 8):
+        raise ValueError(f"array of {nbytes} bytes is not a whole number of {dtype} elements")
+    return dtype
 
 
 def tensor_stats(array, *, dtype: str | None = None, quantiles: bool = True, backend: str = "auto") -> dict:
-    """The per-tensor statistics of paramkit.stats for an in-memory array (numpy, ml_dtypes
-    bfloat16/float8, or a torch tensor). dtype: the safetensors dtype of the array's bytes when
-    they are raw bit patterns (e.g. a uint16 array of bf16 bits: dtype="BF16")."""
-    arr, raw_dtype = _as_numpy(array)
+    """The per-tensor statistics of paramkit.stats for an in-memory array: numpy, ml_dtypes bfloat16/float8,
+    or any DLPack array (torch, cupy, ...) read in place: host memory by the selected backend, CUDA device
+    memory by the cuda backend only (ValueError for another backend; nothing is copied). dtype: the
+    safetensors dtype of the array's bytes when they are raw bit patterns (e.g. a uint16 array of bf16
+    bits: dtype="BF16")."""
+    dev = _device(array)
+    if dev is not None and dev[0] not in _dlpack.HOST_DEVICES:
+        eng, cap, dtype, _ = _device_input(array, dev, backend, dtype)
+        return eng.dlpack_stats(cap, dtype, quantiles=quantiles)
+    arr, raw_dtype = _as_numpy(array, dev)
     if dtype is None:
         dtype = raw_dtype or from_numpy(arr.dtype).name
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}")
     arr = np.ascontiguousarray(np.asarray(arr))
-    d = DTYPES[dtype]
-    if d.bits >= 8 and arr.nbytes % (d.bits // 8):
-        raise ValueError(f"array of {arr.nbytes} bytes is not a whole number of {dtype} elements")
-    return get_engine(backend).array_stats(arr, dtype, quantiles=quantiles)
+    return get_engine(backend).array_stats(arr, _checked_dtype(dtype, arr.nbytes), quantiles=quantiles)
 
 
 def _native_quant(backend: str):
@@ -150,13 +204,26 @@ def _native_quant(backend: str):
     return core if core is not None and hasattr(core, "fake_quantize") else None
 
 
+def _rows(s, shape: tuple) -> tuple[int, int]:
+    """(rows, row_len) of the engines' quantizers for scheme `s` on an array of `shape`."""
+    n = int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
+    if s.granularity == "row":
+        rows = int(shape[0]) if len(shape) and shape[0] else 1
+    else:
+        rows = n // int(shape[-1]) if len(shape) and shape[-1] else 1
+    return rows, (n // rows if rows else 0)
+
+
 def _quant_call(array, scheme, backend: str, want_values: bool):
     from .quant import get_scheme, to_float32
     from .quant.plan import engine_kind
     from .quant import numpy_quant
     s = get_scheme(scheme)
-    arr, raw_dtype = _as_numpy(array)
-    if raw_dtype is not None:   # torch bf16/fp8: decode the bits exactly
+    dev = _device(array)
+    if dev is not None and dev[0] not in _dlpack.HOST_DEVICES:
+        return _device_quant(array, dev, s, backend, want_values)
+    arr, raw_dtype = _as_numpy(array, dev)
+    if raw_dtype is not None:   # bf16/fp8 bit patterns: decode them exactly
         from .backends.numpy_backend import decode
         arr = np.asarray(decode(arr, raw_dtype), dtype=np.float32).reshape(arr.shape)
     x = np.require(to_float32(arr), requirements="C")   # keeps a 0-d shape (ascontiguousarray makes it 1-d)
@@ -169,14 +236,9 @@ def _quant_call(array, scheme, backend: str, want_values: bool):
         return numpy_quant.error_sums_of(x, r.values, clipped=r.clipped, scale_clamped=r.scale_clamped), s, x.shape
     kind, group = engine_kind(s)
     shape = x.shape
-    n = x.size
-    if s.granularity == "row":
-        rows = int(shape[0]) if len(shape) and shape[0] else 1
-    else:
-        rows = n // int(shape[-1]) if len(shape) and shape[-1] else 1
-    row_len = n // rows if rows else 0
+    rows, row_len = _rows(s, shape)
     am = 0.0
-    if s.needs_tensor_absmax and n:
+    if s.needs_tensor_absmax and x.size:
         f = np.abs(x[np.isfinite(x)])
         am = float(f.max()) if f.size else 0.0
     if want_values:
@@ -186,16 +248,35 @@ def _quant_call(array, scheme, backend: str, want_values: bool):
     return sums, s, shape
 
 
-def fake_quantize(array, scheme: str, *, backend: str = "auto") -> np.ndarray:
-    """dequantize(quantize(array)) under `scheme` (see paramkit.quant.SCHEMES) as a float32 array of
-    the input's shape; numpy, ml_dtypes or torch input of any float dtype. The cpu backend and the
-    numpy reference give bit-identical values."""
+def _device_quant(array, dev, s, backend: str, want_values: bool):
+    """_quant_call for an array on a CUDA device: the cuda engine quantizes it in place; fake-quantized values
+    come back as a device array of the input's library."""
+    eng, cap, name, shape = _device_input(array, dev, backend, None)
+    if not DTYPES[name].is_floating:
+        raise TypeError(f"quantization needs a floating-point array, got dtype {name}")
+    s.check_shape(shape)
+    rows, row_len = _rows(s, shape)
+    values, sums = eng.dlpack_quant(cap, name, s, rows=rows, row_len=row_len, want_values=want_values)
+    if not want_values:
+        return dict(sums), s, shape
+    out = _dlpack.wrap_like(array, values)
+    if hasattr(out, "reshape") and tuple(getattr(out, "shape", shape)) != shape:
+        out = out.reshape(shape)
+    return out
+
+
+def fake_quantize(array, scheme: str, *, backend: str = "auto"):
+    """dequantize(quantize(array)) under `scheme` (see paramkit.quant.SCHEMES) as a float32 array of the input's
+    shape; numpy, ml_dtypes or any DLPack array (torch, cupy, ...) of any float dtype. Host input gives a numpy
+    array; input on a CUDA device (cuda backend only) gives a device array of the input's library (torch in,
+    torch out), never copied to the host. The cpu backend and the numpy reference give bit-identical values."""
     return _quant_call(array, scheme, backend, True)
 
 
 def quant_error(array, scheme: str, *, backend: str = "auto") -> dict:
     """The error record of quantizing `array` under `scheme`: sums (sse, sum_w2, ...), mse, rmse,
-    rel_err, sqnr_db, cosine, max_abs_err, clipped, quantized_nbytes, bits_per_weight."""
+    rel_err, sqnr_db, cosine, max_abs_err, clipped, quantized_nbytes, bits_per_weight. DLPack input as for
+    fake_quantize (CUDA device arrays on the cuda backend, in place)."""
     from .quant import finalize_error
     sums, s, shape = _quant_call(array, scheme, backend, False)
     return finalize_error(sums, s, shape)
