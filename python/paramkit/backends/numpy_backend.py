@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from typing import Sequence
 
 import numpy as np
@@ -278,8 +279,12 @@ class _Accumulator:
             std = math.ldexp(math.sqrt(self.m2 / self.n_fin), self.exp)
             try:
                 l2 = math.ldexp(math.sqrt(self.ssq), self.exp)
-            except OverflowError:                      # sqrt(sum x^2) > DBL_MAX
-                l2 = math.inf
+            except OverflowError:   # sqrt(sum x^2) > DBL_MAX: by rounding (DBL_MAX) or truly (inf), as stats.hpp
+                try:
+                    math.ldexp(math.sqrt(self.ssq) * (1.0 - 2.0 ** -30), self.exp)
+                    l2 = sys.float_info.max
+                except OverflowError:
+                    l2 = math.inf
         else:
             mean = std = None
             l2 = 0.0
