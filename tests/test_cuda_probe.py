@@ -28,3 +28,16 @@ def test_cuda_backend_reason_is_recorded():
     else:
         assert len(p["devices"]) == p["device_count"]
         assert all(d["total_memory"] > 0 for d in p["devices"])
+
+
+def test_ci_builds_the_cuda_emulator():
+    """.ci/run builds paramkit._cuda_emu (PARAMKIT_CUDA_EMU=ON) so that the CUDA engine's tests run
+    without a GPU; it is a test aid that 'auto' never picks and backends() does not list."""
+    if os.environ.get("PARAMKIT_CUDA_EMU") == "ON" and os.environ.get("PARAMKIT_CI_INSTALL") == "1":
+        assert importlib.util.find_spec("paramkit._cuda_emu") is not None, "PARAMKIT_CUDA_EMU=ON but no _cuda_emu"
+    assert "cuda-emu" not in [b.name for b in paramkit.backends()]
+    if importlib.util.find_spec("paramkit._cuda_emu") is not None:
+        from paramkit import _cuda_emu
+        from paramkit.backends import get_engine
+        assert _cuda_emu.emulated is True and get_engine("cuda-emu").name == "cuda-emu"
+        assert get_engine("auto").name != "cuda-emu"

@@ -1,5 +1,6 @@
-"""The GPU statistics path (backend="cuda") against the cpu engine and the numpy oracle on real
-safetensors files; skipped, with the reason, only where the cuda backend is unavailable (no GPU)."""
+"""The CUDA engine (backend "cuda" on a GPU, and "cuda-emu": the same engine code run by CPU threads,
+built with PARAMKIT_CUDA_EMU=ON) against the cpu engine and the numpy oracle on real safetensors
+files: statistics, the quantization pass with its held second pass, pipeline edge cases, errors."""
 from __future__ import annotations
 
 import json
@@ -14,11 +15,18 @@ import paramkit
 from paramkit.backends import get_engine, numpy_backend
 from paramkit.table import TensorInfo
 
-from conftest import tensor_infos
+from conftest import available_backends, tensor_infos
 
-_status = {b.name: b for b in paramkit.backends()}["cuda"]
-if not _status.available:
-    pytest.skip(f"cuda backend unavailable: {_status.reason}", allow_module_level=True)
+GPU_ENGINES = [b for b in available_backends() if b in ("cuda", "cuda-emu")]
+if not GPU_ENGINES:
+    pytest.skip("neither a CUDA device nor the CUDA emulator (PARAMKIT_CUDA_EMU=ON) is available: "
+                + {b.name: b for b in paramkit.backends()}["cuda"].reason, allow_module_level=True)
+
+
+@pytest.fixture(params=GPU_ENGINES)
+def gpu(request) -> str:
+    return request.param
+
 
 FLOATS = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}
 INTS = {"I8": np.int8, "U8": np.uint8, "I16": np.int16, "U16": np.uint16, "I32": np.int32,
@@ -55,9 +63,9 @@ def _compare(cu: dict | None, cpu: dict | None, ref: dict | None) -> None:
         assert cu["quantiles"] == cpu["quantiles"], (cu["quantiles"], cpu["quantiles"])
 
 
-def _run_all(path: str, quantiles: bool = True):
+def _run_all(gpu: str, path: str, quantiles: bool = True):
     infos = tensor_infos(path)
-    cu = get_engine("cuda").run_stats(infos, quantiles=quantiles)
+    cu = get_engine(gpu).run_stats(infos, quantiles=quantiles)
     cpu = get_engine("cpu").run_stats(infos, quantiles=quantiles)
     ref = numpy_backend.ENGINE.run_stats(infos, quantiles=quantiles)
     return infos, cu, cpu, ref
@@ -65,7 +73,7 @@ def _run_all(path: str, quantiles: bool = True):
 
 @pytest.mark.parametrize("dtype", list(FLOATS) + list(INTS))
 @pytest.mark.parametrize("quantiles", [True, False])
-def test_cuda_matches_cpu_and_oracle(tmp_path, dtype, quantiles):
+def test_cuda_matches_cpu_and_oracle(gpu, tmp_path, dtype, quantiles):
     rng = np.random.default_rng(len(dtype) * 7 + quantiles)
     tensors = {}
     for n in SIZES:
@@ -80,7 +88,7 @@ def test_cuda_matches_cpu_and_oracle(tmp_path, dtype, quantiles):
     tensors["scalar"] = np.array(tensors["t7"][1] if "t7" in tensors else 0).reshape(())
     path = str(tmp_path / "m.safetensors")
     save_file(tensors, path)
-    infos, cu, cpu, ref = _run_all(path, quantiles)
+    infos, cu, cpu, ref = _run_all(gpu, path, quantiles)
     for t, a, b, c in zip(infos, cu, cpu, ref):
         try:
             _compare(a, b, c)
@@ -89,7 +97,7 @@ def test_cuda_matches_cpu_and_oracle(tmp_path, dtype, quantiles):
 
 
 @pytest.mark.parametrize("dtype", ["BF16", "F32", "F64", "U8"])
-def test_cuda_multi_piece_and_many_tensors(tmp_path, monkeypatch, dtype):
+def test_cuda_multi_piece_and_many_tensors(gpu, tmp_path, monkeypatch, dtype):
     # a 1 MiB ring forces tensors across several batches; 100 tiny tensors exercise the histogram slots
     monkeypatch.setenv("PARAMKIT_CUDA_RING_MB", "1")
     rng = np.random.default_rng(5)
@@ -100,27 +108,191 @@ def test_cuda_multi_piece_and_many_tensors(tmp_path, monkeypatch, dtype):
                                     else rng.integers(0, 255, size=5 + i, dtype=np.uint8))
     path = str(tmp_path / "big.safetensors")
     save_file(tensors, path)
-    infos, cu, cpu, ref = _run_all(path)
+    infos, cu, cpu, ref = _run_all(gpu, path)
     for t, a, b, c in zip(infos, cu, cpu, ref):
         _compare(a, b, c)
-    again = get_engine("cuda").run_stats(infos, quantiles=True)
+    again = get_engine(gpu).run_stats(infos, quantiles=True)
     assert json.dumps(again) == json.dumps(cu)      # bit-identical run to run
 
 
-def test_cuda_scan_end_to_end(tmp_path):
+def test_cuda_scan_end_to_end(gpu, tmp_path):
     rng = np.random.default_rng(1)
     path = str(tmp_path / "s.safetensors")
     save_file({"w": _float_data(ml_dtypes.bfloat16, 1000, rng), "b": _float_data(np.float32, 33, rng)}, path)
-    a = paramkit.scan(path, backend="cuda")
-    b = paramkit.scan(path, backend="cpu")
-    assert a is not None and b is not None
+    a = paramkit.scan(path, backend=gpu).to_dict()
+    b = paramkit.scan(path, backend="cpu").to_dict()
+    assert a["backend"] == gpu and a["engine"]["isa"].startswith("cuda:")
+    for d in (a, b):
+        d.pop("engine"), d.pop("timing"), d.pop("backend")
+    assert json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
-def test_cuda_array_stats_and_errors(tmp_path):
-    eng = get_engine("cuda")
+def test_cuda_array_stats_and_errors(gpu, tmp_path):
+    eng = get_engine(gpu)
     x = np.array([1.0, -2.0, np.nan, np.inf, 0.0], dtype=np.float32)
     s = eng.array_stats(x, "F32")
     assert s["min"] == -2.0 and s["max"] == math.inf and s["nan"] == 1 and s["posinf"] == 1
     missing = TensorInfo("x", "F32", (4,), str(tmp_path / "nope.safetensors"), 0, 16, 4)
     with pytest.raises(OSError):
         eng.run_stats([missing])
+
+
+# ---------------------------------------------------------------- the quantization pass on the GPU
+
+QCOUNTS = ("n", "nonfinite", "clipped", "scale_clamped")
+
+
+def _quant_scan(path: str, backend: str, progress=None):
+    r = paramkit.scan(path, backend=backend, quant="default", progress=progress)
+    return r, {t.name: t.quant for t in r.tensors}
+
+
+def _same_quant(a: dict, b: dict) -> None:
+    """Per tensor and scheme: counts, max error and quantized sizes equal; float64 sums within 1e-9
+    (the engines add the same terms in other orders)."""
+    assert a.keys() == b.keys()
+    for name in a:
+        assert (a[name] is None) == (b[name] is None), name
+        if a[name] is None:
+            continue
+        assert a[name].keys() == b[name].keys(), name
+        for sid, ra in a[name].items():
+            rb = b[name][sid]
+            if "not_applicable" in rb:
+                assert ra == rb
+                continue
+            for k in QCOUNTS + ("quantized_nbytes",):
+                assert ra[k] == rb[k], (name, sid, k, ra[k], rb[k])
+            assert ra["max_abs_err"] == rb["max_abs_err"] or (math.isnan(ra["max_abs_err"]) and math.isnan(rb["max_abs_err"]))
+            for k in ("sse", "sum_w2", "sum_q2", "sum_wq"):
+                assert (math.isnan(ra[k]) and math.isnan(rb[k])) or math.isclose(ra[k], rb[k], rel_tol=1e-9, abs_tol=1e-300), \
+                    (name, sid, k, ra[k], rb[k])
+
+
+@pytest.mark.parametrize("hold_mb, ring_mb", [(None, None), (0, None), (17, 1), (None, 1)])
+def test_cuda_quant_held_second_pass(gpu, quant_checkpoint, monkeypatch, hold_mb, ring_mb):
+    """int8_tensor / fp8_e4m3 need each tensor's absmax before they can run: the cuda engine keeps
+    such tensors on the device for that second pass (hold_mb None: the default budget), re-reads
+    them when nothing may be held (0), and with room for one tensor at a time (17 MiB, the f64
+    tensor is 16.8 MB) it waits for earlier second passes and reuses the space. A 1 MiB ring
+    spreads tensors over many batches. Every variant equals the numpy reference."""
+    from paramkit.backends import cuda_backend
+    if hold_mb is not None:
+        monkeypatch.setattr(cuda_backend, "HOLD_BYTES", hold_mb << 20)
+    if ring_mb is not None:
+        monkeypatch.setenv("PARAMKIT_CUDA_RING_MB", str(ring_mb))
+    seen = []
+    rep, got = _quant_scan(quant_checkpoint, gpu, progress=lambda done, total: seen.append((done, total)))
+    _, ref = _quant_scan(quant_checkpoint, "numpy")
+    _same_quant(got, ref)
+    second = [t for t in rep.tensors if t.quant and "int8_tensor" in t.quant and "not_applicable" not in t.quant["int8_tensor"]]
+    held = rep.to_dict()["engine"]["held_tensors"]
+    assert held == (0 if hold_mb == 0 else len(second)), held
+    assert seen and seen[-1][0] == seen[-1][1] and all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
+    if rep.tensors and gpu == "cuda-emu":   # bit-identical run to run
+        _, again = _quant_scan(quant_checkpoint, gpu)
+        assert json.dumps(again, sort_keys=True) == json.dumps(got, sort_keys=True)
+
+
+def test_cuda_quant_unit_larger_than_the_ring_falls_back(gpu, tmp_path, monkeypatch):
+    # int8_channel keeps a whole output channel in one piece: a 1 x 600,000 f32 tensor (2.4 MB per
+    # channel) cannot fit a 1 MiB ring slot, so the run goes to the cpu engine and says so
+    monkeypatch.setenv("PARAMKIT_CUDA_RING_MB", "1")
+    path = str(tmp_path / "wide.safetensors")
+    save_file({"w": np.random.default_rng(0).standard_normal((1, 600_000)).astype(np.float32)}, path)
+    rep = paramkit.scan(path, backend=gpu, quant="int8_channel")
+    assert "ring slot" in rep.to_dict()["engine"]["fallback"]
+    ref = paramkit.scan(path, backend="numpy", quant="int8_channel")
+    _same_quant({t.name: t.quant for t in rep.tensors}, {t.name: t.quant for t in ref.tensors})
+
+
+def test_cuda_emulated_allocation_failure_is_an_exception(tmp_path):
+    """Every CUDA call is checked: an allocation that fails part way through setting up the ring
+    raises RuntimeError naming the call, frees what was allocated, and the next run works."""
+    if "cuda-emu" not in GPU_ENGINES:
+        pytest.skip("needs the CUDA emulator (PARAMKIT_CUDA_EMU=ON) to inject the failure")
+    from paramkit import _cuda_emu
+    path = str(tmp_path / "a.safetensors")
+    save_file({"w": np.arange(1000, dtype=np.float32)}, path)
+    infos = tensor_infos(path)
+    eng = get_engine("cuda-emu")
+    want = eng.run_stats(infos)
+    for k in (1, 2, 5, 9):
+        _cuda_emu.fail_allocation(k)
+        try:
+            with pytest.raises(RuntimeError, match="cudaErrorMemoryAllocation"):
+                eng.run_stats(infos)
+        finally:
+            _cuda_emu.fail_allocation(0)
+        assert eng.run_stats(infos) == want
+
+
+# ---------------------------------------------------------------- device arrays (DLPack)
+
+class _HostMemoryLabelledCuda:
+    """A numpy array presented through DLPack as if it lived on cuda:0. Only the CUDA emulator can
+    read it (its "device memory" is host memory): the device code path of tensor_stats /
+    fake_quantize / quant_error runs end to end without a GPU."""
+
+    def __init__(self, a: np.ndarray):
+        self.a = a
+
+    def __dlpack_device__(self):
+        return (2, 0)
+
+    def __dlpack__(self, stream=None, max_version=None, dl_device=None, copy=None):
+        import ctypes
+        cap = self.a.__dlpack__()   # legacy "dltensor": DLManagedTensor starts with DLTensor
+        get = ctypes.pythonapi.PyCapsule_GetPointer
+        get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+        ptr = get(cap, b"dltensor")
+        ctypes.c_int32.from_address(ptr + 8).value = 2   # DLTensor.device.device_type = kDLCUDA
+        return cap
+
+
+def _read_device_result(obj) -> np.ndarray:
+    """The float32 values of a DeviceResult from the emulator (host memory labelled cuda)."""
+    import ctypes
+    cap = obj.__dlpack__()
+    get = ctypes.pythonapi.PyCapsule_GetPointer
+    get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
+    ptr = get(cap, b"dltensor")
+    assert ctypes.c_int32.from_address(ptr + 8).value == 2
+    ctypes.c_int32.from_address(ptr + 8).value = 1
+
+    class Host:
+        def __dlpack_device__(self):
+            return (1, 0)
+
+        def __dlpack__(self, **kw):
+            return cap
+    return np.from_dlpack(Host()).copy()
+
+
+@pytest.mark.parametrize("dtype", ["F32", "BF16", "F16", "F64"])
+def test_cuda_emulated_dlpack_device_arrays(dtype):
+    """A device array goes to the cuda engine through DLPack, never through a host copy: statistics
+    reduced where the array lies, fake_quantize values in device memory, all equal to the host path."""
+    if "cuda-emu" not in GPU_ENGINES:
+        pytest.skip("needs the CUDA emulator (PARAMKIT_CUDA_EMU=ON): a real device array needs a GPU")
+    rng = np.random.default_rng(11)
+    np_t = FLOATS[dtype]
+    x = _float_data(np_t, 4099 * 2, rng).reshape(2, 4099)[:, :4096].copy()   # 2 rows of 4096
+    if dtype == "BF16":   # numpy cannot export bfloat16 through DLPack: its bits, read as BF16
+        dev = _HostMemoryLabelledCuda(x.view(np.uint16))
+        _compare(paramkit.tensor_stats(dev, dtype="BF16", backend="cuda-emu"), paramkit.tensor_stats(x, backend="cpu"),
+                 paramkit.tensor_stats(x, backend="numpy"))
+        return
+    dev = _HostMemoryLabelledCuda(x)
+    _compare(paramkit.tensor_stats(dev, backend="cuda-emu"), paramkit.tensor_stats(x, backend="cpu"),
+             paramkit.tensor_stats(x, backend="numpy"))
+    for sid in ("int8_tensor", "int8_channel", "q8_0", "nf4", "int4_g128_asym", "fp8_e4m3"):
+        want = paramkit.fake_quantize(x, sid, backend="numpy")
+        got = _read_device_result(paramkit.fake_quantize(dev, sid, backend="cuda-emu"))
+        np.testing.assert_array_equal(got.reshape(want.shape), want, err_msg=sid)
+        ea, eb = paramkit.quant_error(dev, sid, backend="cuda-emu"), paramkit.quant_error(x, sid, backend="numpy")
+        for k in QCOUNTS + ("max_abs_err",):
+            assert ea[k] == eb[k] or (math.isnan(ea[k]) and math.isnan(eb[k])), (sid, k)
+        assert math.isclose(ea["sse"], eb["sse"], rel_tol=1e-9, abs_tol=1e-300), sid
+    with pytest.raises(ValueError, match="only the cuda backend reads device memory"):
+        paramkit.tensor_stats(dev, backend="cpu")

@@ -16,25 +16,6 @@ from conftest import NATIVE_BACKENDS
 COUNTS = ("n", "nonfinite", "clipped", "scale_clamped")
 
 
-@pytest.fixture
-def quant_checkpoint(tmp_path):
-    import torch
-    from safetensors.torch import save_file
-    g = torch.Generator().manual_seed(3)
-    t = {
-        "emb.weight": (torch.randn(300, 256, generator=g) * 0.02).to(torch.bfloat16),
-        "odd.weight": torch.randn(17, 100, generator=g) * 0.05,           # rows not a multiple of 32/128
-        "conv.weight": (torch.randn(8, 4, 3, 64, generator=g)).to(torch.float16),   # > 2-D
-        "big.weight": torch.randn(700, 3000, generator=g, dtype=torch.float64) * 1e-3,  # several pieces
-        "special.weight": torch.tensor([[0.0, float("nan"), float("inf"), -1e-40] * 16] * 4),
-        "norm.weight": torch.ones(256),
-        "position_ids": torch.arange(10).reshape(1, 10),
-    }
-    p = str(tmp_path / "q.safetensors")
-    save_file(t, p)
-    return p
-
-
 @pytest.mark.parametrize("backend", NATIVE_BACKENDS)
 def test_native_quant_pass_matches_numpy_reference(quant_checkpoint, backend, monkeypatch):
     from paramkit.backends import cpu_backend
@@ -141,10 +122,11 @@ def test_ggml_tiny_block_zeros_stay_zero(backend):
         assert math.isfinite(paramkit.quant_error(x, sid, backend=backend)["max_abs_err"])
 
 
-@pytest.mark.parametrize("backend", NATIVE_BACKENDS)
+@pytest.mark.parametrize("backend", [b for b in NATIVE_BACKENDS if not b.startswith("cuda")])
 def test_batched_second_pass_changes_nothing(quant_checkpoint, backend, monkeypatch):
     """Per-tensor-scale schemes re-read each batch of tensors right after reading it (page cache,
-    not disk): any batch size gives the same report, and progress still climbs to its total."""
+    not disk): any batch size gives the same report, and progress still climbs to its total. (The
+    cuda engine keeps such tensors on the device instead: tests/test_cuda_stats.py.)"""
     from paramkit.backends import cpu_backend
     whole = paramkit.scan(quant_checkpoint, backend=backend, quant="default").to_dict()
     seen, batches = [], []

@@ -5,9 +5,12 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <system_error>
 
 #include "../src/engine.hpp"
+#include "dlpack_view.hpp"
 
 namespace py = pybind11;
 using namespace paramkit;
@@ -17,21 +20,6 @@ using namespace paramkit;
 void register_quant(py::module_& m);  // quant_bindings.cpp
 
 namespace {
-
-// Quantization sums as an (n, schemes, 9) float64 array: sse, sum_w2, sum_q2, sum_wq, max_abs_err,
-// n, nonfinite, clipped, scale_clamped (counts are exact in float64 below 2^53).
-py::array_t<double> pack_quant(const std::vector<TensorQuant>& qs, int ns) {
-  py::array_t<double> a({qs.size(), size_t(ns), size_t(9)});
-  auto v = a.mutable_unchecked<3>();
-  for (size_t i = 0; i < qs.size(); ++i)
-    for (int k = 0; k < ns; ++k) {
-      const QuantSums& q = qs[i].sums[k];
-      v(i, k, 0) = q.sse; v(i, k, 1) = q.sum_w2; v(i, k, 2) = q.sum_q2; v(i, k, 3) = q.sum_wq;
-      v(i, k, 4) = q.max_abs_err; v(i, k, 5) = double(q.n); v(i, k, 6) = double(q.nonfinite);
-      v(i, k, 7) = double(q.clipped); v(i, k, 8) = double(q.scale_clamped);
-    }
-  return a;
-}
 
 py::dict run(const std::vector<std::string>& files, const std::vector<EngineTask>& tasks, EngineOptions opt,
              py::object progress) {
@@ -77,6 +65,19 @@ EngineOptions options(bool quantiles, int threads, uint64_t chunk_bytes, const s
   return o;
 }
 
+// What a DLPack capsule holds (dlpack_host_view / dlpack_describe; read by python/paramkit/_dlpack.py).
+py::dict dlpack_info(const dlpack::View& v) {
+  py::dict d;
+  d["device_type"] = v.device_type; d["device_id"] = v.device_id; d["dtype"] = v.dtype;
+  d["code"] = v.code; d["bits"] = v.bits; d["lanes"] = v.lanes;
+  d["shape"] = py::tuple(py::cast(v.shape)); d["numel"] = v.numel; d["nbytes"] = v.nbytes; d["readonly"] = v.readonly;
+  return d;
+}
+
+// TEST ONLY (_test_make_capsule): frees of the host buffers behind test capsules, counted.
+std::atomic<long> g_test_capsule_frees{0};
+void test_capsule_free(void* p) { g_test_capsule_frees.fetch_add(1); std::free(p); }
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -118,6 +119,31 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("buffer"), py::arg("dtype"), py::arg("quantiles"), py::arg("chunk_bytes"), py::arg("levels"));
   register_quant(m);
+  // DLPack input, zero-copy: the capsule is read, never consumed, and stays the array's base (keeping the
+  // producer's memory alive); host memory only (kDLCPU, kDLCUDAHost)
+  m.def("dlpack_host_view", [](const py::capsule& cap) {
+    dlpack::View v = dlpack::view(cap);
+    if (v.device_type != dlpack::kCPU && v.device_type != dlpack::kCUDAHost)
+      throw py::value_error("DLPack tensor on device type " + std::to_string(v.device_type) + ":" +
+                            std::to_string(v.device_id) +
+                            " is not in host memory (dlpack_host_view reads kDLCPU = 1 and kDLCUDAHost = 3)");
+    py::array_t<uint8_t> a({py::ssize_t(v.nbytes)}, {py::ssize_t(1)}, static_cast<const uint8_t*>(v.data), cap);
+    a.attr("setflags")(py::arg("write") = false);
+    return py::make_tuple(a, dlpack_info(v));
+  }, py::arg("capsule"));
+  // the same dict for a capsule on any device (the dtype of a GPU array); never touches the data
+  m.def("dlpack_describe", [](const py::capsule& cap) { return dlpack_info(dlpack::view(cap)); }, py::arg("capsule"));
+  // TEST ONLY: a make_capsule() capsule of malloc'ed bytes (byte i = (131 i + 7) mod 256), freed with free()
+  // and counted by _test_capsule_frees(); device_type is only a label (the memory is always host memory).
+  m.def("_test_make_capsule", [](const std::vector<int64_t>& shape, int dtype, int device_type) {
+    uint64_t n = uint64_t(dtype_size(dtype));
+    for (int64_t d : shape) n *= uint64_t(std::max<int64_t>(d, 0));
+    auto* p = static_cast<uint8_t*>(std::malloc(std::max<uint64_t>(n, 1)));
+    if (!p) throw std::bad_alloc();
+    for (uint64_t i = 0; i < n; ++i) p[i] = uint8_t(i * 131 + 7);
+    return dlpack::make_capsule(p, device_type, 0, dtype, shape, test_capsule_free);
+  }, py::arg("shape"), py::arg("dtype"), py::arg("device_type") = int(dlpack::kCPU));
+  m.def("_test_capsule_frees", []() { return g_test_capsule_frees.load(); });  // TEST ONLY
   m.def("build_info", []() {
     py::dict d;
 #if defined(__clang__)

@@ -10,6 +10,7 @@
 
 #include "paramkit/quant.hpp"
 #include "kernels.hpp"
+#include "result_records.hpp"   // sums_dict
 
 namespace py = pybind11;
 using namespace paramkit;
@@ -18,14 +19,6 @@ namespace {
 
 const char* const kKindNames[Q_KIND_COUNT] = {"int8_tensor", "int8_channel", "int8_group", "int4_group",
                                               "int4_group_asym", "q8_0", "q4_0", "nf4", "fp8_e4m3"};
-
-py::dict sums_dict(const QuantSums& s) {
-  py::dict d;
-  d["n"] = s.n; d["nonfinite"] = s.nonfinite;
-  d["sse"] = s.sse; d["sum_w2"] = s.sum_w2; d["sum_q2"] = s.sum_q2; d["sum_wq"] = s.sum_wq;
-  d["max_abs_err"] = s.max_abs_err; d["clipped"] = s.clipped; d["scale_clamped"] = s.scale_clamped;
-  return d;
-}
 
 // Validates the arguments and returns the float32 data of x (C-contiguous, rows*row_len values).
 const float* checked_input(const py::array& x, int kind, int group, int64_t rows, int64_t row_len,

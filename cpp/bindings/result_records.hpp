@@ -10,6 +10,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "paramkit/quant.hpp"
 #include "paramkit/stats.hpp"
 
 namespace paramkit {
@@ -37,6 +38,32 @@ inline pybind11::dict pack(const std::vector<TensorResult>& rs, int nq) {
   }
   pybind11::dict d;
   d["counts"] = counts; d["fext"] = fext; d["iext"] = iext; d["uext"] = uext; d["moments"] = mom; d["quantiles"] = q;
+  return d;
+}
+
+// Quantization sums as an (n, schemes, 9) float64 array: sse, sum_w2, sum_q2, sum_wq, max_abs_err,
+// n, nonfinite, clipped, scale_clamped (counts are exact in float64 below 2^53). Q: any record with
+// a `sums[scheme]` array of QuantSums (the cpu engine's TensorQuant, the cuda engine's TaskQuant).
+template <class Q>
+pybind11::array_t<double> pack_quant(const std::vector<Q>& qs, int ns) {
+  pybind11::array_t<double> a({qs.size(), size_t(ns), size_t(9)});
+  auto v = a.template mutable_unchecked<3>();
+  for (size_t i = 0; i < qs.size(); ++i)
+    for (int k = 0; k < ns; ++k) {
+      const QuantSums& q = qs[i].sums[k];
+      v(i, k, 0) = q.sse; v(i, k, 1) = q.sum_w2; v(i, k, 2) = q.sum_q2; v(i, k, 3) = q.sum_wq;
+      v(i, k, 4) = q.max_abs_err; v(i, k, 5) = double(q.n); v(i, k, 6) = double(q.nonfinite);
+      v(i, k, 7) = double(q.clipped); v(i, k, 8) = double(q.scale_clamped);
+    }
+  return a;
+}
+
+// One QuantSums as the dict of paramkit._core.quant_error_sums / fake_quantize.
+inline pybind11::dict sums_dict(const QuantSums& s) {
+  pybind11::dict d;
+  d["n"] = s.n; d["nonfinite"] = s.nonfinite;
+  d["sse"] = s.sse; d["sum_w2"] = s.sum_w2; d["sum_q2"] = s.sum_q2; d["sum_wq"] = s.sum_wq;
+  d["max_abs_err"] = s.max_abs_err; d["clipped"] = s.clipped; d["scale_clamped"] = s.scale_clamped;
   return d;
 }
 

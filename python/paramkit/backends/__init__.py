@@ -14,6 +14,9 @@ from ..table import TensorInfo
 ProgressFn = Callable[[int], None]   # called with the total bytes processed so far
 
 ORDER = ("cuda", "cpu", "numpy")
+# not listed by backends() and never picked by "auto": the CUDA engine on the CPU emulator, a test
+# aid (paramkit._cuda_emu, built with PARAMKIT_CUDA_EMU=ON) that runs the GPU code paths without a GPU
+HIDDEN = ("cuda-emu",)
 
 
 class Engine(Protocol):
@@ -45,6 +48,9 @@ def _load(name: str):
     if name == "cuda":
         from . import cuda_backend
         return cuda_backend.load()
+    if name == "cuda-emu":
+        from . import cuda_backend
+        return cuda_backend.load(emulated=True)
     raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(ORDER)} or 'auto'")
 
 
@@ -78,7 +84,7 @@ def get_engine(name: str | None = "auto") -> Engine:
             eng, _ = _probe(n)
             if eng is not None:
                 return eng
-    if name not in ORDER:
+    if name not in ORDER + HIDDEN:
         raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(ORDER)} or 'auto'")
     eng, why = _probe(name)
     if eng is None:

@@ -53,19 +53,29 @@ class CpuEngine:
             if progress:
                 progress(total)
             return out, qout
-        batches = [where]
-        if second and any(masks[i] & second for i in where):
-            batches, cur, size = [], [], 0
-            for i in where:
-                if cur and size + tensors[i].nbytes > SECOND_PASS_BATCH_BYTES:
-                    batches.append(cur)
-                    cur, size = [], 0
-                cur.append(i)
-                size += tensors[i].nbytes
-            batches.append(cur)
-        for batch in batches:
+        for batch in self._batches(tensors, where, masks, second):
             done = self._run_batch(tensors, batch, stats, quantiles, threads, progress, quant, io, done, out, qout)
         return out, qout
+
+    def _batches(self, tensors, where, masks, second) -> list[list[int]]:
+        """The tensors `where` in consecutive batches of about SECOND_PASS_BATCH_BYTES when some need
+        the second pass (so that its re-read finds them in the page cache), else one batch."""
+        if not (second and any(masks[i] & second for i in where)):
+            return [where]
+        batches, cur, size = [], [], 0
+        for i in where:
+            if cur and size + tensors[i].nbytes > SECOND_PASS_BATCH_BYTES:
+                batches.append(cur)
+                cur, size = [], 0
+            cur.append(i)
+            size += tensors[i].nbytes
+        batches.append(cur)
+        return batches
+
+    def _call(self, files, spec, absmax, stats, quantiles, threads, io, levels, schemes, cb) -> dict:
+        """One pass of the native engine over the tasks of `spec` (paramkit._core.run's arguments)."""
+        return self._core.run(files, spec, absmax, bool(stats), bool(quantiles), int(threads or 0), CHUNK_BYTES,
+                              io or DEFAULT_IO, levels, schemes, cb)
 
     def _run_batch(self, tensors, batch, stats, quantiles, threads, progress, quant, io, done, out, qout) -> int:
         """Both passes over the tensors `batch`; `done` = bytes reported so far; returns the new count."""
@@ -74,9 +84,10 @@ class CpuEngine:
         files, spec, where = task_spec(tensors, masks, quant, only=batch)
         base = done
         cb = (lambda d: progress(base + d)) if progress else None
-        rec = self._core.run(files, spec, np.full(len(where), np.nan), bool(stats), bool(quantiles),
-                             int(threads or 0), CHUNK_BYTES, io or DEFAULT_IO, list(QUANTILE_LEVELS), schemes, cb)
+        rec = self._call(files, spec, np.full(len(where), np.nan), stats, quantiles, threads, io,
+                         list(QUANTILE_LEVELS), schemes, cb)
         self.last_run = {"isa": rec["isa"], "threads": rec["threads"], "units": rec["units"]}
+        held = rec.get("held")   # the cuda engine completes the second pass of tensors it kept on the device
         done += int(spec[:, 2].sum())
         for row, i in enumerate(where):
             if stats:
@@ -84,7 +95,12 @@ class CpuEngine:
             if masks is not None and masks[i]:
                 qout[i] = {s.id: quant_sums(rec, row, k) for k, s in enumerate(quant.schemes) if masks[i] >> k & 1}
         second = quant.second_pass_bits if quant is not None else 0
-        again = [i for i in where if masks[i] & second] if second else []
+        again = [i for row, i in enumerate(where) if masks[i] & second and not (held is not None and held[row])] \
+            if second else []
+        if second and held is not None and held.any():   # second passes done on the device: no re-read
+            done += sum(tensors[i].nbytes for row, i in enumerate(where) if masks[i] & second and held[row])
+            if progress:
+                progress(done)
         if again:
             absmax_of = {i: float(rec["quant_absmax"][row]) for row, i in enumerate(where)}
             m2 = [0] * len(tensors)
@@ -93,8 +109,8 @@ class CpuEngine:
             files2, spec2, where2 = task_spec(tensors, m2, quant, only=again)
             base2 = done
             cb2 = (lambda d: progress(base2 + d)) if progress else None
-            rec2 = self._core.run(files2, spec2, np.array([absmax_of[i] for i in where2]), False, False,
-                                  int(threads or 0), CHUNK_BYTES, io or DEFAULT_IO, [], schemes, cb2)
+            rec2 = self._call(files2, spec2, np.array([absmax_of[i] for i in where2]), False, False, threads, io,
+                              [], schemes, cb2)
             done += int(spec2[:, 2].sum())
             for row, i in enumerate(where2):
                 for k, s in enumerate(quant.schemes):

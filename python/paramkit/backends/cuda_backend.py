@@ -2,8 +2,14 @@
 otherwise the recorded reason says which of the two is missing (auto then falls back to cpu)."""
 from __future__ import annotations
 
+import os
+
+from ..dtypes import DTYPES
 from ..errors import BackendUnavailable
+from ..quant.plan import engine_kind
+from ..stats import QUANTILE_LEVELS
 from .cpu_backend import CpuEngine
+from .native_records import to_stats
 
 
 def probe() -> dict | None:
@@ -16,9 +22,10 @@ def probe() -> dict | None:
 
 
 class CudaEngine(CpuEngine):
-    """paramkit._cuda behind the cpu engine's interface (its run() has _core.run's signature).
-    Statistics run on the GPU; quantization schemes are not on the GPU yet, so a run with a
-    QuantPlan that names schemes goes to the cpu engine as a whole (statistics included)."""
+    """paramkit._cuda behind the cpu engine's interface (its run() has _core.run's signature plus
+    hold_bytes). Statistics and every quantization scheme run on the GPU; tensors that need the
+    per-tensor-scale second pass (int8_tensor, fp8_e4m3) stay in device memory for it (up to
+    HOLD_BYTES, and half the free memory), larger ones are read a second time."""
     name = "cuda"
 
     def __init__(self, cuda, device: dict):
@@ -35,19 +42,83 @@ class CudaEngine(CpuEngine):
     def run(self, tensors, *, stats: bool = True, quantiles: bool = True, threads=None, progress=None,
             quant=None, io=None):
         if quant is not None and len(quant.schemes):
-            cpu = self._cpu_engine()
-            res = cpu.run(tensors, stats=stats, quantiles=quantiles, threads=threads, progress=progress,
+            unit = self._largest_quant_unit(tensors, quant)
+            if unit > ring_bytes():
+                cpu = self._cpu_engine()
+                res = cpu.run(tensors, stats=stats, quantiles=quantiles, threads=threads, progress=progress,
+                              quant=quant, io=io)
+                self.last_run = dict(cpu.last_run, fallback=(
+                    f"cpu: a quantization unit of {unit} bytes (a whole channel or row) is larger than one "
+                    f"{ring_bytes()}-byte ring slot of the GPU pipeline (PARAMKIT_CUDA_RING_MB)"))
+                return res
+        self.held_last = {}
+        res = super().run(tensors, stats=stats, quantiles=quantiles, threads=threads, progress=progress,
                           quant=quant, io=io)
-            self.last_run = dict(cpu.last_run, fallback="cpu (quantization is not on the GPU yet)")
-            return res
-        return super().run(tensors, stats=stats, quantiles=quantiles, threads=threads, progress=progress,
-                           quant=None, io=io)
+        self.last_run.update(self.held_last)
+        return res
+
+    @staticmethod
+    def _largest_quant_unit(tensors, quant) -> int:
+        """Bytes of the largest piece the engine must keep whole (piece_multiple elements)."""
+        big = 0
+        for t, m in zip(tensors, quant.masks):
+            if m and DTYPES[t.dtype].has_stats:
+                big = max(big, quant.piece_multiple(tuple(t.shape), m) * DTYPES[t.dtype].bits // 8)
+        return big
+
+    def _batches(self, tensors, where, masks, second) -> list[list[int]]:
+        return [where]   # the second pass reads held tensors from device memory, not the page cache
+
+    def _call(self, files, spec, absmax, stats, quantiles, threads, io, levels, schemes, cb) -> dict:
+        rec = self._core.run(files, spec, absmax, bool(stats), bool(quantiles), 0, 0, "pread", levels, schemes, cb,
+                             HOLD_BYTES)
+        h = self.held_last = getattr(self, "held_last", {})
+        for k in ("held_tensors", "held_bytes"):
+            h[k] = h.get(k, 0) + int(rec[k])
+        h["hold_capacity"] = max(h.get("hold_capacity", 0), int(rec["hold_capacity"]))
+        return rec
+
+    def dlpack_stats(self, capsule, dtype: str, *, quantiles: bool = True) -> dict:
+        """Statistics of a CUDA array given as a DLPack capsule, reduced on its device (no host copy)."""
+        d = DTYPES[dtype]
+        if not d.has_stats:
+            raise TypeError(f"no statistics for dtype {dtype}")
+        rec = self._core.dlpack_stats(capsule, bool(quantiles), list(QUANTILE_LEVELS), d.engine_id)
+        return to_stats(rec, 0, dtype, quantiles)
+
+    def dlpack_quant(self, capsule, dtype: str, scheme, *, rows: int, row_len: int, want_values: bool):
+        """fake_quantize / quant_error of a CUDA array given as a DLPack capsule, on its device:
+        (a DLPack capsule of the float32 values on that device or None, the error-sums dict)."""
+        kind, group = engine_kind(scheme)
+        values, sums = self._core.dlpack_quant(capsule, kind, group, int(rows), int(row_len), None, bool(want_values))
+        return values, dict(sums)
 
     def build_info(self) -> dict:
-        return {"device": self.device, **probe()}
+        return {"device": self.device, **dict(self._core.probe())}
 
 
-def load():
+# Device memory that may keep tensors for the per-tensor-scale second pass (the engine also caps it
+# at half the free memory); PARAMKIT_CUDA_HOLD_MB overrides, 0 disables holding (re-read instead).
+HOLD_BYTES = int(os.environ.get("PARAMKIT_CUDA_HOLD_MB", str(8 << 10))) << 20
+
+
+def ring_bytes() -> int:
+    """Bytes of one slot of the GPU pipeline's ring (the engine's default, or PARAMKIT_CUDA_RING_MB)."""
+    return max(1, int(os.environ.get("PARAMKIT_CUDA_RING_MB", "32") or 32)) << 20
+
+
+def load(emulated: bool = False):
+    """The cuda engine, or with emulated=True the same engine compiled for the CPU emulator
+    (paramkit._cuda_emu, built with PARAMKIT_CUDA_EMU=ON): a test aid, never chosen by 'auto'."""
+    if emulated:
+        try:
+            from .. import _cuda_emu
+        except ImportError as e:
+            raise BackendUnavailable(f"not built: paramkit._cuda_emu is absent (build with PARAMKIT_CUDA_EMU=ON) [{e}]") from None
+        d = dict(_cuda_emu.probe())["devices"][0]
+        eng = CudaEngine(_cuda_emu, d)
+        eng.name = "cuda-emu"
+        return eng, f"the CUDA engine on the CPU emulator ({d['name']}); for tests, not speed"
     try:
         from .. import _cuda
     except ImportError as e:
@@ -58,8 +129,8 @@ def load():
     if not p["device_count"]:
         why = p["error"] or "the driver reports 0 devices"
         raise BackendUnavailable(f"built, but no usable CUDA device: {why}")
-    if not hasattr(_cuda, "run"):
-        raise BackendUnavailable("built, but this paramkit._cuda has no statistics engine (rebuild it)")
+    if not hasattr(_cuda, "dlpack_quant"):
+        raise BackendUnavailable("built, but this paramkit._cuda is from an older paramkit (rebuild it)")
     d = p["devices"][0]
     return CudaEngine(_cuda, d), (f"CUDA engine on {d['name']} (sm_{d['compute_capability'].replace('.', '')}), "
-                                  "statistics on the GPU; quantization runs on the cpu engine")
+                                  "statistics and quantization on the GPU")

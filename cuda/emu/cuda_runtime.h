@@ -1,0 +1,156 @@
+// The CUDA emulator's stand-in for <cuda_runtime.h>: just enough of the runtime API and of the
+// device language (threads, __syncthreads, __shared__, atomics) to run paramkit's CUDA engine on
+// CPU threads, so that its host logic and kernels are tested where no GPU exists (paramkit._cuda_emu).
+// Each block runs as blockDim.x std::threads (one block at a time: __shared__ is a function-static);
+// streams and events are synchronous; "device" memory is host memory. Not for speed measurements.
+#pragma once
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#define PARAMKIT_CUDA_EMULATOR 1
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(n)
+#define __shared__ static
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  dim3() = default;
+  dim3(unsigned a) : x(a) {}
+};
+struct alignas(16) uint4 { unsigned x, y, z, w; };
+
+inline thread_local dim3 threadIdx;
+inline dim3 blockIdx, blockDim, gridDim;
+
+namespace pk_emu {
+
+struct Barrier {   // __syncthreads for the blockDim.x threads of the running block
+  std::mutex m;
+  std::condition_variable cv;
+  unsigned n = 0, count = 0;
+  uint64_t gen = 0;
+  void wait() {
+    std::unique_lock<std::mutex> l(m);
+    uint64_t g = gen;
+    if (++count == n) { count = 0; ++gen; cv.notify_all(); }
+    else cv.wait(l, [&] { return gen != g; });
+  }
+};
+inline Barrier barrier;
+inline std::mutex launch_mu;
+
+// kernel<<<grid, block>>>(...): the blocks one after another, each as `block` threads
+inline void launch(dim3 grid, dim3 block, const std::function<void()>& body) {
+  std::lock_guard<std::mutex> g(launch_mu);
+  gridDim = grid; blockDim = block;
+  barrier.n = block.x; barrier.count = 0;
+  std::vector<std::thread> th;
+  th.reserve(block.x);
+  for (unsigned b = 0; b < grid.x; ++b) {
+    blockIdx = dim3(b);
+    th.clear();
+    for (unsigned t = 0; t < block.x; ++t)
+      th.emplace_back([t, &body] { threadIdx = dim3(t); body(); });
+    for (auto& x : th) x.join();
+  }
+}
+
+inline double now_ms() {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace pk_emu
+
+inline void __syncthreads() { pk_emu::barrier.wait(); }
+inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }
+inline unsigned atomicMax(unsigned* p, unsigned v) {
+  unsigned old = __atomic_load_n(p, __ATOMIC_RELAXED);
+  while (old < v && !__atomic_compare_exchange_n(p, &old, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {}
+  return old;
+}
+inline unsigned __float_as_uint(float f) { unsigned u; std::memcpy(&u, &f, 4); return u; }
+inline float __uint_as_float(unsigned u) { float f; std::memcpy(&f, &u, 4); return f; }
+inline float __double2float_rn(double d) { return static_cast<float>(d); }
+
+// ---- runtime API ----
+enum cudaError_t { cudaSuccess = 0, cudaErrorInvalidValue = 1, cudaErrorMemoryAllocation = 2, cudaErrorInvalidDevice = 101 };
+enum cudaMemcpyKind { cudaMemcpyHostToHost = 0, cudaMemcpyHostToDevice = 1, cudaMemcpyDeviceToHost = 2,
+                      cudaMemcpyDeviceToDevice = 3, cudaMemcpyDefault = 4 };
+struct CUstream_st { int unused; };
+struct CUevent_st { double ms; };
+typedef CUstream_st* cudaStream_t;
+typedef CUevent_st* cudaEvent_t;
+constexpr unsigned cudaStreamNonBlocking = 1, cudaEventDisableTiming = 2, cudaHostAllocDefault = 0;
+struct cudaDeviceProp {
+  char name[256];
+  int major, minor, multiProcessorCount;
+  size_t totalGlobalMem;
+};
+
+namespace pk_emu {
+// fail_allocs_after = N > 0: the N-th allocation from then on fails (tests of the error paths)
+inline int fail_allocs_after = 0;
+inline std::mutex alloc_mu;
+inline cudaError_t alloc(void** p, size_t n) {
+  {
+    std::lock_guard<std::mutex> g(alloc_mu);
+    if (fail_allocs_after > 0 && --fail_allocs_after == 0) { *p = nullptr; return cudaErrorMemoryAllocation; }
+  }
+  *p = std::aligned_alloc(256, (n + 255) / 256 * 256 + 256);
+  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+}
+}  // namespace pk_emu
+
+inline cudaError_t cudaMalloc(void** p, size_t n) { return pk_emu::alloc(p, n); }
+inline cudaError_t cudaHostAlloc(void** p, size_t n, unsigned) { return pk_emu::alloc(p, n); }
+inline cudaError_t cudaFree(void* p) { std::free(p); return cudaSuccess; }
+inline cudaError_t cudaFreeHost(void* p) { std::free(p); return cudaSuccess; }
+inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) { if (n) std::memmove(d, s, n); return cudaSuccess; }
+inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind k, cudaStream_t = nullptr) { return cudaMemcpy(d, s, n, k); }
+inline cudaError_t cudaMemset(void* d, int v, size_t n) { if (n) std::memset(d, v, n); return cudaSuccess; }
+inline cudaError_t cudaMemsetAsync(void* d, int v, size_t n, cudaStream_t = nullptr) { return cudaMemset(d, v, n); }
+inline cudaError_t cudaStreamCreateWithFlags(cudaStream_t* s, unsigned) { *s = new CUstream_st{0}; return cudaSuccess; }
+inline cudaError_t cudaStreamDestroy(cudaStream_t s) { delete s; return cudaSuccess; }
+inline cudaError_t cudaStreamSynchronize(cudaStream_t) { return cudaSuccess; }
+inline cudaError_t cudaStreamWaitEvent(cudaStream_t, cudaEvent_t, unsigned) { return cudaSuccess; }
+inline cudaError_t cudaEventCreate(cudaEvent_t* e) { *e = new CUevent_st{0}; return cudaSuccess; }
+inline cudaError_t cudaEventCreateWithFlags(cudaEvent_t* e, unsigned) { return cudaEventCreate(e); }
+inline cudaError_t cudaEventDestroy(cudaEvent_t e) { delete e; return cudaSuccess; }
+inline cudaError_t cudaEventRecord(cudaEvent_t e, cudaStream_t = nullptr) { e->ms = pk_emu::now_ms(); return cudaSuccess; }
+inline cudaError_t cudaEventSynchronize(cudaEvent_t) { return cudaSuccess; }
+inline cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t a, cudaEvent_t b) { *ms = float(b->ms - a->ms); return cudaSuccess; }
+inline cudaError_t cudaSetDevice(int d) { return d == 0 ? cudaSuccess : cudaErrorInvalidDevice; }
+inline cudaError_t cudaDeviceSynchronize() { return cudaSuccess; }
+inline cudaError_t cudaGetLastError() { return cudaSuccess; }
+inline cudaError_t cudaGetDeviceCount(int* n) { *n = 1; return cudaSuccess; }
+inline cudaError_t cudaRuntimeGetVersion(int* v) { *v = 0; return cudaSuccess; }
+inline cudaError_t cudaDriverGetVersion(int* v) { *v = 0; return cudaSuccess; }
+inline cudaError_t cudaMemGetInfo(size_t* free_b, size_t* total_b) { *free_b = size_t(4) << 30; *total_b = size_t(8) << 30; return cudaSuccess; }
+inline cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int d) {
+  if (d != 0) return cudaErrorInvalidDevice;
+  std::memset(p, 0, sizeof *p);
+  std::strcpy(p->name, "paramkit CUDA emulator (CPU threads)");
+  p->major = 9; p->minor = 0; p->multiProcessorCount = 1; p->totalGlobalMem = size_t(8) << 30;
+  return cudaSuccess;
+}
+inline const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    default: return "cudaErrorInvalidValue";
+  }
+}
+inline const char* cudaGetErrorString(cudaError_t e) {
+  return e == cudaSuccess ? "no error" : e == cudaErrorMemoryAllocation ? "out of memory (emulated)" : "error (emulated)";
+}
