@@ -25,22 +25,14 @@ using namespace paramkit;
 
 namespace {
 
-const char* const kKindNames[Q_KIND_COUNT] = {"int8_tensor", "int8_channel", "int8_group", "int4_group",
-                                              "int4_group_asym", "q8_0", "q4_0", "nf4", "fp8_e4m3"};
-
 cuda::Options options(bool quantiles, const std::vector<double>& levels, bool stats = true,
                       const std::vector<std::pair<int, int>>& schemes = {}, int64_t hold_bytes = -1) {
   if (levels.size() > size_t(kMaxQuantiles)) throw std::invalid_argument("too many quantile levels");
   for (size_t i = 1; i < levels.size(); ++i)
     if (!(levels[i - 1] <= levels[i])) throw std::invalid_argument("quantile levels must be ascending");
-  if (schemes.size() > size_t(cuda::kMaxSchemes)) throw std::invalid_argument("too many quantization schemes");
   cuda::Options o;
   o.quantiles = quantiles; o.levels = levels; o.stats = stats;
-  for (const auto& sc : schemes) {
-    if (sc.first < 0 || sc.first >= Q_KIND_COUNT || sc.second < 1) throw std::invalid_argument("bad quantization scheme");
-    QuantSpec q{}; q.kind = sc.first; q.group = sc.second; q.tensor_absmax = 0.0f;
-    o.schemes.push_back(q);
-  }
+  o.schemes = quant_specs(schemes, size_t(cuda::kMaxSchemes));
   if (const char* e = std::getenv("PARAMKIT_CUDA_RING_MB")) o.ring_bytes = uint64_t(std::max(1, std::atoi(e))) << 20;
   if (const char* e = std::getenv("PARAMKIT_CUDA_SLOTS")) o.slots = std::max(2, std::atoi(e));
   if (hold_bytes >= 0) o.hold_bytes = uint64_t(hold_bytes);
@@ -137,19 +129,7 @@ py::tuple dlpack_quant(const py::capsule& cap, int kind, int group, int64_t rows
                        const py::object& tensor_absmax, bool want_values) {
   dlpack::View v = device_view(cap);
   if (!dtype_is_float(v.dtype)) throw py::type_error("quantization needs a floating-point array");
-  if (!quant_kind_valid(kind)) throw py::value_error("unknown quantization kind " + std::to_string(kind));
-  if (rows < 0 || row_len < 0 || (row_len > 0 && rows > INT64_MAX / row_len) || uint64_t(rows * row_len) != v.numel)
-    throw py::value_error("rows * row_len must equal the array's " + std::to_string(v.numel) + " elements");
-  bool grouped = quant_kind_row_groups(kind) || kind == Q_NF4;
-  if (grouped && group < 1) throw py::value_error("group must be >= 1 for " + std::string(kKindNames[kind]));
-  if (quant_kind_ggml(kind) && (group != 32 || row_len % 32))
-    throw py::value_error(std::string(kKindNames[kind]) + ": blocks of 32 and a row length that is a multiple of 32");
-  QuantSpec spec{kind, grouped ? group : 0, -1.0f};
-  if (!tensor_absmax.is_none()) {
-    double a = tensor_absmax.cast<double>();
-    if (!(std::isfinite(a) && a >= 0)) throw py::value_error("tensor_absmax must be finite and >= 0");
-    spec.tensor_absmax = float(a);
-  }
+  QuantSpec spec = checked_array_quant(kind, group, rows, row_len, v.numel, tensor_absmax);
   std::unique_ptr<DeviceBuffer> copy, out;
   const uint8_t* x = v.nbytes ? aligned_bytes(v, copy) : nullptr;
   if (want_values) out.reset(new DeviceBuffer(v.numel * 4, v.device_id));
@@ -218,21 +198,7 @@ PYBIND11_MODULE(PARAMKIT_CUDA_MODULE, m) {
            uint64_t chunk_bytes, const std::string& io, const std::vector<double>& levels,
            const std::vector<std::pair<int, int>>& schemes, py::object progress, int64_t hold_bytes) {
           (void)threads; (void)chunk_bytes; (void)io;
-          if (spec.ndim() != 2 || spec.shape(1) != 9)
-            throw std::invalid_argument("spec must be (n, 9): file, offset, nbytes, numel, dtype, quant_mask, row_len, chan_len, piece_multiple");
-          if (absmax.ndim() != 1 || absmax.shape(0) != spec.shape(0)) throw std::invalid_argument("absmax must be (n,)");
-          auto s = spec.unchecked<2>();
-          auto a = absmax.unchecked<1>();
-          std::vector<cuda::Task> tasks(size_t(spec.shape(0)));
-          for (size_t i = 0; i < tasks.size(); ++i) {
-            cuda::Task& t = tasks[i];
-            t.file = int(s(i, 0)); t.offset = uint64_t(s(i, 1)); t.nbytes = uint64_t(s(i, 2));
-            t.numel = uint64_t(s(i, 3)); t.dtype = int(s(i, 4)); t.quant_mask = uint32_t(s(i, 5));
-            t.row_len = uint64_t(std::max<int64_t>(1, s(i, 6))); t.chan_len = uint64_t(std::max<int64_t>(1, s(i, 7)));
-            t.piece_multiple = uint64_t(std::max<int64_t>(1, s(i, 8))); t.tensor_absmax = float(a(i));
-            if (t.dtype < 0 || t.dtype >= DTYPE_COUNT) throw std::invalid_argument("bad dtype id");
-            if (t.nbytes != t.numel * uint64_t(dtype_size(t.dtype))) throw std::invalid_argument("nbytes != numel * element size");
-          }
+          auto tasks = tasks_from_spec<cuda::Task>(spec, absmax, schemes.size());
           return run(files, tasks, options(quantiles, levels, stats, schemes, hold_bytes), progress);
         },
         py::arg("files"), py::arg("spec"), py::arg("absmax"), py::arg("stats"), py::arg("quantiles"), py::arg("threads"),

@@ -49,7 +49,6 @@ py::dict run(const std::vector<std::string>& files, const std::vector<EngineTask
 EngineOptions options(bool quantiles, int threads, uint64_t chunk_bytes, const std::string& io,
                       const std::vector<double>& levels,
                       const std::vector<std::pair<int, int>>& schemes = {}, bool stats = true) {
-  if (schemes.size() > size_t(kMaxSchemes)) throw std::invalid_argument("too many quantization schemes");
   if (levels.size() > size_t(kMaxQuantiles)) throw std::invalid_argument("too many quantile levels");
   for (size_t i = 1; i < levels.size(); ++i)
     if (!(levels[i - 1] <= levels[i])) throw std::invalid_argument("quantile levels must be ascending");
@@ -57,11 +56,7 @@ EngineOptions options(bool quantiles, int threads, uint64_t chunk_bytes, const s
   EngineOptions o;
   o.quantiles = quantiles; o.threads = threads; o.chunk_bytes = chunk_bytes; o.use_mmap = io == "mmap"; o.levels = levels;
   o.stats = stats;
-  for (const auto& sc : schemes) {
-    if (sc.first < 0 || sc.first > Q_FP8_E4M3 || sc.second < 1) throw std::invalid_argument("bad quantization scheme");
-    QuantSpec q{}; q.kind = sc.first; q.group = sc.second; q.tensor_absmax = 0.0f;
-    o.schemes.push_back(q);
-  }
+  o.schemes = quant_specs(schemes, size_t(kMaxSchemes));
   return o;
 }
 
@@ -87,23 +82,7 @@ PYBIND11_MODULE(_core, m) {
            py::array_t<double, py::array::c_style | py::array::forcecast> absmax, bool stats, bool quantiles, int threads,
            uint64_t chunk_bytes, const std::string& io, const std::vector<double>& levels,
            const std::vector<std::pair<int, int>>& schemes, py::object progress) {
-          if (spec.ndim() != 2 || spec.shape(1) != 9)
-            throw std::invalid_argument("spec must be (n, 9): file, offset, nbytes, numel, dtype, quant_mask, row_len, chan_len, piece_multiple");
-          if (absmax.ndim() != 1 || absmax.shape(0) != spec.shape(0)) throw std::invalid_argument("absmax must be (n,)");
-          auto s = spec.unchecked<2>();
-          auto a = absmax.unchecked<1>();
-          std::vector<EngineTask> tasks(size_t(spec.shape(0)));
-          for (size_t i = 0; i < tasks.size(); ++i) {
-            EngineTask& t = tasks[i];
-            t.file = int(s(i, 0)); t.offset = uint64_t(s(i, 1)); t.nbytes = uint64_t(s(i, 2));
-            t.numel = uint64_t(s(i, 3)); t.dtype = int(s(i, 4)); t.quant_mask = uint32_t(s(i, 5));
-            t.row_len = uint64_t(std::max<int64_t>(1, s(i, 6))); t.chan_len = uint64_t(std::max<int64_t>(1, s(i, 7)));
-            t.piece_multiple = uint64_t(std::max<int64_t>(1, s(i, 8))); t.tensor_absmax = float(a(i));
-            if (t.dtype < 0 || t.dtype >= DTYPE_COUNT) throw std::invalid_argument("bad dtype id");
-            if (t.nbytes != t.numel * uint64_t(dtype_size(t.dtype))) throw std::invalid_argument("nbytes != numel * element size");
-            if (t.quant_mask && !dtype_is_float(t.dtype)) throw std::invalid_argument("quantization needs a float dtype");
-            if (t.quant_mask >> std::min<size_t>(schemes.size(), 31)) throw std::invalid_argument("quant_mask names a missing scheme");
-          }
+          auto tasks = tasks_from_spec<EngineTask>(spec, absmax, schemes.size());
           return run(files, tasks, options(quantiles, threads, chunk_bytes, io, levels, schemes, stats), progress);
         },
         py::arg("files"), py::arg("spec"), py::arg("absmax"), py::arg("stats"), py::arg("quantiles"), py::arg("threads"),

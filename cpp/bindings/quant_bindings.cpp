@@ -10,15 +10,12 @@
 
 #include "paramkit/quant.hpp"
 #include "kernels.hpp"
-#include "result_records.hpp"   // sums_dict
+#include "result_records.hpp"   // sums_dict, checked_array_quant
 
 namespace py = pybind11;
 using namespace paramkit;
 
 namespace {
-
-const char* const kKindNames[Q_KIND_COUNT] = {"int8_tensor", "int8_channel", "int8_group", "int4_group",
-                                              "int4_group_asym", "q8_0", "q4_0", "nf4", "fp8_e4m3"};
 
 // Validates the arguments and returns the float32 data of x (C-contiguous, rows*row_len values).
 const float* checked_input(const py::array& x, int kind, int group, int64_t rows, int64_t row_len,
@@ -26,28 +23,7 @@ const float* checked_input(const py::array& x, int kind, int group, int64_t rows
   if (!py::isinstance<py::array_t<float>>(x) || x.dtype().kind() != 'f' || x.itemsize() != 4)
     throw py::type_error("x must be a float32 numpy array, got dtype " + std::string(py::str(x.dtype())));
   if (!(x.flags() & py::array::c_style)) throw py::type_error("x must be C-contiguous");
-  if (!quant_kind_valid(kind)) throw py::value_error("unknown quantization kind " + std::to_string(kind));
-  if (rows < 0 || row_len < 0) throw py::value_error("rows and row_len must be >= 0");
-  if (row_len > 0 && rows > INT64_MAX / row_len) throw py::value_error("rows * row_len overflows");
-  if (rows * row_len != int64_t(x.size()))
-    throw py::value_error("rows * row_len = " + std::to_string(rows * row_len) + " but x has " +
-                          std::to_string(x.size()) + " elements");
-  bool grouped = quant_kind_row_groups(kind) || kind == Q_NF4;
-  if (grouped && group < 1) throw py::value_error("group must be >= 1 for " + std::string(kKindNames[kind]));
-  if (quant_kind_ggml(kind)) {
-    if (group != 32) throw py::value_error(std::string(kKindNames[kind]) + " blocks have 32 elements");
-    if (row_len % 32)
-      throw py::value_error(std::string(kKindNames[kind]) + ": row length " + std::to_string(row_len) +
-                            " is not a multiple of the block size 32");
-  }
-  spec.kind = kind;
-  spec.group = grouped ? group : 0;
-  spec.tensor_absmax = -1.0f;  // computed from x below when None
-  if (!tensor_absmax.is_none()) {
-    double t = tensor_absmax.cast<double>();
-    if (!(std::isfinite(t) && t >= 0)) throw py::value_error("tensor_absmax must be finite and >= 0");
-    spec.tensor_absmax = float(t);
-  }
+  spec = checked_array_quant(kind, group, rows, row_len, uint64_t(x.size()), tensor_absmax);
   return static_cast<const float*>(x.data());
 }
 
@@ -118,6 +94,6 @@ void register_quant(py::module_& m) {
         (std::string("The error-sums dict of fake_quantize without producing the values, computed by the engine's "
                      "kernel (the active ISA: vector lanes, so float64 sums may differ from fake_quantize's in the last bits). ") + args_doc).c_str());
   py::dict kinds;
-  for (int k = 0; k < Q_KIND_COUNT; ++k) kinds[kKindNames[k]] = k;
+  for (int k = 0; k < Q_KIND_COUNT; ++k) kinds[quant_kind_name(k)] = k;
   m.attr("QUANT_KINDS") = kinds;
 }

@@ -5,8 +5,11 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <string>
+#include <utility>
 #include <stdexcept>
 #include <vector>
 
@@ -65,6 +68,79 @@ inline pybind11::dict sums_dict(const QuantSums& s) {
   d["sse"] = s.sse; d["sum_w2"] = s.sum_w2; d["sum_q2"] = s.sum_q2; d["sum_wq"] = s.sum_wq;
   d["max_abs_err"] = s.max_abs_err; d["clipped"] = s.clipped; d["scale_clamped"] = s.scale_clamped;
   return d;
+}
+
+// The engines' task table: spec rows [file, offset, nbytes, numel, dtype, quant_mask, row_len,
+// chan_len, piece_multiple] and the per-tensor absmax (NaN: unknown), into Task records with those
+// field names (paramkit::EngineTask, paramkit::cuda::Task); std::invalid_argument on a bad row.
+template <class Task>
+std::vector<Task> tasks_from_spec(const pybind11::array_t<int64_t, pybind11::array::c_style | pybind11::array::forcecast>& spec,
+                                  const pybind11::array_t<double, pybind11::array::c_style | pybind11::array::forcecast>& absmax,
+                                  size_t nschemes) {
+  if (spec.ndim() != 2 || spec.shape(1) != 9)
+    throw std::invalid_argument("spec must be (n, 9): file, offset, nbytes, numel, dtype, quant_mask, row_len, chan_len, piece_multiple");
+  if (absmax.ndim() != 1 || absmax.shape(0) != spec.shape(0)) throw std::invalid_argument("absmax must be (n,)");
+  auto s = spec.unchecked<2>();
+  auto a = absmax.unchecked<1>();
+  std::vector<Task> tasks(size_t(spec.shape(0)));
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    Task& t = tasks[i];
+    t.file = int(s(i, 0)); t.offset = uint64_t(s(i, 1)); t.nbytes = uint64_t(s(i, 2));
+    t.numel = uint64_t(s(i, 3)); t.dtype = int(s(i, 4)); t.quant_mask = uint32_t(s(i, 5));
+    t.row_len = uint64_t(std::max<int64_t>(1, s(i, 6))); t.chan_len = uint64_t(std::max<int64_t>(1, s(i, 7)));
+    t.piece_multiple = uint64_t(std::max<int64_t>(1, s(i, 8))); t.tensor_absmax = float(a(i));
+    if (t.dtype < 0 || t.dtype >= DTYPE_COUNT) throw std::invalid_argument("bad dtype id");
+    if (t.nbytes != t.numel * uint64_t(dtype_size(t.dtype))) throw std::invalid_argument("nbytes != numel * element size");
+    if (t.quant_mask && !dtype_is_float(t.dtype)) throw std::invalid_argument("quantization needs a float dtype");
+    if (t.quant_mask >> std::min<size_t>(nschemes, 31)) throw std::invalid_argument("quant_mask names a missing scheme");
+  }
+  return tasks;
+}
+
+// (QuantKind, group size) pairs from Python into the engines' QuantSpecs (tensor_absmax comes per task)
+inline std::vector<QuantSpec> quant_specs(const std::vector<std::pair<int, int>>& schemes, size_t max_schemes) {
+  if (schemes.size() > max_schemes) throw std::invalid_argument("too many quantization schemes");
+  std::vector<QuantSpec> out;
+  for (const auto& sc : schemes) {
+    if (sc.first < 0 || sc.first >= Q_KIND_COUNT || sc.second < 1) throw std::invalid_argument("bad quantization scheme");
+    QuantSpec q{}; q.kind = sc.first; q.group = sc.second; q.tensor_absmax = 0.0f;
+    out.push_back(q);
+  }
+  return out;
+}
+
+inline const char* quant_kind_name(int kind) {
+  static const char* const names[Q_KIND_COUNT] = {"int8_tensor", "int8_channel", "int8_group", "int4_group",
+                                                  "int4_group_asym", "q8_0", "q4_0", "nf4", "fp8_e4m3"};
+  return quant_kind_valid(kind) ? names[kind] : "unknown";
+}
+
+// The QuantSpec of an array-level call (fake_quantize / quant_error of _core and _cuda) on `numel`
+// values viewed as [rows, row_len]; pybind11 value_error on bad arguments. tensor_absmax None: -1
+// (computed from the data).
+inline QuantSpec checked_array_quant(int kind, int group, int64_t rows, int64_t row_len, uint64_t numel,
+                                     const pybind11::object& tensor_absmax) {
+  if (!quant_kind_valid(kind)) throw pybind11::value_error("unknown quantization kind " + std::to_string(kind));
+  if (rows < 0 || row_len < 0) throw pybind11::value_error("rows and row_len must be >= 0");
+  if (row_len > 0 && rows > INT64_MAX / row_len) throw pybind11::value_error("rows * row_len overflows");
+  if (uint64_t(rows * row_len) != numel)
+    throw pybind11::value_error("rows * row_len = " + std::to_string(rows * row_len) + " but x has " +
+                                std::to_string(numel) + " elements");
+  const std::string name = quant_kind_name(kind);
+  bool grouped = quant_kind_row_groups(kind) || kind == Q_NF4;
+  if (grouped && group < 1) throw pybind11::value_error("group must be >= 1 for " + name);
+  if (quant_kind_ggml(kind)) {
+    if (group != 32) throw pybind11::value_error(name + " blocks have 32 elements");
+    if (row_len % 32)
+      throw pybind11::value_error(name + ": row length " + std::to_string(row_len) + " is not a multiple of the block size 32");
+  }
+  QuantSpec spec{kind, grouped ? group : 0, -1.0f};
+  if (!tensor_absmax.is_none()) {
+    double t = tensor_absmax.cast<double>();
+    if (!(std::isfinite(t) && t >= 0)) throw pybind11::value_error("tensor_absmax must be finite and >= 0");
+    spec.tensor_absmax = float(t);
+  }
+  return spec;
 }
 
 // The bytes of an array_stats() argument: a C-contiguous buffer whose size is a whole number of
