@@ -103,6 +103,8 @@ def main() -> int:
     rows.append(("device-to-device copy ceiling (1 GiB bf16)", dev[True]["d2d_ms"] / 1e3, dev[True]["d2d_gbps"], None))
     rows.append(("stats kernel only, device-resident (16-bit histogram)", dev[True]["kernel_ms"] / 1e3,
                  dev[True]["kernel_gbps"], "D2D"))
+    rows.append(("stats kernel only, device-resident, quantiles=False", dev[False]["kernel_ms"] / 1e3,
+                 dev[False]["kernel_gbps"], "D2D"))
     t_torch = torch_baseline(path)
     if t_torch is not None:
         rows.append(("torch baseline: safetensors -> cuda + reductions", t_torch, size / t_torch / 1e9, None))

@@ -159,6 +159,8 @@ PYBIND11_MODULE(PARAMKIT_CUDA_MODULE, m) {
   m.attr("emulated") = true;
   m.def("fail_allocation", [](int n) { pk_emu::fail_allocs_after = n; },
         "Emulator only: make the n-th device/pinned allocation from now fail (0: none), to test error paths.");
+  m.def("live_allocations", []() { return long(pk_emu::live_allocs); },
+        "Emulator only: device and pinned allocations not yet freed (the tests' leak checks).");
 #else
   m.attr("emulated") = false;
 #endif

@@ -7,6 +7,7 @@ import json
 import math
 import os
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -35,6 +36,12 @@ def available_backends() -> list[str]:
 
 
 NATIVE_BACKENDS = [b for b in available_backends() if b != "numpy"]
+
+
+def cpu_engine_built() -> bool:
+    """paramkit._core loads (the cpu engine), whatever PARAMKIT_BACKEND narrows the parametrized tests to:
+    tests of the cpu engine itself (SIMD dispatch, pieces, its second pass) run under every PARAMKIT_BACKEND."""
+    return any(b.name == "cpu" and b.available for b in paramkit.backends())
 
 
 @pytest.fixture(scope="session")
@@ -110,3 +117,46 @@ def quant_checkpoint(tmp_path):
     p = str(tmp_path / "q.safetensors")
     save_file(t, p)
     return p
+
+
+# ---------------------------------------------------------------- GPU engines against cpu and the oracle
+
+GPU_FLOATS = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}
+GPU_INTS = {"I8": np.int8, "U8": np.uint8, "I16": np.int16, "U16": np.uint16, "I32": np.int32,
+            "U32": np.uint32, "I64": np.int64, "U64": np.uint64}
+GPU_SIZES = [0, 1, 7, 4099, 70001]
+
+
+def float_data(np_t, n: int, rng) -> np.ndarray:
+    """n values of np_t (3·N(0,1)) with NaN, ±Inf, ±0, ±smallest subnormal and the dtype's max mixed in."""
+    x = (rng.standard_normal(n) * 3).astype(np.float64)
+    if n >= 7:
+        tiny = float(np.finfo(np_t).smallest_subnormal) if np_t is not ml_dtypes.bfloat16 else 2.0 ** -133
+        x[:7] = [np.nan, np.inf, -np.inf, 0.0, -0.0, tiny, -tiny]
+        x[n // 2] = float(np.finfo(np_t).max) if np_t is not ml_dtypes.bfloat16 else 3.0e38
+    rng.shuffle(x)
+    return x.astype(np_t)
+
+
+def compare_stats(cu: dict | None, cpu: dict | None, ref: dict | None) -> None:
+    """A GPU engine's tensor statistics against the cpu engine's and the numpy oracle's: counts, extremes and
+    quantiles exact, moments within 1e-6."""
+    assert (cu is None) == (cpu is None) == (ref is None)
+    if cu is None:
+        return
+    for k in ("zeros", "nan", "posinf", "neginf", "subnormal", "min", "max", "absmax"):
+        assert cu[k] == cpu[k] == ref[k], (k, cu[k], cpu[k], ref[k])
+    for k in ("mean", "std", "l2"):
+        a, b = cu[k], ref[k]
+        if a is None or b is None:
+            assert a is None and b is None, k
+        elif math.isinf(b):
+            assert a == b, k
+        else:
+            assert math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-300), (k, a, b)
+            assert math.isclose(a, cpu[k], rel_tol=1e-6, abs_tol=1e-300), (k, a, cpu[k])
+    if cu["quantiles"] is not None:
+        assert cu["quantiles"] == cpu["quantiles"], (cu["quantiles"], cpu["quantiles"])
+
+
+QCOUNTS = ("n", "nonfinite", "clipped", "scale_clamped")   # quantization counts that must match exactly

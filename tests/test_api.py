@@ -12,7 +12,7 @@ import pytest
 import paramkit
 from paramkit.stats import QUANTILE_KEYS, STATS_KEYS
 
-from conftest import available_backends
+from conftest import available_backends, cpu_engine_built
 
 REQUIRED_KEYS = {"schema_version", "path", "format", "backend", "total_params", "total_elements",
                  "buffer_elements", "elements_by_dtype", "bytes_total", "groups", "metadata", "tensors",
@@ -96,7 +96,7 @@ def test_thread_count_reproducible(small_checkpoint, backend):
 def test_reproducible_across_pieces_and_threads_on_multi_piece_tensors(tmp_path, monkeypatch):
     """Tensors larger than the engine's piece size are split into several pieces; the result must
     not depend on how many threads processed them."""
-    if "cpu" not in available_backends():
+    if not cpu_engine_built():
         pytest.fail("cpu backend missing: the C++ extension must be built for this test")
     from paramkit.backends import cpu_backend
     from safetensors.numpy import save_file

@@ -30,7 +30,7 @@ def test_cuda_backend_reason_is_recorded():
         assert all(d["total_memory"] > 0 for d in p["devices"])
 
 
-def test_ci_builds_the_cuda_emulator():
+def test_ci_builds_the_cuda_emulator(monkeypatch):
     """.ci/run builds paramkit._cuda_emu (PARAMKIT_CUDA_EMU=ON) so that the CUDA engine's tests run
     without a GPU; it is a test aid that 'auto' never picks and backends() does not list."""
     if os.environ.get("PARAMKIT_CUDA_EMU") == "ON" and os.environ.get("PARAMKIT_CI_INSTALL") == "1":
@@ -40,4 +40,5 @@ def test_ci_builds_the_cuda_emulator():
         from paramkit import _cuda_emu
         from paramkit.backends import get_engine
         assert _cuda_emu.emulated is True and get_engine("cuda-emu").name == "cuda-emu"
+        monkeypatch.delenv("PARAMKIT_BACKEND", raising=False)   # a dry run of gpu_check.sh sets it to cuda-emu
         assert get_engine("auto").name != "cuda-emu"

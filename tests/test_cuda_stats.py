@@ -15,7 +15,8 @@ import paramkit
 from paramkit.backends import get_engine, numpy_backend
 from paramkit.table import TensorInfo
 
-from conftest import available_backends, tensor_infos
+from conftest import (GPU_FLOATS, GPU_INTS, GPU_SIZES, QCOUNTS, available_backends, compare_stats, float_data,
+                      tensor_infos)
 
 GPU_ENGINES = [b for b in available_backends() if b in ("cuda", "cuda-emu")]
 if not GPU_ENGINES:
@@ -28,39 +29,8 @@ def gpu(request) -> str:
     return request.param
 
 
-FLOATS = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16}
-INTS = {"I8": np.int8, "U8": np.uint8, "I16": np.int16, "U16": np.uint16, "I32": np.int32,
-        "U32": np.uint32, "I64": np.int64, "U64": np.uint64}
-SIZES = [0, 1, 7, 4099, 70001]
-
-
-def _float_data(np_t, n: int, rng) -> np.ndarray:
-    x = (rng.standard_normal(n) * 3).astype(np.float64)
-    if n >= 7:
-        tiny = float(np.finfo(np_t).smallest_subnormal) if np_t is not ml_dtypes.bfloat16 else 2.0 ** -133
-        x[:7] = [np.nan, np.inf, -np.inf, 0.0, -0.0, tiny, -tiny]
-        x[n // 2] = float(np.finfo(np_t).max) if np_t is not ml_dtypes.bfloat16 else 3.0e38
-    rng.shuffle(x)
-    return x.astype(np_t)
-
-
-def _compare(cu: dict | None, cpu: dict | None, ref: dict | None) -> None:
-    assert (cu is None) == (cpu is None) == (ref is None)
-    if cu is None:
-        return
-    for k in ("zeros", "nan", "posinf", "neginf", "subnormal", "min", "max", "absmax"):
-        assert cu[k] == cpu[k] == ref[k], (k, cu[k], cpu[k], ref[k])
-    for k in ("mean", "std", "l2"):
-        a, b = cu[k], ref[k]
-        if a is None or b is None:
-            assert a is None and b is None, k
-        elif math.isinf(b):
-            assert a == b, k
-        else:
-            assert math.isclose(a, b, rel_tol=1e-6, abs_tol=1e-300), (k, a, b)
-            assert math.isclose(a, cpu[k], rel_tol=1e-6, abs_tol=1e-300), (k, a, cpu[k])
-    if cu["quantiles"] is not None:
-        assert cu["quantiles"] == cpu["quantiles"], (cu["quantiles"], cpu["quantiles"])
+FLOATS, INTS, SIZES = GPU_FLOATS, GPU_INTS, GPU_SIZES
+_float_data, _compare = float_data, compare_stats
 
 
 def _run_all(gpu: str, path: str, quantiles: bool = True):
@@ -139,7 +109,14 @@ def test_cuda_array_stats_and_errors(gpu, tmp_path):
 
 # ---------------------------------------------------------------- the quantization pass on the GPU
 
-QCOUNTS = ("n", "nonfinite", "clipped", "scale_clamped")
+
+
+def _live_allocations(gpu: str) -> int | None:
+    """Device + pinned allocations not yet freed (the emulator counts them; None on a real GPU)."""
+    if gpu != "cuda-emu":
+        return None
+    from paramkit import _cuda_emu
+    return _cuda_emu.live_allocations()
 
 
 def _quant_scan(path: str, backend: str, progress=None):
@@ -182,14 +159,16 @@ def test_cuda_quant_held_second_pass(gpu, quant_checkpoint, monkeypatch, hold_mb
     if ring_mb is not None:
         monkeypatch.setenv("PARAMKIT_CUDA_RING_MB", str(ring_mb))
     seen = []
+    live = _live_allocations(gpu)
     rep, got = _quant_scan(quant_checkpoint, gpu, progress=lambda done, total: seen.append((done, total)))
+    assert _live_allocations(gpu) == live   # ring, scratch and hold arena all freed
     _, ref = _quant_scan(quant_checkpoint, "numpy")
     _same_quant(got, ref)
     second = [t for t in rep.tensors if t.quant and "int8_tensor" in t.quant and "not_applicable" not in t.quant["int8_tensor"]]
     held = rep.to_dict()["engine"]["held_tensors"]
     assert held == (0 if hold_mb == 0 else len(second)), held
     assert seen and seen[-1][0] == seen[-1][1] and all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
-    if rep.tensors and gpu == "cuda-emu":   # bit-identical run to run
+    if rep.tensors:   # bit-identical run to run
         _, again = _quant_scan(quant_checkpoint, gpu)
         assert json.dumps(again, sort_keys=True) == json.dumps(got, sort_keys=True)
 
@@ -217,6 +196,7 @@ def test_cuda_emulated_allocation_failure_is_an_exception(tmp_path):
     infos = tensor_infos(path)
     eng = get_engine("cuda-emu")
     want = eng.run_stats(infos)
+    live = _cuda_emu.live_allocations()
     for k in (1, 2, 5, 9):
         _cuda_emu.fail_allocation(k)
         try:
@@ -224,75 +204,6 @@ def test_cuda_emulated_allocation_failure_is_an_exception(tmp_path):
                 eng.run_stats(infos)
         finally:
             _cuda_emu.fail_allocation(0)
+        assert _cuda_emu.live_allocations() == live, f"allocation {k} failed: the ones before it were not freed"
         assert eng.run_stats(infos) == want
-
-
-# ---------------------------------------------------------------- device arrays (DLPack)
-
-class _HostMemoryLabelledCuda:
-    """A numpy array presented through DLPack as if it lived on cuda:0. Only the CUDA emulator can
-    read it (its "device memory" is host memory): the device code path of tensor_stats /
-    fake_quantize / quant_error runs end to end without a GPU."""
-
-    def __init__(self, a: np.ndarray):
-        self.a = a
-
-    def __dlpack_device__(self):
-        return (2, 0)
-
-    def __dlpack__(self, stream=None, max_version=None, dl_device=None, copy=None):
-        import ctypes
-        cap = self.a.__dlpack__()   # legacy "dltensor": DLManagedTensor starts with DLTensor
-        get = ctypes.pythonapi.PyCapsule_GetPointer
-        get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
-        ptr = get(cap, b"dltensor")
-        ctypes.c_int32.from_address(ptr + 8).value = 2   # DLTensor.device.device_type = kDLCUDA
-        return cap
-
-
-def _read_device_result(obj) -> np.ndarray:
-    """The float32 values of a DeviceResult from the emulator (host memory labelled cuda)."""
-    import ctypes
-    cap = obj.__dlpack__()
-    get = ctypes.pythonapi.PyCapsule_GetPointer
-    get.restype, get.argtypes = ctypes.c_void_p, [ctypes.py_object, ctypes.c_char_p]
-    ptr = get(cap, b"dltensor")
-    assert ctypes.c_int32.from_address(ptr + 8).value == 2
-    ctypes.c_int32.from_address(ptr + 8).value = 1
-
-    class Host:
-        def __dlpack_device__(self):
-            return (1, 0)
-
-        def __dlpack__(self, **kw):
-            return cap
-    return np.from_dlpack(Host()).copy()
-
-
-@pytest.mark.parametrize("dtype", ["F32", "BF16", "F16", "F64"])
-def test_cuda_emulated_dlpack_device_arrays(dtype):
-    """A device array goes to the cuda engine through DLPack, never through a host copy: statistics
-    reduced where the array lies, fake_quantize values in device memory, all equal to the host path."""
-    if "cuda-emu" not in GPU_ENGINES:
-        pytest.skip("needs the CUDA emulator (PARAMKIT_CUDA_EMU=ON): a real device array needs a GPU")
-    rng = np.random.default_rng(11)
-    np_t = FLOATS[dtype]
-    x = _float_data(np_t, 4099 * 2, rng).reshape(2, 4099)[:, :4096].copy()   # 2 rows of 4096
-    if dtype == "BF16":   # numpy cannot export bfloat16 through DLPack: its bits, read as BF16
-        dev = _HostMemoryLabelledCuda(x.view(np.uint16))
-        _compare(paramkit.tensor_stats(dev, dtype="BF16", backend="cuda-emu"), paramkit.tensor_stats(x, backend="cpu"),
-                 paramkit.tensor_stats(x, backend="numpy"))
-        return
-    dev = _HostMemoryLabelledCuda(x)
-    _compare(paramkit.tensor_stats(dev, backend="cuda-emu"), paramkit.tensor_stats(x, backend="cpu"),
-             paramkit.tensor_stats(x, backend="numpy"))
-    for sid in ("int8_tensor", "int8_channel", "q8_0", "nf4", "int4_g128_asym", "fp8_e4m3"):
-        want = paramkit.fake_quantize(x, sid, backend="numpy")
-        got = _read_device_result(paramkit.fake_quantize(dev, sid, backend="cuda-emu"))
-        np.testing.assert_array_equal(got.reshape(want.shape), want, err_msg=sid)
-        ea, eb = paramkit.quant_error(dev, sid, backend="cuda-emu"), paramkit.quant_error(x, sid, backend="numpy")
-        for k in QCOUNTS + ("max_abs_err",):
-            assert ea[k] == eb[k] or (math.isnan(ea[k]) and math.isnan(eb[k])), (sid, k)
-        assert math.isclose(ea["sse"], eb["sse"], rel_tol=1e-9, abs_tol=1e-300), sid
-    with pytest.raises(ValueError, match="only the cuda backend reads device memory"):
-        paramkit.tensor_stats(dev, backend="cpu")
+    assert _cuda_emu.live_allocations() == live

@@ -11,7 +11,7 @@ import pytest
 import paramkit
 from paramkit.quant import DEFAULT_SCHEMES
 
-from conftest import NATIVE_BACKENDS
+from conftest import NATIVE_BACKENDS, cpu_engine_built
 
 COUNTS = ("n", "nonfinite", "clipped", "scale_clamped")
 
@@ -122,11 +122,13 @@ def test_ggml_tiny_block_zeros_stay_zero(backend):
         assert math.isfinite(paramkit.quant_error(x, sid, backend=backend)["max_abs_err"])
 
 
-@pytest.mark.parametrize("backend", [b for b in NATIVE_BACKENDS if not b.startswith("cuda")])
-def test_batched_second_pass_changes_nothing(quant_checkpoint, backend, monkeypatch):
-    """Per-tensor-scale schemes re-read each batch of tensors right after reading it (page cache,
-    not disk): any batch size gives the same report, and progress still climbs to its total. (The
-    cuda engine keeps such tensors on the device instead: tests/test_cuda_stats.py.)"""
+def test_batched_second_pass_changes_nothing(quant_checkpoint, monkeypatch):
+    """The cpu engine's per-tensor-scale schemes re-read each batch of tensors right after reading it (page
+    cache, not disk): any batch size gives the same report, and progress still climbs to its total. (The
+    cuda engine keeps such tensors on the device instead: tests/test_cuda_stats.py.) Runs under every
+    PARAMKIT_BACKEND: it tests the cpu engine itself."""
+    assert cpu_engine_built(), "the C++ extension must be built for this test"
+    backend = "cpu"
     from paramkit.backends import cpu_backend
     whole = paramkit.scan(quant_checkpoint, backend=backend, quant="default").to_dict()
     seen, batches = [], []

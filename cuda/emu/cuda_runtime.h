@@ -4,6 +4,7 @@
 // Each block runs as blockDim.x std::threads (one block at a time: __shared__ is a function-static);
 // streams and events are synchronous; "device" memory is host memory. Not for speed measurements.
 #pragma once
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -100,6 +101,8 @@ struct cudaDeviceProp {
 namespace pk_emu {
 // fail_allocs_after = N > 0: the N-th allocation from then on fails (tests of the error paths)
 inline int fail_allocs_after = 0;
+// live_allocs: device + pinned allocations not yet freed (the leak checks of the tests read it)
+inline std::atomic<long> live_allocs{0};
 inline std::mutex alloc_mu;
 inline cudaError_t alloc(void** p, size_t n) {
   {
@@ -107,14 +110,20 @@ inline cudaError_t alloc(void** p, size_t n) {
     if (fail_allocs_after > 0 && --fail_allocs_after == 0) { *p = nullptr; return cudaErrorMemoryAllocation; }
   }
   *p = std::aligned_alloc(256, (n + 255) / 256 * 256 + 256);
-  return *p ? cudaSuccess : cudaErrorMemoryAllocation;
+  if (!*p) return cudaErrorMemoryAllocation;
+  ++live_allocs;
+  return cudaSuccess;
+}
+inline cudaError_t release(void* p) {
+  if (p) { --live_allocs; std::free(p); }
+  return cudaSuccess;
 }
 }  // namespace pk_emu
 
 inline cudaError_t cudaMalloc(void** p, size_t n) { return pk_emu::alloc(p, n); }
 inline cudaError_t cudaHostAlloc(void** p, size_t n, unsigned) { return pk_emu::alloc(p, n); }
-inline cudaError_t cudaFree(void* p) { std::free(p); return cudaSuccess; }
-inline cudaError_t cudaFreeHost(void* p) { std::free(p); return cudaSuccess; }
+inline cudaError_t cudaFree(void* p) { return pk_emu::release(p); }
+inline cudaError_t cudaFreeHost(void* p) { return pk_emu::release(p); }
 inline cudaError_t cudaMemcpy(void* d, const void* s, size_t n, cudaMemcpyKind) { if (n) std::memmove(d, s, n); return cudaSuccess; }
 inline cudaError_t cudaMemcpyAsync(void* d, const void* s, size_t n, cudaMemcpyKind k, cudaStream_t = nullptr) { return cudaMemcpy(d, s, n, k); }
 inline cudaError_t cudaMemset(void* d, int v, size_t n) { if (n) std::memset(d, v, n); return cudaSuccess; }

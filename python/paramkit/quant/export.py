@@ -128,13 +128,13 @@ def _pick_quantizer(backend: str):
     bound by reading, casting and writing; only scan has a cuda path)."""
     from ..backends import get_engine
     from ..errors import BackendUnavailable
-    name = (backend or "auto").lower()
-    if name == "auto":
-        name = (os.environ.get("PARAMKIT_BACKEND", "auto") or "auto").lower()
+    name, how = (backend or "auto").lower(), ""
+    if name == "auto" and os.environ.get("PARAMKIT_BACKEND"):
+        name, how = os.environ["PARAMKIT_BACKEND"].lower(), " (from PARAMKIT_BACKEND)"
     if name == "numpy":
         return "numpy", None
-    if name not in ("auto", "cpu", "cuda"):
-        raise BackendUnavailable(f"unknown backend {backend!r}; choose one of cuda, cpu, numpy or 'auto'")
+    if name not in ("auto", "cpu", "cuda", "cuda-emu"):   # cuda-emu: the tests' emulated cuda backend
+        raise BackendUnavailable(f"unknown backend {name!r}{how}; choose one of cuda, cpu, numpy or 'auto'")
     try:
         core = getattr(get_engine("cpu"), "_core", None)
     except BackendUnavailable:
