@@ -6,6 +6,7 @@
 #include <cuda_runtime.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -51,6 +52,7 @@ py::dict run(const std::vector<std::string>& files, const std::vector<cuda::Task
   } catch (cuda::Cancelled&) {
     bridge.rethrow();
   } catch (std::system_error& e) {
+    errno = e.code().value();   // the error's own errno: the destructors' driver calls may have changed errno
     PyErr_SetFromErrnoWithFilename(PyExc_OSError, e.what());
     throw py::error_already_set();
   }
@@ -74,7 +76,8 @@ py::dict run(const std::vector<std::string>& files, const std::vector<cuda::Task
 }
 
 // A DLPack capsule of a CUDA array: its view, with the device made current and every stream's
-// earlier work on it finished (the producer's writes are then visible to our streams).
+// earlier work on it finished (the producer's writes are then visible to our streams, which are
+// non-blocking: this device-wide synchronization, not stream order, is what makes the read safe).
 dlpack::View device_view(const py::capsule& cap) {
   dlpack::View v = dlpack::view(cap);
   if (v.device_type != dlpack::kCUDA && v.device_type != dlpack::kCUDAManaged)
@@ -82,7 +85,10 @@ dlpack::View device_view(const py::capsule& cap) {
                           std::to_string(v.device_type) + ")");
   if (v.dtype < 0) throw py::type_error("paramkit._cuda: unsupported DLPack dtype");
   cudaError_t e = cudaSetDevice(v.device_id);
-  if (e == cudaSuccess) e = cudaDeviceSynchronize();
+  if (e == cudaSuccess) {
+    py::gil_scoped_release nogil;   // the producer's pending work may take a while
+    e = cudaDeviceSynchronize();
+  }
   if (e != cudaSuccess) throw std::runtime_error(std::string("CUDA error: ") + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
   return v;
 }
@@ -101,6 +107,9 @@ const uint8_t* aligned_bytes(const dlpack::View& v, std::unique_ptr<DeviceBuffer
   if (reinterpret_cast<uintptr_t>(v.data) % 16 == 0) return static_cast<const uint8_t*>(v.data);
   copy.reset(new DeviceBuffer(v.nbytes, v.device_id));
   cudaError_t e = cudaMemcpy(copy->p, v.data, v.nbytes, cudaMemcpyDeviceToDevice);
+  // a device-to-device cudaMemcpy may return before it completes, and the engines' non-blocking
+  // streams do not wait for the legacy stream it ran on
+  if (e == cudaSuccess) e = cudaDeviceSynchronize();
   if (e != cudaSuccess) throw std::runtime_error(std::string("CUDA error: ") + cudaGetErrorName(e) + ": " + cudaGetErrorString(e));
   return static_cast<const uint8_t*>(copy->p);
 }
@@ -119,6 +128,7 @@ py::dict dlpack_stats(const py::capsule& cap, bool quantiles, const std::vector<
   t.nbytes = v.nbytes; t.numel = v.numel; t.dtype = v.dtype;
   cuda::Options o = options(quantiles, levels);
   o.device = v.device_id;
+  o.ring_bytes = 1ull << 20;   // the smallest ring: a device-resident array never goes through it
   if (!t.dev) t.mem = reinterpret_cast<const uint8_t*>(&t);   // empty: never read
   py::dict d = run({}, {t}, o, py::none());
   d["dtype"] = v.dtype;
@@ -140,9 +150,9 @@ py::tuple dlpack_quant(const py::capsule& cap, int kind, int group, int64_t rows
                                  v.device_id);
   }
   py::object values = py::none();
-  if (out) {
-    values = dlpack::make_capsule(out->p, dlpack::kCUDA, v.device_id, F32, v.shape, &cuda::free_device);
-    out->release();
+  if (out) {   // make_capsule owns the memory from the call on (it frees it itself if it throws)
+    void* p = out->release();
+    values = dlpack::make_capsule(p, dlpack::kCUDA, v.device_id, F32, v.shape, &cuda::free_device);
   }
   return py::make_tuple(values, sums_dict(s));
 }

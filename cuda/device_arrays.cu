@@ -125,7 +125,7 @@ double h2d_ceiling(uint64_t bytes, int reps) {
   bytes = std::max<uint64_t>(bytes / 2 * 2, 2);
   uint8_t *h = nullptr, *d = nullptr;
   cudaStream_t st[2] = {nullptr, nullptr};
-  cudaEvent_t e0 = nullptr, e1 = nullptr;
+  cudaEvent_t e0 = nullptr, e1 = nullptr, e2 = nullptr;
   auto cleanup = [&]() {
     if (st[0]) cudaStreamSynchronize(st[0]);
     if (st[1]) cudaStreamSynchronize(st[1]);
@@ -134,6 +134,7 @@ double h2d_ceiling(uint64_t bytes, int reps) {
     for (auto s : st) if (s) cudaStreamDestroy(s);
     if (e0) cudaEventDestroy(e0);
     if (e1) cudaEventDestroy(e1);
+    if (e2) cudaEventDestroy(e2);
   };
   try {
     PK_CK(cudaHostAlloc(reinterpret_cast<void**>(&h), bytes, cudaHostAllocDefault));
@@ -152,13 +153,11 @@ double h2d_ceiling(uint64_t bytes, int reps) {
       PK_CK(cudaMemcpyAsync(d, h, half, cudaMemcpyHostToDevice, st[0]));
       PK_CK(cudaMemcpyAsync(d + half, h + half, bytes - half, cudaMemcpyHostToDevice, st[1]));
     }
-    cudaEvent_t e2 = nullptr;
     PK_CK(cudaEventCreate(&e2));
     PK_CK(cudaEventRecord(e2, st[1]));
     PK_CK(cudaStreamWaitEvent(st[0], e2, 0));
     PK_CK(cudaEventRecord(e1, st[0]));
     PK_CK(cudaEventSynchronize(e1));
-    cudaEventDestroy(e2);
     float ms = 0;
     PK_CK(cudaEventElapsedTime(&ms, e0, e1));
     cleanup();

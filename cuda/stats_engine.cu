@@ -303,7 +303,6 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
       host_alloc(&s.h_hpart, kMaxWork * nsq); dev_alloc(&s.d_hpart, kMaxWork * nsq);
     }
     PK_CK(cudaEventCreateWithFlags(&s.done, cudaEventDisableTiming));
-    s.stream = R.streams[k % 2];
   }
   std::vector<uint8_t> held(tasks.size(), 0);
   uint64_t arena = 0;
@@ -321,6 +320,9 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
     for (size_t i = 0; i < tasks.size(); ++i) held[i] = mask2[i] && round256(tasks[i].nbytes) <= arena;
     if (info) info->hold_capacity = arena;
   }
+  // the setup's cudaMemset / cudaMemcpy ran on the legacy stream and may still be in flight: the
+  // non-blocking streams below do not wait for it
+  PK_CK(cudaDeviceSynchronize());
 
   // per-tensor host state: running merge of partials, dense histogram of a multi-batch tensor
   std::vector<PieceStats> acc(opt.stats ? tasks.size() : 0);
@@ -384,8 +386,14 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
     s.holds.clear();
     s.pending = false;
   };
+  size_t k = 0;   // batches submitted; batch k uses slot k % slots
+  // collect every pending slot but `keep` (batch k's), oldest batch first: a tensor's pieces must be
+  // merged in order before its last one finalizes it
   auto drain_others = [&](const Slot* keep) {
-    for (auto& o : R.slots) if (&o != keep && o.pending) collect(o);
+    for (size_t j = 1; j < R.slots.size(); ++j) {
+      Slot& o = R.slots[(k + j) % R.slots.size()];
+      if (&o != keep && o.pending) collect(o);
+    }
   };
   // the second-pass items of held tensor t: at most kMaxHoldItems, each a multiple of kUnit elements
   auto hold_items = [&](size_t t, uint64_t& per) {
@@ -397,7 +405,6 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
 
   size_t t = 0;
   uint64_t b = 0, arena_head = 0;
-  size_t k = 0;
   std::vector<ReadOp> ops;
   std::vector<HoldCopy> copies;
   auto active = [&](size_t i) { return tasks[i].nbytes > 0 && (opt.stats || tasks[i].quant_mask); };
@@ -406,6 +413,7 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
     if (t >= tasks.size()) break;
     Slot& s = R.slots[k % R.slots.size()];
     if (s.pending) collect(s);
+    s.stream = R.streams[k % 2];   // per batch, not per slot: with 3 slots consecutive batches still alternate
     if (progress && !progress(bytes_done)) throw Cancelled();
     // pack segments into this slot
     uint64_t pos = 0, fpos = 0;

@@ -162,8 +162,11 @@ def test_cuda_quant_held_second_pass(gpu, quant_checkpoint, monkeypatch, hold_mb
     live = _live_allocations(gpu)
     rep, got = _quant_scan(quant_checkpoint, gpu, progress=lambda done, total: seen.append((done, total)))
     assert _live_allocations(gpu) == live   # ring, scratch and hold arena all freed
-    _, ref = _quant_scan(quant_checkpoint, "numpy")
+    ref_rep, ref = _quant_scan(quant_checkpoint, "numpy")
     _same_quant(got, ref)
+    cpu = {x.name: x.stats for x in paramkit.scan(quant_checkpoint, backend="cpu").tensors}
+    for x, r in zip(rep.tensors, ref_rep.tensors):   # statistics too: the held pass must not disturb them
+        _compare(x.stats, cpu[x.name], r.stats)
     second = [t for t in rep.tensors if t.quant and "int8_tensor" in t.quant and "not_applicable" not in t.quant["int8_tensor"]]
     held = rep.to_dict()["engine"]["held_tensors"]
     assert held == (0 if hold_mb == 0 else len(second)), held
@@ -171,6 +174,31 @@ def test_cuda_quant_held_second_pass(gpu, quant_checkpoint, monkeypatch, hold_mb
     if rep.tensors:   # bit-identical run to run
         _, again = _quant_scan(quant_checkpoint, gpu)
         assert json.dumps(again, sort_keys=True) == json.dumps(got, sort_keys=True)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_cuda_arena_wrap_merges_pieces_in_order(gpu, tmp_path, monkeypatch, seed):
+    """When the hold arena is full the engine collects every batch still in flight before reusing it; it must
+    collect them oldest first, or a tensor split over two of them is finalized before its first pieces are
+    merged (wrong counts, moments and quantiles, found by review; these seeds failed before the fix). A 1 MiB
+    ring, a 0.5-4 MiB arena, and weights (held for int8_tensor) mixed with biases larger than one slot."""
+    rng = np.random.default_rng(seed)
+    nt = int(rng.integers(3, 9))
+    sizes = (rng.uniform(0.1, 2.5, nt) * (1 << 20) / 4 / 256).astype(int) * 256
+    weight = rng.integers(0, 2, nt)
+    t = {(f"l{i}.weight" if w else f"l{i}.bias"): rng.standard_normal(n).astype(np.float32).reshape(-1, 256)
+         for i, (n, w) in enumerate(zip(sizes, weight))}
+    path = str(tmp_path / "wrap.safetensors")
+    save_file(t, path)
+    from paramkit.backends import cuda_backend
+    monkeypatch.setattr(cuda_backend, "HOLD_BYTES", int(rng.uniform(0.5, 4) * (1 << 20)))
+    monkeypatch.setenv("PARAMKIT_CUDA_RING_MB", "1")
+    rep = paramkit.scan(path, backend=gpu, quant="int8_tensor")
+    assert rep.to_dict()["engine"]["held_tensors"] > 0
+    cpu = {x.name: x.stats for x in paramkit.scan(path, backend="cpu", quant="int8_tensor").tensors}
+    ref = {x.name: x.stats for x in paramkit.scan(path, backend="numpy", quant="int8_tensor").tensors}
+    for x in rep.tensors:
+        _compare(x.stats, cpu[x.name], ref[x.name])
 
 
 def test_cuda_quant_unit_larger_than_the_ring_falls_back(gpu, tmp_path, monkeypatch):

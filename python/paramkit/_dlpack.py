@@ -22,12 +22,12 @@ MAX_VERSION = (1, 1)
 
 # The `stream` handed to __dlpack__ for CUDA arrays. The array-API rule: the consumer names the stream
 # it will use and the producer makes that stream wait for its pending work on the array. paramkit's
-# cuda engine launches on its own stream and synchronizes it before returning, but that stream is not
-# visible here, so paramkit asks for 1 = the legacy default stream: the producer orders its work before
-# the legacy default stream, and work on any blocking stream (cudaStreamCreate without
-# cudaStreamNonBlocking) is ordered after the legacy default stream, so the engine's kernels see the data
-# complete. The stream is always passed explicitly: torch's __dlpack__ (2.13) defaults to stream=-1, "no
-# synchronization", which would race with kernels still writing the array on torch's current stream.
+# cuda engine launches on its own non-blocking streams, which are not visible here, so paramkit asks
+# for 1 = the legacy default stream, and paramkit._cuda then synchronizes the whole device before it
+# reads the array (device_view in cuda/cuda_module.cu): that synchronization, not stream order, is what
+# makes the producer's writes visible to the engine's kernels. The stream is always passed explicitly:
+# torch's __dlpack__ (2.13) defaults to stream=-1, "no synchronization", and would not order its work
+# before the legacy stream either.
 CUDA_STREAM = 1
 
 # numpy dtype of an element where numpy has one; bf16 / fp8 stay raw bit patterns (ml_dtypes is optional)
