@@ -171,6 +171,11 @@ PYBIND11_MODULE(PARAMKIT_CUDA_MODULE, m) {
         "Emulator only: make the n-th device/pinned allocation from now fail (0: none), to test error paths.");
   m.def("live_allocations", []() { return long(pk_emu::live_allocs); },
         "Emulator only: device and pinned allocations not yet freed (the tests' leak checks).");
+  m.def("set_schedule", [](const std::string& mode) {
+    if (mode != "lazy" && mode != "others-first") throw py::value_error("schedule: 'lazy' or 'others-first'");
+    pk_emu::others_first = mode == "others-first";
+  }, "Emulator only: the order queued stream work runs in: 'lazy' (a stream runs when waited for) or "
+     "'others-first' (every other stream's queued work runs first: later batches before earlier ones).");
 #else
   m.attr("emulated") = false;
 #endif

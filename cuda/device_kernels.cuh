@@ -26,7 +26,7 @@ namespace {   // internal linkage: each .cu that includes this has its own copy
 
 // kernel<<<grid, block, 0, stream>>>(args...), spelled so that the CPU emulator (cuda/emu) runs it too
 #ifdef PARAMKIT_CUDA_EMULATOR
-#define PK_LAUNCH(kernel, grid, block, stream, ...) ::pk_emu::launch((grid), (block), [&]() { kernel(__VA_ARGS__); })
+#define PK_LAUNCH(kernel, grid, block, stream, ...) ::pk_emu::launch_on((stream), (grid), (block), kernel, __VA_ARGS__)
 #else
 #define PK_LAUNCH(kernel, grid, block, stream, ...) kernel<<<(grid), (block), 0, (stream)>>>(__VA_ARGS__)
 #endif

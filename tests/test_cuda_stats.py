@@ -24,9 +24,24 @@ if not GPU_ENGINES:
                 + {b.name: b for b in paramkit.backends()}["cuda"].reason, allow_module_level=True)
 
 
-@pytest.fixture(params=GPU_ENGINES)
+# The emulator runs queued stream work in two orders: "lazy" (a stream's work runs when something waits for
+# it) and "others-first" (before a stream runs, every other stream's queued work does: later batches ahead of
+# earlier ones). A missing event wait or synchronize gives stale data in one of them, as it can on a GPU.
+GPU_VARIANTS = [(g, sched) for g in GPU_ENGINES for sched in ((None,) if g == "cuda" else ("lazy", "others-first"))]
+
+
+@pytest.fixture(params=GPU_VARIANTS, ids=lambda v: v[0] if v[1] is None else f"{v[0]}-{v[1]}")
 def gpu(request) -> str:
-    return request.param
+    engine, schedule = request.param
+    if schedule is None:
+        yield engine
+        return
+    from paramkit import _cuda_emu
+    _cuda_emu.set_schedule(schedule)
+    try:
+        yield engine
+    finally:
+        _cuda_emu.set_schedule("lazy")
 
 
 FLOATS, INTS, SIZES = GPU_FLOATS, GPU_INTS, GPU_SIZES

@@ -69,7 +69,7 @@ class EmulatedProducer:
 
     @contextlib.contextmanager
     def pending(self, x: np.ndarray):
-        yield self.make(x)   # the emulator's streams are synchronous: nothing is ever pending
+        yield self.make(x)   # host memory: nothing of numpy's can be pending on a stream
 
     def memory_in_use(self) -> int:
         from paramkit import _cuda_emu
@@ -226,6 +226,27 @@ def test_device_array_quantization(producer, dtype):
         for k in QCOUNTS + ("max_abs_err",):
             assert ea[k] == eb[k] or (math.isnan(ea[k]) and math.isnan(eb[k])), (sid, k)
         assert math.isclose(ea["sse"], eb["sse"], rel_tol=1e-9, abs_tol=1e-300), sid
+
+
+@pytest.mark.parametrize("producer,dtype", [(p, d) for p in PRODUCERS for d in ("F32", "BF16", "F16")],
+                         ids=lambda v: getattr(v, "name", v))
+def test_device_array_not_16_byte_aligned(producer, dtype):
+    """A view that starts one element into its buffer is not 16-byte aligned; the engine's vector loads need
+    that, so it copies the bytes on the device first and must wait for that copy: values as for the host."""
+    x = _data(dtype, 16).reshape(-1)
+    host = x[1:4097]
+    if producer.name == "emulated":   # a numpy view of x's buffer, one element in
+        view = _HostMemoryLabelledCuda((x.view(np.uint16) if dtype == "BF16" else x)[1:4097])
+    else:
+        view = producer.make(x).reshape(-1)[1:4097]
+    compare_stats(_stats(producer, view, host), paramkit.tensor_stats(host, backend="cpu"),
+                  paramkit.tensor_stats(host, backend="numpy"))
+    if dtype == "BF16" and not producer.native_bf16:
+        return
+    for sid in ("int8_tensor", "q8_0", "fp8_e4m3"):
+        got = producer.to_numpy(paramkit.fake_quantize(view, sid, backend=producer.backend))
+        np.testing.assert_array_equal(got.reshape(-1), paramkit.fake_quantize(host, sid, backend="numpy").reshape(-1),
+                                      err_msg=sid)
 
 
 @pytest.mark.parametrize("producer", PRODUCERS, ids=IDS)
