@@ -44,10 +44,6 @@ def gpu(request) -> str:
         _cuda_emu.set_schedule("lazy")
 
 
-FLOATS, INTS, SIZES = GPU_FLOATS, GPU_INTS, GPU_SIZES
-_float_data, _compare = float_data, compare_stats
-
-
 def _run_all(gpu: str, path: str, quantiles: bool = True):
     infos = tensor_infos(path)
     cu = get_engine(gpu).run_stats(infos, quantiles=quantiles)
@@ -56,17 +52,17 @@ def _run_all(gpu: str, path: str, quantiles: bool = True):
     return infos, cu, cpu, ref
 
 
-@pytest.mark.parametrize("dtype", list(FLOATS) + list(INTS))
+@pytest.mark.parametrize("dtype", list(GPU_FLOATS) + list(GPU_INTS))
 @pytest.mark.parametrize("quantiles", [True, False])
 def test_cuda_matches_cpu_and_oracle(gpu, tmp_path, dtype, quantiles):
     rng = np.random.default_rng(len(dtype) * 7 + quantiles)
     tensors = {}
-    for n in SIZES:
-        if dtype in FLOATS:
-            a = _float_data(FLOATS[dtype], n, rng)
+    for n in GPU_SIZES:
+        if dtype in GPU_FLOATS:
+            a = float_data(GPU_FLOATS[dtype], n, rng)
         else:
-            info = np.iinfo(INTS[dtype])
-            a = rng.integers(info.min, info.max, size=n, dtype=INTS[dtype], endpoint=True)
+            info = np.iinfo(GPU_INTS[dtype])
+            a = rng.integers(info.min, info.max, size=n, dtype=GPU_INTS[dtype], endpoint=True)
             if n >= 3:
                 a[:3] = [0, info.min, info.max]
         tensors[f"t{n}"] = a
@@ -76,7 +72,7 @@ def test_cuda_matches_cpu_and_oracle(gpu, tmp_path, dtype, quantiles):
     infos, cu, cpu, ref = _run_all(gpu, path, quantiles)
     for t, a, b, c in zip(infos, cu, cpu, ref):
         try:
-            _compare(a, b, c)
+            compare_stats(a, b, c)
         except AssertionError as e:
             raise AssertionError(f"{dtype} tensor {t.name}: {e}") from None
 
@@ -86,16 +82,16 @@ def test_cuda_multi_piece_and_many_tensors(gpu, tmp_path, monkeypatch, dtype):
     # a 1 MiB ring forces tensors across several batches; 100 tiny tensors exercise the histogram slots
     monkeypatch.setenv("PARAMKIT_CUDA_RING_MB", "1")
     rng = np.random.default_rng(5)
-    tensors = {"big": (_float_data(FLOATS[dtype], 3_000_001, rng) if dtype in FLOATS
+    tensors = {"big": (float_data(GPU_FLOATS[dtype], 3_000_001, rng) if dtype in GPU_FLOATS
                        else rng.integers(0, 255, size=3_000_001, dtype=np.uint8))}
     for i in range(100):
-        tensors[f"small{i:03d}"] = (_float_data(FLOATS[dtype], 5 + i, rng) if dtype in FLOATS
+        tensors[f"small{i:03d}"] = (float_data(GPU_FLOATS[dtype], 5 + i, rng) if dtype in GPU_FLOATS
                                     else rng.integers(0, 255, size=5 + i, dtype=np.uint8))
     path = str(tmp_path / "big.safetensors")
     save_file(tensors, path)
     infos, cu, cpu, ref = _run_all(gpu, path)
     for t, a, b, c in zip(infos, cu, cpu, ref):
-        _compare(a, b, c)
+        compare_stats(a, b, c)
     again = get_engine(gpu).run_stats(infos, quantiles=True)
     assert json.dumps(again) == json.dumps(cu)      # bit-identical run to run
 
@@ -103,7 +99,7 @@ def test_cuda_multi_piece_and_many_tensors(gpu, tmp_path, monkeypatch, dtype):
 def test_cuda_scan_end_to_end(gpu, tmp_path):
     rng = np.random.default_rng(1)
     path = str(tmp_path / "s.safetensors")
-    save_file({"w": _float_data(ml_dtypes.bfloat16, 1000, rng), "b": _float_data(np.float32, 33, rng)}, path)
+    save_file({"w": float_data(ml_dtypes.bfloat16, 1000, rng), "b": float_data(np.float32, 33, rng)}, path)
     a = paramkit.scan(path, backend=gpu).to_dict()
     b = paramkit.scan(path, backend="cpu").to_dict()
     assert a["backend"] == gpu and a["engine"]["isa"].startswith("cuda:")
@@ -123,7 +119,6 @@ def test_cuda_array_stats_and_errors(gpu, tmp_path):
 
 
 # ---------------------------------------------------------------- the quantization pass on the GPU
-
 
 
 def _live_allocations(gpu: str) -> int | None:
@@ -181,7 +176,7 @@ def test_cuda_quant_held_second_pass(gpu, quant_checkpoint, monkeypatch, hold_mb
     _same_quant(got, ref)
     cpu = {x.name: x.stats for x in paramkit.scan(quant_checkpoint, backend="cpu").tensors}
     for x, r in zip(rep.tensors, ref_rep.tensors):   # statistics too: the held pass must not disturb them
-        _compare(x.stats, cpu[x.name], r.stats)
+        compare_stats(x.stats, cpu[x.name], r.stats)
     second = [t for t in rep.tensors if t.quant and "int8_tensor" in t.quant and "not_applicable" not in t.quant["int8_tensor"]]
     held = rep.to_dict()["engine"]["held_tensors"]
     assert held == (0 if hold_mb == 0 else len(second)), held
@@ -213,7 +208,7 @@ def test_cuda_arena_wrap_merges_pieces_in_order(gpu, tmp_path, monkeypatch, seed
     cpu = {x.name: x.stats for x in paramkit.scan(path, backend="cpu", quant="int8_tensor").tensors}
     ref = {x.name: x.stats for x in paramkit.scan(path, backend="numpy", quant="int8_tensor").tensors}
     for x in rep.tensors:
-        _compare(x.stats, cpu[x.name], ref[x.name])
+        compare_stats(x.stats, cpu[x.name], ref[x.name])
 
 
 def test_cuda_quant_unit_larger_than_the_ring_falls_back(gpu, tmp_path, monkeypatch):

@@ -135,9 +135,7 @@ inline cudaError_t release(void* p) {
   if (p) { --live_allocs; std::free(p); }
   return cudaSuccess;
 }
-}  // namespace pk_emu
 
-namespace pk_emu {
 inline std::recursive_mutex stream_mu;   // the queues (flushing can run a wait that flushes another stream)
 inline std::set<CUstream_st*> streams;
 // others_first: before a stream's work runs, every other stream's queued work runs (a GPU may run
