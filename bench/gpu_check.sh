@@ -8,6 +8,7 @@
 # here prepares .whl/ and .gpu_stage/ (git-ignored), then two calls, the second at once:
 #   run(command="bash bench/gpu_check.sh --stage", carry=[".gpu_stage"])   # builds; keeps MiniLM half 1 in /tmp
 #   run(command="bash bench/gpu_check.sh", carry=[".whl"])                 # everything, MiniLM included
+# The --stage call also runs compute-sanitizer (memcheck, racecheck) over the tests that run every kernel.
 # One call `run(command="bash bench/gpu_check.sh", carry=[".whl"])` runs everything but the MiniLM tests; without
 # .whl the gguf reference tests are left out too. The table says what was left out and why.
 #
@@ -73,7 +74,42 @@ if [ $rc != 0 ]; then summary; exit 1; fi
 find "$BUILD" -maxdepth 1 \( -name '_core*.so' -o -name '_cuda*.so' \) -exec cp {} python/paramkit/ \;
 export PYTHONPATH=$PWD/python:$PWD/tests${PYTHONPATH:+:$PYTHONPATH}
 $PY -c "import paramkit, json; print(json.dumps([b.__dict__ for b in paramkit.backends()], indent=1))"
-if [ "$MODE" = "--stage" ]; then summary; exit 0; fi
+if [ "$MODE" = "--stage" ]; then
+  # 1b. the stage call has time to spare (the check call has none): compute-sanitizer over a part of the suite
+  #     that runs every kernel (statistics, quantization, held second pass, reader threads, device arrays).
+  #     memcheck: out-of-bounds and misaligned accesses, API errors; racecheck: shared-memory hazards in the
+  #     block reductions and histograms. On the emulator (dry run) the same selection runs without a sanitizer.
+  SAN_K="(matches_cpu_and_oracle and (BF16 or F16 or F32 or U8)) or (multi_piece and BF16) or held_second_pass
+         or (reader_threads and 3) or (device_array and (torch or cupy or emulated) and not results_are_freed)"
+  RACE_K="(matches_cpu_and_oracle and (BF16 or F32) and True) or (held_second_pass and None-None)"
+  CS=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer /usr/local/cuda-*/bin/compute-sanitizer \
+       /opt/nvidia/*/compute-sanitizer 2>/dev/null | head -1)
+  for tool in memcheck racecheck; do
+    K="$SAN_K"; [ $tool = racecheck ] && K="$RACE_K"
+    if [ "$BACKEND" = cuda ] && [ -z "$CS" ]; then status+=("compute-sanitizer $tool|skipped|not found"); continue; fi
+    WRAP=(); [ "$BACKEND" = cuda ] && WRAP=("$CS" --tool "$tool" --error-exitcode 86)
+    t0=$(date +%s)
+    timeout 170 "${WRAP[@]}" $PY -m pytest -q -p no:cacheprovider tests/test_cuda_stats.py tests/test_device_arrays.py \
+      -k "$(echo $K)" > "$OUT/sanitize_$tool.log" 2>&1
+    rc=$?
+    # memory and race reports; "Program hit <error> on CUDA API call" lines (torch's probes too) are counted apart
+    hazards=$(grep -cE '^========= +(Invalid|Misaligned|Out-of-range|Error: |Warning: |Race reported|Malloc/Free)' \
+              "$OUT/sanitize_$tool.log")
+    api=$(grep -cE '^========= +Program hit' "$OUT/sanitize_$tool.log")
+    tests=$(grep -E '[0-9]+ (passed|failed)' "$OUT/sanitize_$tool.log" | tail -1)
+    case $rc in
+      0) st=ok;; 86) st="ERRORS";; 124) st="timed out";; *) st="FAILED rc=$rc";;
+    esac
+    [ "$hazards" != 0 ] && st="ERRORS"
+    tail -4 "$OUT/sanitize_$tool.log"
+    if [ ${#WRAP[@]} -gt 0 ]; then
+      status+=("compute-sanitizer $tool subset|$st|${tests:-no summary}; $hazards reports, $api API-error lines; $(( $(date +%s) - t0 )) s")
+    else
+      status+=("$tool subset, no sanitizer|$st|${tests:-no summary}, $(( $(date +%s) - t0 )) s (dry run: checks the selection)")
+    fi
+  done
+  summary; exit 0
+fi
 
 # 2. the whole suite on the cuda backend (every native test compares with the numpy oracle and the cpu engine;
 #    tests/test_device_arrays.py feeds it torch and cupy arrays on the GPU)

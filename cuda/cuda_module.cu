@@ -69,7 +69,7 @@ py::dict run(const std::vector<std::string>& files, const std::vector<cuda::Task
   }
   d["quant_absmax"] = am;
   d["held"] = held;
-  d["isa"] = "cuda:" + info.device; d["threads"] = 0; d["units"] = info.batches;
+  d["isa"] = "cuda:" + info.device; d["threads"] = info.readers; d["units"] = info.batches;
   d["launches"] = info.launches; d["held_tensors"] = info.held; d["held_bytes"] = info.held_bytes;
   d["hold_capacity"] = info.hold_capacity;
   return d;
@@ -169,6 +169,8 @@ PYBIND11_MODULE(PARAMKIT_CUDA_MODULE, m) {
   m.attr("emulated") = true;
   m.def("fail_allocation", [](int n) { pk_emu::fail_allocs_after = n; },
         "Emulator only: make the n-th device/pinned allocation from now fail (0: none), to test error paths.");
+  m.def("fail_read", [](int n) { pk_emu::fail_reads_after = n; },
+        "Emulator only: make the n-th file read from now fail with EIO (0: none), to test error paths.");
   m.def("live_allocations", []() { return long(pk_emu::live_allocs); },
         "Emulator only: device and pinned allocations not yet freed (the tests' leak checks).");
   m.def("set_schedule", [](const std::string& mode) {
@@ -205,7 +207,8 @@ PYBIND11_MODULE(PARAMKIT_CUDA_MODULE, m) {
     d["devices"] = devs;
     return d;
   });
-  // paramkit._core.run's signature (threads, chunk_bytes and io are the cpu engine's and ignored),
+  // paramkit._core.run's signature (threads: the threads that read the file, 0 = one per core, at most 8;
+  // chunk_bytes and io are the cpu engine's and ignored),
   // plus hold_bytes: device memory that may keep tensors for their per-tensor-scale second pass
   // (-1: the default, 8 GiB; also capped at half the free memory). The result adds `held`: per
   // tensor, whether those schemes were completed on the device (else run again with its absmax).
@@ -214,9 +217,12 @@ PYBIND11_MODULE(PARAMKIT_CUDA_MODULE, m) {
            py::array_t<double, py::array::c_style | py::array::forcecast> absmax, bool stats, bool quantiles, int threads,
            uint64_t chunk_bytes, const std::string& io, const std::vector<double>& levels,
            const std::vector<std::pair<int, int>>& schemes, py::object progress, int64_t hold_bytes) {
-          (void)threads; (void)chunk_bytes; (void)io;
+          (void)chunk_bytes; (void)io;
+          if (threads < 0) throw std::invalid_argument("threads must be >= 0 (0: one reader per core, at most 8)");
           auto tasks = tasks_from_spec<cuda::Task>(spec, absmax, schemes.size());
-          return run(files, tasks, options(quantiles, levels, stats, schemes, hold_bytes), progress);
+          cuda::Options o = options(quantiles, levels, stats, schemes, hold_bytes);
+          o.readers = threads;
+          return run(files, tasks, o, progress);
         },
         py::arg("files"), py::arg("spec"), py::arg("absmax"), py::arg("stats"), py::arg("quantiles"), py::arg("threads"),
         py::arg("chunk_bytes"), py::arg("io"), py::arg("levels"), py::arg("schemes"), py::arg("progress"),

@@ -11,9 +11,11 @@
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <condition_variable>
 #include <cstring>
 #include <exception>
 #include <memory>
+#include <mutex>
 #include <system_error>
 #include <thread>
 
@@ -125,6 +127,9 @@ struct ReadOp { int fd; uint64_t off, len; uint8_t* dst; const uint8_t* mem; };
 void do_read(const ReadOp& r) {
   if (r.mem) { std::memcpy(r.dst, r.mem, r.len); return; }
   uint64_t got = 0;
+#ifdef PARAMKIT_CUDA_EMULATOR
+  if (pk_emu::read_fails()) throw std::system_error(EIO, std::generic_category(), "pread (emulated failure)");
+#endif
   while (got < r.len) {
     ssize_t k = pread(r.fd, r.dst + got, r.len - got, off_t(r.off + got));
     if (k < 0) { if (errno == EINTR) continue; throw std::system_error(errno, std::generic_category(), "pread"); }
@@ -133,29 +138,96 @@ void do_read(const ReadOp& r) {
   }
 }
 
-// pread/memcpy the batch's segments, split into 8 MiB reads over up to 4 threads
-void fill(std::vector<ReadOp>& ops) {
-  std::vector<ReadOp> split;
-  const uint64_t step = 8ull << 20;
-  uint64_t total = 0;
-  for (const ReadOp& r : ops)
-    for (uint64_t b = 0; b < r.len; b += step) {
-      ReadOp s = r; s.off = r.off + b; s.len = std::min(step, r.len - b); s.dst = r.dst + b;
-      if (r.mem) s.mem = r.mem + b;
-      split.push_back(s); total += s.len;
+// Reads a batch's segments (pread, or memcpy from host memory) with the calling thread and `helpers`
+// threads that live as long as the run: no thread is created per batch (at tens of GB/s a 32 MiB
+// batch takes about a millisecond, the cost of starting a few threads). Every helper takes part in
+// every batch, so run() returns only when no helper touches the batch's ops any more.
+class ReaderPool {
+ public:
+  explicit ReaderPool(int helpers) {
+    for (int k = 0; k < helpers; ++k) {
+      try { th_.emplace_back([this] { loop(); }); }
+      catch (const std::system_error&) { break; }   // fewer readers, not an error
     }
-  int nt = int(std::min<size_t>(4, split.size()));
-  if (nt <= 1 || total < (16ull << 20)) { for (auto& r : split) do_read(r); return; }
-  std::atomic<size_t> next{0};
-  std::vector<std::exception_ptr> errs(static_cast<size_t>(nt));
-  std::vector<std::thread> th;
-  for (int k = 0; k < nt; ++k)
-    th.emplace_back([&, k]() {
-      try { for (size_t i; (i = next.fetch_add(1)) < split.size();) do_read(split[i]); }
-      catch (...) { errs[size_t(k)] = std::current_exception(); next = split.size(); }
-    });
-  for (auto& t : th) t.join();
-  for (auto& e : errs) if (e) std::rethrow_exception(e);
+    helpers_ = int(th_.size());
+  }
+  ~ReaderPool() {
+    { std::lock_guard<std::mutex> lk(m_); stop_ = true; }
+    cv_work_.notify_all();
+    for (auto& t : th_) t.join();
+  }
+  int readers() const { return helpers_ + 1; }
+
+  // the batch's reads split into pieces of at most 8 MiB (at least 4 per reader when they are large)
+  void run(const std::vector<ReadOp>& ops) {
+    uint64_t total = 0;
+    for (const ReadOp& r : ops) total += r.len;
+    const uint64_t step = std::min<uint64_t>(8ull << 20, std::max<uint64_t>(1ull << 20,
+                                             total / uint64_t(4 * readers()) / 65536 * 65536));
+    split_.clear();
+    for (const ReadOp& r : ops)
+      for (uint64_t b = 0; b < r.len; b += step) {
+        ReadOp s = r; s.off = r.off + b; s.len = std::min(step, r.len - b); s.dst = r.dst + b;
+        if (r.mem) s.mem = r.mem + b;
+        split_.push_back(s);
+      }
+    if (helpers_ == 0 || split_.size() < 2 || total < (4ull << 20)) {   // not worth waking anyone
+      for (const ReadOp& r : split_) do_read(r);
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lk(m_);
+      next_ = 0; finished_ = 0; err_ = nullptr; ++gen_;
+    }
+    cv_work_.notify_all();
+    work();
+    std::unique_lock<std::mutex> lk(m_);
+    cv_done_.wait(lk, [this] { return finished_ == helpers_; });
+    if (err_) std::rethrow_exception(err_);
+  }
+
+ private:
+  void work() {
+    try {
+      for (size_t i; (i = next_.fetch_add(1)) < split_.size();) do_read(split_[i]);
+    } catch (...) {
+      std::lock_guard<std::mutex> lk(m_);
+      if (!err_) err_ = std::current_exception();
+      next_ = split_.size();   // the others stop after their current read
+    }
+  }
+  void loop() {
+    uint64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lk(m_);
+        cv_work_.wait(lk, [&] { return stop_ || gen_ != seen; });
+        if (stop_) return;
+        seen = gen_;
+      }
+      work();
+      std::lock_guard<std::mutex> lk(m_);
+      if (++finished_ == helpers_) cv_done_.notify_one();
+    }
+  }
+
+  std::vector<std::thread> th_;
+  int helpers_ = 0;
+  std::vector<ReadOp> split_;
+  std::atomic<size_t> next_{0};
+  std::mutex m_;
+  std::condition_variable cv_work_, cv_done_;
+  uint64_t gen_ = 0;
+  int finished_ = 0;
+  bool stop_ = false;
+  std::exception_ptr err_;
+};
+
+// Options::readers == 0: one reader per core, at most 8 (a 32 MiB batch in 1 MiB+ pieces)
+int reader_count(int want) {
+  if (want > 0) return std::min(want, 64);
+  unsigned hw = std::thread::hardware_concurrency();
+  return int(std::min(8u, std::max(1u, hw)));
 }
 
 
@@ -323,6 +395,8 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
   // the setup's cudaMemset / cudaMemcpy ran on the legacy stream and may still be in flight: the
   // non-blocking streams below do not wait for it
   PK_CK(cudaDeviceSynchronize());
+  ReaderPool readers(reader_count(opt.readers) - 1);
+  if (info) info->readers = readers.readers();
 
   // per-tensor host state: running merge of partials, dense histogram of a multi-batch tensor
   std::vector<PieceStats> acc(opt.stats ? tasks.size() : 0);
@@ -497,7 +571,7 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
       if (t < tasks.size() && active(t)) throw std::logic_error("paramkit._cuda: a batch could take nothing");
       continue;   // only inactive tensors were left
     }
-    fill(ops);
+    readers.run(ops);
     if (pos) PK_CK(cudaMemcpyAsync(s.d_in, s.h_in, pos, cudaMemcpyHostToDevice, s.stream));
     for (const HoldCopy& c : copies) PK_CK(cudaMemcpyAsync(c.dst, c.src, c.bytes, cudaMemcpyDeviceToDevice, s.stream));
     if (nwork) {

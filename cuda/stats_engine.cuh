@@ -33,6 +33,7 @@ struct Options {
   std::vector<QuantSpec> schemes;      // at most kMaxSchemes
   uint64_t ring_bytes = 32ull << 20;   // bytes per ring slot (pinned host + device)
   int slots = 3;                       // ring slots (>= 2), alternating over 2 streams
+  int readers = 0;                     // threads that read a batch (pread); 0: one per core, at most 8
   int device = 0;
   // device memory that may keep tensors with per-tensor-scale schemes (int8_tensor, fp8_e4m3)
   // for their second pass; also capped at half the memory free after the ring is allocated
@@ -55,6 +56,7 @@ struct Output {
 
 struct Info {
   uint64_t batches = 0, launches = 0, held = 0, held_bytes = 0, hold_capacity = 0;
+  int readers = 0;
   std::string device;
 };
 

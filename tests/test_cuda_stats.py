@@ -118,6 +118,55 @@ def test_cuda_array_stats_and_errors(gpu, tmp_path):
         eng.run_stats([missing])
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3, 5])
+def test_cuda_reader_threads(gpu, tmp_path, monkeypatch, threads):
+    """threads= sets how many threads read the file into the pinned ring (cuda backend); the bytes land in the
+    same places whatever the count, so the statistics equal the cpu engine's and one another's bit for bit.
+    7 MB across 3 tensors and a 4 MiB ring: batches read in 1 MiB pieces by all the readers, a tensor split
+    between two batches."""
+    monkeypatch.setenv("PARAMKIT_CUDA_RING_MB", "4")
+    rng = np.random.default_rng(threads)
+    path = str(tmp_path / "r.safetensors")
+    save_file({"a": float_data(np.float32, 700_001, rng), "b": float_data(ml_dtypes.bfloat16, 1_500_003, rng),
+               "c": float_data(np.float32, 300_007, rng)}, path)
+    infos = tensor_infos(path)
+    eng = get_engine(gpu)
+    got = eng.run(infos, threads=threads)[0]
+    assert eng.last_run["threads"] == threads
+    assert json.dumps(got) == json.dumps(eng.run(infos, threads=1)[0])
+    for a, b, c in zip(got, get_engine("cpu").run_stats(infos), numpy_backend.ENGINE.run_stats(infos)):
+        compare_stats(a, b, c)
+    rep = paramkit.scan(path, backend=gpu, threads=threads)
+    assert rep.to_dict()["engine"]["threads"] == threads
+
+
+def test_cuda_emulated_read_failure_is_an_oserror(tmp_path, monkeypatch):
+    """A read that fails in any of the reader threads raises OSError (EIO) from the run, after the other
+    readers have stopped; nothing stays allocated and the next run works."""
+    if "cuda-emu" not in GPU_ENGINES:
+        pytest.skip("needs the CUDA emulator (PARAMKIT_CUDA_EMU=ON) to inject the failure")
+    import errno
+    from paramkit import _cuda_emu
+    monkeypatch.setenv("PARAMKIT_CUDA_RING_MB", "4")
+    path = str(tmp_path / "r.safetensors")
+    save_file({"w": np.arange(2_500_000, dtype=np.float32), "v": np.ones(7, dtype=np.float32)}, path)
+    infos = tensor_infos(path)
+    eng = get_engine("cuda-emu")
+    want = eng.run(infos, threads=3)[0]
+    live = _cuda_emu.live_allocations()
+    # 10 MB in 4 MiB batches: two read in 1 MiB pieces by 3 readers, the last (2 MB) by one thread
+    for k in (1, 2, 6, 10):
+        _cuda_emu.fail_read(k)
+        try:
+            with pytest.raises(OSError) as e:
+                eng.run(infos, threads=3)
+        finally:
+            _cuda_emu.fail_read(0)
+        assert e.value.errno == errno.EIO, e.value
+        assert _cuda_emu.live_allocations() == live, f"read {k} failed: allocations were not freed"
+        assert eng.run(infos, threads=3)[0] == want
+
+
 # ---------------------------------------------------------------- the quantization pass on the GPU
 
 

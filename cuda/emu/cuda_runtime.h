@@ -118,6 +118,14 @@ struct cudaDeviceProp {
 namespace pk_emu {
 // fail_allocs_after = N > 0: the N-th allocation from then on fails (tests of the error paths)
 inline int fail_allocs_after = 0;
+// fail_reads_after = N > 0: the N-th file read (pread) from then on fails with EIO, whichever reader
+// thread makes it (tests of the reader pool's error path)
+inline std::atomic<int> fail_reads_after{0};
+inline bool read_fails() {
+  int n = fail_reads_after.load();
+  while (n > 0 && !fail_reads_after.compare_exchange_weak(n, n - 1)) {}
+  return n == 1;
+}
 // live_allocs: device + pinned allocations not yet freed (the leak checks of the tests read it)
 inline std::atomic<long> live_allocs{0};
 inline std::mutex alloc_mu;

@@ -23,7 +23,8 @@ def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "au
 
     stats=False reads the headers only (milliseconds, no tensor data). quantiles=False skips the
     quantile histograms. backend: "auto" (cuda -> cpu -> numpy, or $PARAMKIT_BACKEND), "cuda",
-    "cpu" or "numpy". threads: worker threads of the cpu backend (default: all cores); results are
+    "cpu" or "numpy". threads: worker threads of the cpu backend (default: all cores), reader threads
+    of the cuda backend (default: one per core, at most 8); results are
     bit-identical for any value. progress: None/False, True (a bar on stderr for passes longer
     than a second) or a callable(done_bytes, total_bytes). strict=False tolerates a malformed
     ``__metadata__`` only. quant: simulate quantization in the same pass — "default" (the must-have

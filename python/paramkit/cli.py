@@ -213,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-quantiles", action="store_true", help="skip the quantile histograms")
     s.add_argument("--backend", default="auto", choices=["auto", "cuda", "cpu", "numpy"],
                    help="compute backend (default auto: cuda, then cpu, then numpy; $PARAMKIT_BACKEND overrides auto)")
-    s.add_argument("--threads", type=int, default=None, help="cpu worker threads (default: all cores)")
+    s.add_argument("--threads", type=int, default=None,
+                   help="cpu worker threads (default: all cores); with the cuda backend, the threads "
+                   "that read the file (default: one per core, at most 8)")
     s.add_argument("--all", action="store_true", help="list every tensor in the table (default: the first 40)")
     s.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
     s.add_argument("--lenient", action="store_true", help="tolerate a malformed __metadata__ (strict=False)")

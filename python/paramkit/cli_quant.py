@@ -35,7 +35,9 @@ def register(subparsers) -> argparse.ArgumentParser:
                                                                 "(needs --scheme)")
     p.add_argument("--scheme", default=None, metavar="S", help="the scheme for --out")
     p.add_argument("--overwrite", action="store_true", help="with --out: replace FILE if it exists")
-    p.add_argument("--threads", type=int, default=None, help="cpu worker threads (default: all cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="cpu worker threads (default: all cores); with the cuda backend, the threads "
+                   "that read the file (default: one per core, at most 8)")
     p.add_argument("--progress", action="store_true", help="show the progress bar even when stderr is not a terminal")
     p.set_defaults(func=cmd_quant)
     return p

@@ -70,7 +70,8 @@ class CudaEngine(CpuEngine):
         return [where]   # the second pass reads held tensors from device memory, not the page cache
 
     def _call(self, files, spec, absmax, stats, quantiles, threads, io, levels, schemes, cb) -> dict:
-        rec = self._core.run(files, spec, absmax, bool(stats), bool(quantiles), 0, 0, "pread", levels, schemes, cb,
+        rec = self._core.run(files, spec, absmax, bool(stats), bool(quantiles), int(threads or 0), 0, "pread", levels,
+                             schemes, cb,
                              HOLD_BYTES)
         h = self.held_last = getattr(self, "held_last", {})
         for k in ("held_tensors", "held_bytes"):
