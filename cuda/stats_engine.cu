@@ -138,25 +138,20 @@ void do_read(const ReadOp& r) {
   }
 }
 
-// Reads a batch's segments (pread, or memcpy from host memory) with the calling thread and `helpers`
-// threads that live as long as the run: no thread is created per batch (at tens of GB/s a 32 MiB
-// batch takes about a millisecond, the cost of starting a few threads). Every helper takes part in
-// every batch, so run() returns only when no helper touches the batch's ops any more.
+// Reads a batch's segments (pread, or memcpy from host memory) with the calling thread and up to
+// `helpers` threads that live as long as the run: no thread is created per batch (at tens of GB/s a
+// 32 MiB batch takes about a millisecond, the cost of starting a few threads). The helpers start at
+// the first batch worth sharing (device-resident input reads nothing and starts none). Every helper
+// takes part in every shared batch, so run() returns only when no helper touches its ops any more.
 class ReaderPool {
  public:
-  explicit ReaderPool(int helpers) {
-    for (int k = 0; k < helpers; ++k) {
-      try { th_.emplace_back([this] { loop(); }); }
-      catch (const std::system_error&) { break; }   // fewer readers, not an error
-    }
-    helpers_ = int(th_.size());
-  }
+  explicit ReaderPool(int helpers) : want_(std::max(0, helpers)) {}
   ~ReaderPool() {
     { std::lock_guard<std::mutex> lk(m_); stop_ = true; }
     cv_work_.notify_all();
     for (auto& t : th_) t.join();
   }
-  int readers() const { return helpers_ + 1; }
+  int readers() const { return want_ + 1; }
 
   // the batch's reads split into pieces of at most 8 MiB (at least 4 per reader when they are large)
   void run(const std::vector<ReadOp>& ops) {
@@ -171,10 +166,11 @@ class ReaderPool {
         if (r.mem) s.mem = r.mem + b;
         split_.push_back(s);
       }
-    if (helpers_ == 0 || split_.size() < 2 || total < (4ull << 20)) {   // not worth waking anyone
+    if (want_ == 0 || split_.size() < 2 || total < (1ull << 20)) {   // not worth waking anyone
       for (const ReadOp& r : split_) do_read(r);
       return;
     }
+    if (!started_) start();
     {
       std::lock_guard<std::mutex> lk(m_);
       next_ = 0; finished_ = 0; err_ = nullptr; ++gen_;
@@ -187,6 +183,17 @@ class ReaderPool {
   }
 
  private:
+  void start() {   // as many helpers as the system gives (fewer readers is not an error)
+    started_ = true;
+    try {
+      th_.reserve(size_t(want_));
+      for (int k = 0; k < want_; ++k) {
+        th_.emplace_back([this] { loop(); });
+        std::lock_guard<std::mutex> lk(m_);
+        ++helpers_;      // a helper counts once loop() can see it: finished_ is compared with this
+      }
+    } catch (...) {}
+  }
   void work() {
     try {
       for (size_t i; (i = next_.fetch_add(1)) < split_.size();) do_read(split_[i]);
@@ -211,8 +218,10 @@ class ReaderPool {
     }
   }
 
+  const int want_;
+  bool started_ = false;
   std::vector<std::thread> th_;
-  int helpers_ = 0;
+  int helpers_ = 0;   // started helpers (guarded by m_)
   std::vector<ReadOp> split_;
   std::atomic<size_t> next_{0};
   std::mutex m_;

@@ -154,8 +154,9 @@ def test_cuda_emulated_read_failure_is_an_oserror(tmp_path, monkeypatch):
     eng = get_engine("cuda-emu")
     want = eng.run(infos, threads=3)[0]
     live = _cuda_emu.live_allocations()
-    # 10 MB in 4 MiB batches: two read in 1 MiB pieces by 3 readers, the last (2 MB) by one thread
-    for k in (1, 2, 6, 10):
+    # 10 MB in 3 batches of at most 4 MiB, each read in 1 MiB pieces (11 reads) by 3 readers: whichever
+    # thread makes the failing read, the run raises
+    for k in range(1, 12):
         _cuda_emu.fail_read(k)
         try:
             with pytest.raises(OSError) as e:
