@@ -129,7 +129,7 @@ def main() -> int:
     rows.append((f"paramkit cuda scan, end to end ({readers} readers)", t_cuda, size / t_cuda / 1e9, "H2D"))
     for n in sorted({1, 4, min(ncpu, 64)} - {readers}):
         t = timed(lambda: paramkit.scan(path, backend="cuda", threads=n), reps=2)
-        rows.append((f"paramkit cuda scan, threads={n} readers", t, size / t / 1e9, "H2D"))
+        rows.append((f"paramkit cuda scan, threads={n} ({n} reader{'s' * (n > 1)})", t, size / t / 1e9, "H2D"))
     t_cudaq = timed(lambda: paramkit.scan(path, backend="cuda", quantiles=False))
     rows.append(("paramkit cuda scan, quantiles=False", t_cudaq, size / t_cudaq / 1e9, "H2D"))
     t_quant = timed(lambda: paramkit.scan(path, backend="cuda", quant="default"), reps=2)
