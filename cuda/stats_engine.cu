@@ -3,6 +3,7 @@
 // benchmark's kernel-only timing of the statistics kernel.
 #include "stats_engine.cuh"
 #include "device_kernels.cuh"
+#include "paramkit/host_threads.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -232,12 +233,9 @@ class ReaderPool {
   std::exception_ptr err_;
 };
 
-// Options::readers == 0: one reader per core, at most 8 (a 32 MiB batch in 1 MiB+ pieces)
-int reader_count(int want) {
-  if (want > 0) return std::min(want, 64);
-  unsigned hw = std::thread::hardware_concurrency();
-  return int(std::min(8u, std::max(1u, hw)));
-}
+// Options::readers == 0: one reader per core (as the cpu engine's threads), at most 8 (a 32 MiB batch
+// in 1 MiB+ pieces)
+int reader_count(int want) { return want > 0 ? std::min(want, 64) : std::min(8, default_threads()); }
 
 
 struct Segment {

@@ -14,7 +14,6 @@
 #include <thread>
 
 #include <fcntl.h>
-#include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -73,12 +72,6 @@ void dense_bins(int dt, bool prefix, const C* h, std::vector<Bin>& out) {
 bool histogram_path(int dt, bool quantiles) { return dtype_is_small(dt) && (quantiles || (dt != BF16 && dt != F16)); }
 
 }  // namespace
-
-int default_threads() {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof(set), &set) == 0) return std::max(1, CPU_COUNT(&set));
-  return std::max(1u, std::thread::hardware_concurrency());
-}
 
 const char* active_isa() { return select_kernels().isa; }
 

@@ -6,6 +6,7 @@
 #include <functional>
 #include <string>
 #include <vector>
+#include "paramkit/host_threads.hpp"
 #include "paramkit/quant.hpp"
 #include "paramkit/stats.hpp"
 
@@ -63,7 +64,6 @@ EngineOutput run_engine(const std::vector<std::string>& files, const std::vector
                         const EngineOptions& opt, const std::function<bool(uint64_t)>& progress,
                         EngineInfo* info = nullptr);
 
-int default_threads();
 const char* active_isa();
 
 }  // namespace paramkit
