@@ -2,10 +2,12 @@
 stats_reference.py: random bit patterns, special values, files, chunking and thread counts."""
 from __future__ import annotations
 
+import decimal
 import json
 import math
 import os
 import random
+import sys
 import tempfile
 
 import ml_dtypes
@@ -19,6 +21,7 @@ from safetensors.torch import save_file as torch_save_file
 
 import stats_reference as R
 from conftest import available_backends, tensor_infos     # [b.name for b in backends() if b.available]
+import paramkit
 from paramkit import stats as S
 from paramkit.backends import get_engine, numpy_backend
 from paramkit.dtypes import DTYPES
@@ -310,13 +313,10 @@ def test_numpy_signed_zero_order(dtype, monkeypatch):
             assert q == sorted(q) and st_["zeros"] == len(pattern)
 
 
-def test_numpy_big_endian_and_no_stats_dtypes():
+def test_numpy_big_endian_and_wrong_sizes():
     y = np.arange(-50, 51, dtype=np.float32) / 7
     assert same_bits(ORACLE.array_stats(y.astype(">f4"), "F32", quantiles=True),
                      ORACLE.array_stats(y, "F32", quantiles=True))
-    for name, d in DTYPES.items():
-        if not d.has_stats:
-            assert ORACLE.array_stats(np.zeros(8, np.uint8), name, quantiles=True) is None
     with pytest.raises(ValueError):
         ORACLE.array_stats(np.zeros(3, np.uint8), "F32", quantiles=True)
 
@@ -580,3 +580,74 @@ def test_chunk_boundaries(dtype, chunk, monkeypatch, tmp_path):
     assert same_bits(got[[t.name for t in infos].index("a")], chunked)
     prog.check(n * R.ITEMSIZE[dtype] + 4)
     assert len(prog.calls) == -(-n // chunk) + 1          # one call per chunk
+
+
+# ------------------------------------------------------------------------------------------------
+# dtypes without statistics: one clear error everywhere
+
+NO_STATS = [n for n, d in DTYPES.items() if not d.has_stats]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", NO_STATS)
+def test_no_stats_dtype_is_the_same_error_on_every_backend(backend, name):
+    """tensor_stats(raw bytes, dtype=F4, ...) raises TypeError naming the dtype on every backend,
+    and every engine's array_stats does (the numpy engine returned None, the others said so)."""
+    raw = np.zeros(8, np.uint8)     # 8 bytes: a whole number of elements of each of these dtypes
+    with pytest.raises(TypeError, match=f"no statistics for dtype {name} "):
+        paramkit.tensor_stats(raw, dtype=name, backend=backend)
+    with pytest.raises(TypeError, match=f"no statistics for dtype {name} "):
+        get_engine(backend).array_stats(raw, name, quantiles=True)
+    with pytest.raises(ValueError, match="unknown dtype"):
+        get_engine(backend).array_stats(raw, "F12", quantiles=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# model-level aggregates near the float64 limits
+
+DBL_MAX = sys.float_info.max
+
+
+def _exact_moments(values) -> tuple[float, float, float]:
+    """(mean, std, l2) of float64 values, in 80-digit decimal arithmetic (no overflow, no float64
+    rounding until the final conversion; a value beyond DBL_MAX converts to inf)."""
+    with decimal.localcontext() as c:
+        c.prec, c.Emax, c.Emin = 80, 10 ** 6, -10 ** 6
+        xs = [decimal.Decimal(float(v)) for v in values]
+        mean = sum(xs) / len(xs)
+        var = sum((x - mean) ** 2 for x in xs) / len(xs)
+        return float(mean), float(var.sqrt()), float(sum(x * x for x in xs).sqrt())
+
+
+AGGREGATE_CASES = {
+    "1e200": {"a": [[1e200, -1e200]], "b": [[3e199, 5e200, -7e154]], "c": [[1.0, 2.0]]},
+    "dbl_max_l2_inf": {"a": [[DBL_MAX, 0.0]], "b": [[0.0, -DBL_MAX]]},       # l2 = sqrt(2)·DBL_MAX
+    "dbl_max_l2_exact": {"a": [[DBL_MAX]], "b": [[0.0, 0.0]]},             # l2 = DBL_MAX exactly
+    "mixed_magnitudes": {"a": [[DBL_MAX * 0.75, 1e-300]], "b": [[-DBL_MAX * 0.5, 2.0]],
+                         "c": [[1e-310, -3e-320]]},
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", list(AGGREGATE_CASES))
+def test_aggregates_near_dbl_max(backend, case, tmp_path):
+    """scan()'s model-level mean/std/l2 follow the per-tensor numerics (scaled sums, saturation):
+    F64 tensors with std or l2 above 1.3e154 used to raise OverflowError from report.aggregate."""
+    tensors = {k: np.array(v, np.float64) for k, v in AGGREGATE_CASES[case].items()}
+    path = str(tmp_path / "big.safetensors")
+    np_save_file(tensors, path)
+    agg = paramkit.scan(path, backend=backend).aggregates
+    values = np.concatenate([t.ravel() for t in tensors.values()])
+    want = dict(zip(("mean", "std", "l2"), _exact_moments(values)))
+    scale = float(np.max(np.abs(values)))
+    for k, w in want.items():
+        got = agg[k]
+        if math.isinf(w):
+            assert got == w, (k, got, w)
+        else:
+            assert math.isfinite(got) and abs(got - w) <= 1e-12 * max(abs(w), scale * 1e-3), (k, got, w)
+    if case == "dbl_max_l2_exact":
+        assert agg["l2"] == DBL_MAX                   # saturated, not inf (the true value is DBL_MAX)
+    assert agg["numel"] == values.size and agg["absmax"] == scale
+    [(_, report, error)] = list(paramkit.scan_many([path], backend=backend))
+    assert error is None and report.aggregates == agg

@@ -55,6 +55,19 @@ DTYPES: dict[str, DType] = {r[0]: DType(*r) for r in _ROWS}
 BY_ENGINE_ID: dict[int, DType] = {d.engine_id: d for d in DTYPES.values() if d.engine_id >= 0}
 
 
+def stats_dtype(name: str) -> DType:
+    """The DType of `name` for a statistics call (every engine's array_stats / dlpack_stats checks
+    with this): ValueError for a name that is not a safetensors dtype, TypeError for one that
+    paramkit counts but has no statistics for (F4, F6_*, F8_E8M0, the FNUZ fp8 variants, C64)."""
+    d = DTYPES.get(name)
+    if d is None:
+        raise ValueError(f"unknown dtype {name!r} (safetensors dtypes: {', '.join(DTYPES)})")
+    if not d.has_stats:
+        raise TypeError(f"no statistics for dtype {name} (paramkit computes statistics for "
+                        + ", ".join(n for n, x in DTYPES.items() if x.has_stats) + ")")
+    return d
+
+
 def numpy_dtype(name: str) -> np.dtype:
     """The numpy dtype that decodes a safetensors dtype (bf16/f8 need the ml_dtypes package)."""
     d = DTYPES[name]

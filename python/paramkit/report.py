@@ -33,15 +33,17 @@ class TensorReport:
 
 def aggregate(tensors: list[TensorReport]) -> dict | None:
     """Model-level statistics over the parameter tensors that have statistics: exact counts and
-    extremes, mean/std merged with Chan's formula in float64, l2 = sqrt(sum of squared l2)."""
+    extremes; mean/std merged with Chan's formula and l2 = sqrt(sum of squared l2), in float64 held
+    scaled by powers of two and saturated as the per-tensor statistics are (ScaledMoments: values
+    near DBL_MAX give DBL_MAX or Inf, never an OverflowError)."""
+    from .backends.numpy_backend import ScaledMoments
     rows = [t for t in tensors if t.role == "parameter" and t.stats is not None]
     if not rows:
         return None
     agg: dict[str, Any] = {"tensors": len(rows), "numel": 0, "nan": 0, "posinf": 0, "neginf": 0,
                            "zeros": 0, "subnormal": 0}
     mn = mx = am = None
-    n = mean = m2 = 0.0
-    l2sq = 0.0
+    moments = ScaledMoments()
     for t in rows:
         s = t.stats
         agg["numel"] += t.numel
@@ -53,16 +55,9 @@ def aggregate(tensors: list[TensorReport]) -> dict | None:
             am = s["absmax"] if am is None else max(am, s["absmax"])
         nf = t.numel - s["nan"] - s["posinf"] - s["neginf"]
         if nf > 0 and s["mean"] is not None:
-            b_mean, b_m2 = float(s["mean"]), float(s["std"]) ** 2 * nf
-            tot = n + nf
-            d = b_mean - mean
-            mean += d * (nf / tot)
-            m2 += b_m2 + d * d * (n * nf / tot)
-            n = tot
-        l2sq += float(s["l2"]) ** 2
-    agg.update({"min": mn, "max": mx, "absmax": am,
-                "mean": mean if n else None, "std": math.sqrt(m2 / n) if n else None,
-                "l2": math.sqrt(l2sq),
+            moments.merge_stats(nf, float(s["mean"]), float(s["std"]), float(s["l2"]))
+    mean, std, l2 = moments.result()
+    agg.update({"min": mn, "max": mx, "absmax": am, "mean": mean, "std": std, "l2": l2,
                 "sparsity": agg["zeros"] / agg["numel"] if agg["numel"] else None})
     return agg
 

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..dtypes import DTYPES
+from ..dtypes import stats_dtype
 from ..errors import BackendUnavailable
 from ..stats import QUANTILE_LEVELS
 from ..table import TensorInfo
@@ -119,9 +119,7 @@ class CpuEngine:
         return done
 
     def array_stats(self, array: np.ndarray, dtype: str, *, quantiles: bool = True) -> dict:
-        d = DTYPES[dtype]
-        if not d.has_stats:
-            raise TypeError(f"no statistics for dtype {dtype}")
+        d = stats_dtype(dtype)
         raw = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
         rec = self._core.array_stats(raw, d.engine_id, bool(quantiles), CHUNK_BYTES, list(QUANTILE_LEVELS))
         return to_stats(rec, 0, dtype, quantiles)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ..dtypes import DTYPES
+from ..dtypes import DTYPES, stats_dtype
 from ..errors import BackendUnavailable
 from ..quant.plan import engine_kind
 from ..stats import QUANTILE_LEVELS
@@ -81,9 +81,7 @@ class CudaEngine(CpuEngine):
 
     def dlpack_stats(self, capsule, dtype: str, *, quantiles: bool = True) -> dict:
         """Statistics of a CUDA array given as a DLPack capsule, reduced on its device (no host copy)."""
-        d = DTYPES[dtype]
-        if not d.has_stats:
-            raise TypeError(f"no statistics for dtype {dtype}")
+        d = stats_dtype(dtype)
         rec = self._core.dlpack_stats(capsule, bool(quantiles), list(QUANTILE_LEVELS), d.engine_id)
         return to_stats(rec, 0, dtype, quantiles)
 

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from .. import stats as _stats
-from ..dtypes import DTYPES
+from ..dtypes import DTYPES, stats_dtype
 from ..table import TensorInfo
 
 # A chunk is this many elements of one tensor, counted from its first element: at most 16 MiB of
@@ -129,21 +129,88 @@ def _bf16_bins(f32: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------
+# scaled moments: the float64 contract of stats.hpp (Moments, ldexp_finite) in Python
+
+
+def ldexp_finite(x: float, e: int) -> float:
+    """x·2^e for a statistic of finite values (stats.hpp ldexp_finite): a result whose true value is
+    at most DBL_MAX but that rounding pushed past it saturates to ±DBL_MAX; one more than 2^-30
+    relative beyond it is ±Inf. Never raises."""
+    try:
+        return math.ldexp(x, e)
+    except OverflowError:
+        try:
+            math.ldexp(x * (1.0 - 2.0 ** -30), e)
+            return math.copysign(sys.float_info.max, x)
+        except OverflowError:
+            return math.copysign(math.inf, x)
+
+
+class ScaledMoments:
+    """Count, mean, M2 = sum (x - mean)^2 and ssq = sum x^2 of finite values, kept scaled by 2^-exp
+    (mean) and 2^-2exp (M2, ssq) so that float64 data near 1e308 or 1e-308 neither overflows nor
+    underflows; parts merge with Chan's formula after bringing both to the larger exponent (as
+    stats.hpp merge_moments does). Used per chunk of a tensor and for the model-level aggregate."""
+    __slots__ = ("n", "mean", "m2", "ssq", "exp")
+
+    def __init__(self):
+        self.n = 0
+        self.mean = self.m2 = self.ssq = 0.0
+        self.exp = 0
+
+    def merge(self, n_b: int, mean_b: float, m2_b: float, ssq_b: float, e_b: int) -> None:
+        """Fold in a part's (n, mean, M2, ssq), scaled by 2^e_b."""
+        if n_b == 0:
+            return
+        n_a = self.n
+        if n_a == 0:
+            self.n, self.mean, self.m2, self.ssq, self.exp = n_b, mean_b, m2_b, ssq_b, e_b
+            return
+        e = max(self.exp, e_b)
+        mean_a = math.ldexp(self.mean, self.exp - e)
+        m2_a = math.ldexp(self.m2, 2 * (self.exp - e))
+        ssq_a = math.ldexp(self.ssq, 2 * (self.exp - e))
+        mean_b = math.ldexp(mean_b, e_b - e)
+        m2_b = math.ldexp(m2_b, 2 * (e_b - e))
+        ssq_b = math.ldexp(ssq_b, 2 * (e_b - e))
+        n = n_a + n_b
+        delta = mean_b - mean_a
+        self.mean = mean_a + delta * (n_b / n)
+        self.m2 = m2_a + m2_b + delta * delta * (n_a * n_b / n)
+        self.ssq = ssq_a + ssq_b
+        self.n, self.exp = n, e
+
+    def merge_stats(self, n: int, mean: float, std: float, l2: float) -> None:
+        """Fold in a finished part: n finite values with this mean, std (population) and l2 (a
+        tensor's statistics), rescaled first so that std²·n and l2² cannot overflow."""
+        if n == 0:
+            return
+        big = max((abs(v) for v in (mean, std, l2) if math.isfinite(v)), default=0.0)
+        e = math.frexp(big)[1] if big > 0 else 0
+        s_std, s_l2 = math.ldexp(std, -e), math.ldexp(l2, -e)
+        self.merge(n, math.ldexp(mean, -e), s_std * s_std * n, s_l2 * s_l2, e)
+
+    def result(self) -> tuple[float | None, float | None, float]:
+        """(mean, std, l2), saturated like stats.hpp finish_moments; (None, None, 0.0) when empty."""
+        if not self.n:
+            return None, None, 0.0
+        return (ldexp_finite(self.mean, self.exp),
+                ldexp_finite(math.sqrt(max(self.m2, 0.0) / self.n), self.exp),
+                ldexp_finite(math.sqrt(max(self.ssq, 0.0)), self.exp))
+
+
+# ------------------------------------------------------------------------------------------------
 # the one chunk routine: an accumulator fed with consecutive chunks of one tensor
 
 
 class _Accumulator:
-    __slots__ = ("dtype", "small", "n_fin", "mean", "m2", "ssq", "exp", "nan", "posinf", "neginf",
+    __slots__ = ("dtype", "small", "moments", "nan", "posinf", "neginf",
                  "zeros", "subnormal", "min", "max", "hist")
 
     def __init__(self, dtype: str, quantiles: bool):
         self.dtype = dtype
         self.small = _RAW[dtype] in ("u1", "<u2")      # 8/16-bit: histogram of every code
-        # finite moments: count, mean, M2 = sum (x - mean)^2, ssq = sum x^2, kept scaled by
-        # 2^-exp (mean) and 2^-2exp (M2, ssq) so that F64 neither overflows nor underflows
-        self.n_fin = 0
-        self.mean = self.m2 = self.ssq = 0.0
-        self.exp = 0
+        self.moments = ScaledMoments()                 # of the finite values
         self.nan = self.posinf = self.neginf = self.zeros = self.subnormal = 0
         self.min = self.max = None
         # quantile histogram indexed by code (8/16-bit) or by bfloat16 pattern (wider dtypes)
@@ -177,8 +244,8 @@ class _Accumulator:
             w, v = w[nz].astype(np.float64), c.finite_values[nz]
             n = int(h[c.finite].sum())
             mean = float((w * v).sum()) / n
-            self._merge(n, mean, float((w * np.square(v - mean)).sum()),
-                        float((w * np.square(v)).sum()), 0)
+            self.moments.merge(n, mean, float((w * np.square(v - mean)).sum()),
+                               float((w * np.square(v)).sum()), 0)
         if self.hist is not None:
             self.hist += h
 
@@ -251,43 +318,10 @@ class _Accumulator:
         ssq = float(np.square(f).sum())
         f -= mean
         np.square(f, out=f)
-        self._merge(n, mean, float(f.sum()), ssq, e)
-
-    def _merge(self, n_b: int, mean_b: float, m2_b: float, ssq_b: float, e_b: int) -> None:
-        """Chan's parallel merge of a chunk's (n, mean, M2, ssq), scaled by 2^e_b, into the state."""
-        n_a = self.n_fin
-        if n_a == 0:
-            self.n_fin, self.mean, self.m2, self.ssq, self.exp = n_b, mean_b, m2_b, ssq_b, e_b
-            return
-        e = max(self.exp, e_b)
-        mean_a = math.ldexp(self.mean, self.exp - e)
-        m2_a = math.ldexp(self.m2, 2 * (self.exp - e))
-        ssq_a = math.ldexp(self.ssq, 2 * (self.exp - e))
-        mean_b = math.ldexp(mean_b, e_b - e)
-        m2_b = math.ldexp(m2_b, 2 * (e_b - e))
-        ssq_b = math.ldexp(ssq_b, 2 * (e_b - e))
-        n = n_a + n_b
-        delta = mean_b - mean_a
-        self.mean = mean_a + delta * (n_b / n)
-        self.m2 = m2_a + m2_b + delta * delta * (n_a * n_b / n)
-        self.ssq = ssq_a + ssq_b
-        self.n_fin, self.exp = n, e
+        self.moments.merge(n, mean, float(f.sum()), ssq, e)
 
     def result(self) -> dict:
-        if self.n_fin:
-            mean = math.ldexp(self.mean, self.exp)
-            std = math.ldexp(math.sqrt(self.m2 / self.n_fin), self.exp)
-            try:
-                l2 = math.ldexp(math.sqrt(self.ssq), self.exp)
-            except OverflowError:   # sqrt(sum x^2) > DBL_MAX: by rounding (DBL_MAX) or truly (inf), as stats.hpp
-                try:
-                    math.ldexp(math.sqrt(self.ssq) * (1.0 - 2.0 ** -30), self.exp)
-                    l2 = sys.float_info.max
-                except OverflowError:
-                    l2 = math.inf
-        else:
-            mean = std = None
-            l2 = 0.0
+        mean, std, l2 = self.moments.result()
         absmax = None if self.min is None else max(abs(self.min), abs(self.max))
         quantiles = None
         if self.hist is not None:
@@ -308,13 +342,6 @@ class _Accumulator:
         return out
 
 
-def _has_stats(dtype: str) -> bool:
-    d = DTYPES.get(dtype)
-    if d is None:
-        raise ValueError(f"unknown dtype {dtype!r}")
-    return d.has_stats
-
-
 # ------------------------------------------------------------------------------------------------
 # the engine
 
@@ -324,10 +351,9 @@ class NumpyEngine:
 
     def array_stats(self, array: np.ndarray, dtype: str, *, quantiles: bool = True) -> dict | None:
         """Statistics of an in-memory array whose raw bytes are elements of safetensors `dtype`
-        (e.g. uint16 holding bf16 bits, or an ml_dtypes bfloat16 array); None for dtypes
-        without statistics."""
-        if not _has_stats(dtype):
-            return None
+        (e.g. uint16 holding bf16 bits, or an ml_dtypes bfloat16 array); TypeError for dtypes
+        without statistics (paramkit.dtypes.stats_dtype)."""
+        stats_dtype(dtype)
         a = np.asarray(array)
         if a.dtype.byteorder == ">":
             a = a.astype(a.dtype.newbyteorder("<"))
@@ -371,7 +397,7 @@ class NumpyEngine:
             with open(path, "rb", buffering=0) as fh:
                 for i in idxs:
                     t = tensors[i]
-                    if not _has_stats(t.dtype):
+                    if not DTYPES[t.dtype].has_stats:
                         if t.nbytes:
                             done += t.nbytes
                             if progress is not None:
