@@ -38,15 +38,8 @@ def native_kind(scheme) -> tuple[int, int]:
 
 
 def native_rows(scheme, shape) -> tuple[int, int]:
-    """The [rows, row_len] view the reference uses: int8_channel one row per output channel
-    (axis 0), every other scheme rows along the last dimension (nf4 ignores the split)."""
-    s = Q.get_scheme(scheme)
-    shape = tuple(int(d) for d in shape)
-    if not shape:
-        return 1, 1
-    if s.family == "int8_channel":
-        return (1, shape[0]) if len(shape) == 1 else (shape[0], math.prod(shape[1:]))
-    return math.prod(shape[:-1]), shape[-1]
+    """The [rows, row_len] view the engines are given: Scheme.rows_view, as paramkit's callers use it."""
+    return Q.get_scheme(scheme).rows_view(shape)
 
 
 def native_fake_quantize(array, scheme, tensor_absmax=None):

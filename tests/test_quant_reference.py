@@ -13,7 +13,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
+import paramkit
 import paramkit.quant as Q
+from conftest import available_backends
 
 SETTINGS = settings(max_examples=60, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
@@ -697,3 +699,118 @@ def test_sanity_bands():
     got = {sid: Q.quant_error(w, sid)["sqnr_db"] for sid in BANDS}
     for sid, target in BANDS.items():
         assert abs(got[sid] - target) <= 1.5, (sid, got[sid])
+
+
+# ---------------------------------------------------------------------------------------------
+# the [rows, row_len] view: every backend, every shape, against the references above
+# ---------------------------------------------------------------------------------------------
+VIEW_SHAPES = [(), (7,), (300,), (5, 40), (3, 4, 50), (2, 3, 2, 33), (0,), (0, 64), (4, 0), (2, 0, 3)]
+# (symmetric id, N, qmax, qmin); int8_g1000 is longer than every row here (a group is then the row)
+VIEW_GROUPS = {"int8_g32": (32, 127, -127), "int4_g16": (16, 7, -8), "int8_g1000": (1000, 127, -127),
+               "int4_g16_asym": (16, None, None)}
+VIEW_SCHEMES = ["int8_channel", *VIEW_GROUPS]
+
+
+def view_reference(x: np.ndarray, sid: str) -> tuple[np.ndarray, int, int, int]:
+    """(values, clipped, scale_clamped, scales) written from the scheme definitions: int8_channel one
+    fp32 scale per output channel (axis 0 of a 2+-D tensor, a 1-D tensor one channel, a scalar one
+    element), the group schemes groups of N along the last dimension restarted at every row."""
+    if x.size == 0:
+        return x.astype(np.float32), 0, 0, 0
+    if sid == "int8_channel":
+        chans = x.reshape(x.shape[0], -1) if x.ndim >= 2 else x.reshape(1, -1)
+        v, clipped = ref_int8_reciprocal(chans, channel_scales(chans)[:, None])
+        return v.reshape(x.shape), clipped, 0, chans.shape[0]
+    g, qmax, qmin = VIEW_GROUPS[sid]
+    row = x.shape[-1] if x.ndim else 1
+    scales = (x.size // row) * -(-row // g)
+    v, clipped, clamped = ref_asym_group(x, g) if qmax is None else ref_symmetric_group(x, g, qmax, qmin)
+    return v, clipped, clamped, scales
+
+
+def view_nbytes(sid: str, numel: int, scales: int) -> int:
+    """Stored bytes: packed codes + 4-byte (int8_channel) or 2-byte scales (+ 4-bit zero points)."""
+    if sid == "int8_channel":
+        return numel + 4 * scales
+    bits = 8 if sid.startswith("int8") else 4
+    return -(-numel * bits // 8) + 2 * scales + (-(-scales * 4 // 8) if sid.endswith("_asym") else 0)
+
+
+def view_inputs() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(29)
+    out = {}
+    for k, shape in enumerate(VIEW_SHAPES):
+        x = np.asarray(rng.standard_normal(shape) * 3, dtype=np.float32)
+        if x.ndim >= 2 and x.size:          # channels and rows of very different ranges
+            x *= (np.float32(4) ** np.arange(x.shape[0], dtype=np.float32)).reshape((-1,) + (1,) * (x.ndim - 1))
+        out[f"t{k}"] = x
+    return out
+
+
+def assert_view_record(rec: dict, x: np.ndarray, sid: str, where) -> None:
+    v, clipped, clamped, scales = view_reference(x, sid)
+    w64, q64 = x.astype(np.float64).ravel(), v.astype(np.float64).ravel()
+    assert rec["n"] == x.size and rec["clipped"] == clipped and rec["scale_clamped"] == clamped, (where, rec)
+    assert rec["quantized_nbytes"] == view_nbytes(sid, x.size, scales), (where, rec)
+    assert rec["sse"] == pytest.approx(float(np.sum((w64 - q64) ** 2)), rel=1e-9, abs=1e-300), where
+    assert rec["max_abs_err"] == float(np.max(np.abs(w64 - q64), initial=0.0)), where
+
+
+@pytest.mark.parametrize("backend", available_backends())
+@pytest.mark.parametrize("sid", VIEW_SCHEMES)
+def test_rows_view_every_backend_every_shape(backend, sid, tmp_path):
+    """fake_quantize, quant_error and scan(quant=...) on every backend group 0-d, 1-D, 2-D, 3-D+ and
+    empty tensors as the scheme defines (the cpu engine and scan() once took shape[0] as the channel
+    count of a 1-D tensor: one scale per element, mse 0)."""
+    from safetensors.numpy import save_file
+    inputs = view_inputs()
+    for name, x in inputs.items():
+        v = view_reference(x, sid)[0]
+        assert_bits_equal(paramkit.fake_quantize(x, sid, backend=backend), v)
+        assert_view_record(paramkit.quant_error(x, sid, backend=backend), x, sid, (name, x.shape))
+    path = str(tmp_path / "shapes.safetensors")
+    save_file(inputs, path)
+    r = paramkit.scan(path, backend=backend, quant=sid, quant_tensors=".")
+    for name, x in inputs.items():
+        assert_view_record(r.tensor(name).quant[sid], x, sid, (name, x.shape, "scan"))
+
+
+# ---------------------------------------------------------------------------------------------
+# group sizes: a group longer than the row is the row; N is bounded
+# ---------------------------------------------------------------------------------------------
+MAX_N = 1 << 24     # README "Schemes": N from 1 to 16,777,216
+
+
+def test_group_longer_than_the_row_is_the_row():
+    """int8_gN with N far beyond the row quantizes each row as one group, without padding rows to N
+    (int8_g33554432 on a 4 KiB array took 5.4 GB and 17 s)."""
+    import tracemalloc
+    x = (np.random.default_rng(8).standard_normal((8, 128)) * 0.1).astype(np.float32)
+    tracemalloc.start()
+    try:
+        e = Q.quant_error(x, "int8_g1048576")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, peak                   # a few copies of the 4 KiB input, not 8 x 2^20 floats
+    v, clipped, clamped = ref_symmetric_group(x, 128, 127, -127)    # one group per row
+    assert_bits_equal(Q.fake_quantize(x, "int8_g1048576"), v)
+    assert e["quantized_nbytes"] == x.size + 2 * 8 and e["clipped"] == clipped
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_group_size_bound(backend):
+    """N up to 2^24 works on every backend (the row then is the group); a larger N is a ValueError
+    that says the range, at get_scheme time (the cpu backend raised a pybind11 TypeError from 2^31)."""
+    x = (np.random.default_rng(9).standard_normal((8, 128)) * 0.1).astype(np.float32)
+    for sid in (f"int8_g{MAX_N}", f"int4_g{MAX_N}", f"int4_g{MAX_N}_asym"):
+        assert Q.get_scheme(sid).group_size == MAX_N
+        per_row = sid.replace(str(MAX_N), "128")
+        assert_bits_equal(paramkit.fake_quantize(x, sid, backend=backend),
+                          paramkit.fake_quantize(x, per_row, backend="numpy"))
+    for sid in (f"int8_g{MAX_N + 1}", "int8_g33554432", "int4_g2147483648", "int4_g4294967296_asym",
+                "int8_g" + "9" * 5000):
+        with pytest.raises(ValueError, match="group size .* out of range.* 1 to 16777216"):
+            Q.get_scheme(sid)
+        with pytest.raises(ValueError, match="1 to 16777216"):
+            paramkit.quant_error(x, sid, backend=backend)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import pytest
 import paramkit
 from paramkit.quant import DEFAULT_SCHEMES
 
-from conftest import NATIVE_BACKENDS, cpu_engine_built
+from conftest import NATIVE_BACKENDS, available_backends, cpu_engine_built
 
 COUNTS = ("n", "nonfinite", "clipped", "scale_clamped")
 
@@ -144,3 +145,55 @@ def test_batched_second_pass_changes_nothing(quant_checkpoint, monkeypatch):
     assert seen and seen[-1][0] == seen[-1][1]
     assert all(a[0] <= b[0] for a, b in zip(seen, seen[1:]))
     assert len(batches) > 3 and all(len(b) == 1 for b in batches)
+
+
+HUGE_EMPTY = {"huge_cols": [0, 2 ** 63], "huge_rows": [2 ** 64 - 1, 0], "odd_cols": [0, 2 ** 63 + 1]}
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_empty_tensor_with_a_huge_dimension(backend, tmp_path):
+    """Zero-element tensors whose other dimension is >= 2^63 (the safetensors library accepts
+    them) scan on every backend, with and without quantization; they used to overflow the engines'
+    int64 task spec (OverflowError: Python int too large to convert to C long)."""
+    header = {"w": {"dtype": "F32", "shape": [2, 32], "data_offsets": [0, 256]}}
+    header.update({k: {"dtype": "F32", "shape": v, "data_offsets": [256, 256]} for k, v in HUGE_EMPTY.items()})
+    head = json.dumps(header).encode()
+    path = str(tmp_path / "huge.safetensors")
+    w = np.linspace(-1, 1, 64, dtype=np.float32)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(head)) + head + w.tobytes())
+    from safetensors import safe_open
+    with safe_open(path, "numpy") as f:                  # the reference library takes the file
+        assert f.get_slice("huge_cols").get_shape() == HUGE_EMPTY["huge_cols"]
+    for quant in (None, "default"):
+        r = paramkit.scan(path, backend=backend, quant=quant)
+        for name in HUGE_EMPTY:
+            t = r.tensor(name)
+            assert t.numel == 0 and t.stats["nan"] == 0 and t.stats["mean"] is None and t.stats["l2"] == 0.0
+        want_w = paramkit.quant_error(w.reshape(2, 32), "q8_0", backend="numpy")
+        if quant:
+            for name in HUGE_EMPTY:
+                for sid, rec in r.tensor(name).quant.items():
+                    if sid in ("q8_0", "q4_0") and name == "odd_cols":   # rows of 2^63 + 1: not whole blocks
+                        assert "not_applicable" in rec
+                    else:
+                        assert rec["n"] == 0 and rec["quantized_nbytes"] == 0, (name, sid)
+            got_w = r.tensor("w").quant["q8_0"]
+            assert got_w["n"] == 64 and math.isclose(got_w["sse"], want_w["sse"], rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_groups_whose_chunks_are_not_whole_rows(backend, tmp_path, monkeypatch):
+    """A row-group scheme alone may stream in chunks of whole groups that are not whole rows (row
+    384 = 3 groups of 128): the numpy reference reshaped such a chunk into rows and failed."""
+    from paramkit.quant import stream
+    from safetensors.numpy import save_file
+    monkeypatch.setattr(stream, "CHUNK_ELEMENTS", 1000)      # chunks of 896 elements (7 groups)
+    x = (np.random.default_rng(4).standard_normal((40, 384)) * 0.1).astype(np.float32)
+    path = str(tmp_path / "rows.safetensors")
+    save_file({"w": x}, path)
+    r = paramkit.scan(path, backend=backend, quant="int8_g128")
+    want = paramkit.quant_error(x, "int8_g128", backend="numpy")
+    got = r.tensor("w").quant["int8_g128"]
+    assert got["n"] == x.size and got["clipped"] == want["clipped"]
+    assert math.isclose(got["sse"], want["sse"], rel_tol=1e-9)

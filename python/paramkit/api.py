@@ -205,16 +205,6 @@ def _native_quant(backend: str):
     return core if core is not None and hasattr(core, "fake_quantize") else None
 
 
-def _rows(s, shape: tuple) -> tuple[int, int]:
-    """(rows, row_len) of the engines' quantizers for scheme `s` on an array of `shape`."""
-    n = int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
-    if s.granularity == "row":
-        rows = int(shape[0]) if len(shape) and shape[0] else 1
-    else:
-        rows = n // int(shape[-1]) if len(shape) and shape[-1] else 1
-    return rows, (n // rows if rows else 0)
-
-
 def _quant_call(array, scheme, backend: str, want_values: bool):
     from .quant import get_scheme, to_float32
     from .quant.plan import engine_kind
@@ -237,7 +227,7 @@ def _quant_call(array, scheme, backend: str, want_values: bool):
         return numpy_quant.error_sums_of(x, r.values, clipped=r.clipped, scale_clamped=r.scale_clamped), s, x.shape
     kind, group = engine_kind(s)
     shape = x.shape
-    rows, row_len = _rows(s, shape)
+    rows, row_len = s.rows_view(shape)
     am = 0.0
     if s.needs_tensor_absmax and x.size:
         f = np.abs(x[np.isfinite(x)])
@@ -256,7 +246,7 @@ def _device_quant(array, dev, s, backend: str, want_values: bool):
     if not DTYPES[name].is_floating:
         raise TypeError(f"quantization needs a floating-point array, got dtype {name}")
     s.check_shape(shape)
-    rows, row_len = _rows(s, shape)
+    rows, row_len = s.rows_view(shape)
     values, sums = eng.dlpack_quant(cap, name, s, rows=rows, row_len=row_len, want_values=want_values)
     if not want_values:
         return dict(sums), s, shape

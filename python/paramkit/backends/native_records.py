@@ -29,14 +29,29 @@ def task_spec(tensors: Sequence[TensorInfo], masks: Sequence[int] | None = None,
             fidx[t.file] = len(files)
             files.append(t.file)
         mask = int(masks[i]) if masks is not None else 0
-        shape = tuple(t.shape)
-        row = int(shape[-1]) if shape else 1
-        chan = (t.numel // int(shape[0])) if (shape and shape[0]) else 1
-        pm = plan.piece_multiple(shape, mask) if (plan is not None and mask) else 1
-        rows.append((fidx[t.file], t.offset, t.nbytes, t.numel, d.engine_id, mask, max(row, 1), max(chan, 1), pm))
+        row, chan, pm = _quant_lengths(t, mask, plan)
+        rows.append((fidx[t.file], t.offset, t.nbytes, t.numel, d.engine_id, mask, row, chan, pm))
         where.append(i)
     spec = np.array(rows, dtype=np.int64).reshape(len(rows), 9)
     return files, spec, where
+
+
+def _quant_lengths(t: TensorInfo, mask: int, plan) -> tuple[int, int, int]:
+    """(row length, channel length, piece multiple) of tensor t for the engine's schemes of `mask`:
+    the row_len of Scheme.rows_view of its row-group schemes and of int8_channel; 1 for what the
+    engine does not use (no scheme of that kind, no quantization, or an empty tensor, whose
+    dimensions may exceed int64)."""
+    row = chan = 1
+    if plan is None or not mask or t.numel == 0:
+        return row, chan, 1
+    shape = tuple(t.shape)
+    for k, s in enumerate(plan.schemes):
+        if mask >> k & 1:
+            if s.granularity == "row":
+                chan = s.rows_view(shape)[1]
+            elif s.granularity in ("row_group", "ggml_block"):
+                row = s.rows_view(shape)[1]
+    return row, chan, plan.piece_multiple(shape, mask)
 
 
 SUM_FIELDS = ("sse", "sum_w2", "sum_q2", "sum_wq", "max_abs_err", "n", "nonfinite", "clipped", "scale_clamped")

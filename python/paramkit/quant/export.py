@@ -155,14 +155,7 @@ def _quantize_piece(x: np.ndarray, s: Scheme, kind_group, core, tensor_absmax) -
         r = quantize_dequantize(x, s, tensor_absmax=tensor_absmax)
         return r.values, error_sums_of(x, r.values, clipped=r.clipped, scale_clamped=r.scale_clamped)
     kind, group = kind_group
-    n = int(x.size)
-    if s.granularity == "row":               # one scale per channel: [shape[0], numel/shape[0]]
-        rows = int(x.shape[0]) if x.ndim >= 2 else 1
-    elif s.granularity in ("row_group", "ggml_block"):   # groups along the last dimension
-        rows = n // int(x.shape[-1]) if x.ndim >= 1 and x.shape[-1] else 1
-    else:                                    # flat groups (nf4) and per-tensor scales
-        rows = 1
-    row_len = n // rows if rows else 0
+    rows, row_len = s.rows_view(x.shape)
     flat = np.ascontiguousarray(x.reshape(-1), dtype=np.float32)
     out, sums = core.fake_quantize(flat, kind, group, rows, row_len, tensor_absmax)
     return np.asarray(out, dtype=np.float32), dict(sums)
@@ -386,10 +379,7 @@ def fake_quantize_file(path, scheme: str | Scheme, out, *, quant_tensors=None, b
                         if s.needs_tensor_absmax and absmax is None:   # one chunk = whole tensor
                             a = np.abs(x[np.isfinite(x)])
                             absmax = float(a.max()) if a.size else 0.0
-                        # [k, chunk_multiple] = k whole channels, rows or groups, which the
-                        # reference quantizes exactly as inside the whole tensor; flat groups and
-                        # per-tensor scales (given the tensor's absmax) take any aligned 1-D piece
-                        view = (-1, cm) if s.granularity in ("row", "row_group", "ggml_block") else (-1,)
+                        view = s.piece_shape(shape)     # whole channels, rows or groups
                         jobs = [(x[p:p + sub], view, absmax) for p in range(0, n, sub)]
                     if pool is not None and len(jobs) > 1:
                         results = list(pool.map(lambda j: run_piece(t, *j), jobs))

@@ -111,17 +111,17 @@ def _count(mask: np.ndarray) -> int:
 
 
 # ---- grouping ---------------------------------------------------------------------------------
-def _rows(x: np.ndarray) -> np.ndarray:
-    """2-D [rows, row_len] view; a scalar is one row of one element."""
-    if x.ndim == 0:
-        return x.reshape(1, 1)
-    return x.reshape(-1, x.shape[-1])
+def _rows(x: np.ndarray, s: Scheme) -> np.ndarray:
+    """The scheme's 2-D [rows, row_len] view of x (Scheme.rows_view)."""
+    return x.reshape(s.rows_view(x.shape))
 
 
 def _pad_groups(rows: np.ndarray, g: int) -> np.ndarray:
-    """[rows, row_len] -> [rows, n_groups, g], the short last group padded with NaN (NaN is
-    ignored by the scale statistics and the padded outputs are dropped by `_unpad`)."""
+    """[rows, row_len] -> [rows, n_groups, g'], g' = min(g, row_len) (a group longer than the row
+    is the row), the short last group padded with NaN (NaN is ignored by the scale statistics
+    and the padded outputs are dropped by `_unpad`)."""
     r, n = rows.shape
+    g = max(1, min(g, n))
     ng = -(-n // g)
     if ng * g != n:
         padded = np.full((r, ng * g), np.nan, dtype=np.float32)
@@ -160,19 +160,9 @@ def _int8_tensor(x: np.ndarray, tensor_absmax: float | None) -> QuantResult:
     return QuantResult(v, c, 0)
 
 
-def _channel_rows(x: np.ndarray) -> np.ndarray:
-    """int8_channel's view: one row per OUTPUT CHANNEL (axis 0), i.e. [shape[0], numel/shape[0]]
-    for 2 or more dimensions (a conv weight [out, in, kh, kw] gets `out` scales, as torch's
-    per-channel axis=0 and TensorRT do); a 1-D tensor is one row, a scalar one element."""
-    if x.ndim == 0:
-        return x.reshape(1, 1)
-    if x.ndim == 1:
-        return x.reshape(1, -1)
-    return x.reshape(x.shape[0], -1)
-
-
-def _int8_channel(x: np.ndarray) -> QuantResult:
-    rows = _channel_rows(x)
+def _int8_channel(x: np.ndarray, s: Scheme) -> QuantResult:
+    """One scale per output channel: the rows of Scheme.rows_view (axis 0; a 1-D tensor is one)."""
+    rows = _rows(x, s)
     amax = np.max(np.abs(_finite_or_zero(rows)), axis=1, keepdims=True, initial=F32(0))
     scale = (amax / F32(127)).astype(np.float32)
     v, c = _symmetric(rows, scale, scale, -127, 127, reciprocal=True)
@@ -180,7 +170,7 @@ def _int8_channel(x: np.ndarray) -> QuantResult:
 
 
 def _int_group(x: np.ndarray, s: Scheme) -> QuantResult:
-    rows = _rows(x)
+    rows = _rows(x, s)
     grp = _pad_groups(rows, s.group_size)
     amax = np.max(np.abs(_finite_or_zero(grp)), axis=-1, keepdims=True)
     scale = (amax / F32(s.qmax)).astype(np.float32)
@@ -190,7 +180,7 @@ def _int_group(x: np.ndarray, s: Scheme) -> QuantResult:
 
 
 def _int_group_asym(x: np.ndarray, s: Scheme) -> QuantResult:
-    rows = _rows(x)
+    rows = _rows(x, s)
     grp = _pad_groups(rows, s.group_size)
     fz = _finite_or_zero(grp)
     xmin = np.minimum(np.min(fz, axis=-1, keepdims=True), F32(0))
@@ -213,7 +203,7 @@ def _int_group_asym(x: np.ndarray, s: Scheme) -> QuantResult:
 
 
 def _q8_0(x: np.ndarray, s: Scheme) -> QuantResult:
-    rows = _rows(x)
+    rows = _rows(x, s)
     grp = _pad_groups(rows, 32)
     amax = np.max(np.abs(_finite_or_zero(grp)), axis=-1, keepdims=True)
     d = (amax / F32(127)).astype(np.float32)
@@ -228,7 +218,7 @@ def _q8_0(x: np.ndarray, s: Scheme) -> QuantResult:
 
 
 def _q4_0(x: np.ndarray, s: Scheme) -> QuantResult:
-    rows = _rows(x)
+    rows = _rows(x, s)
     grp = _pad_groups(rows, 32)
     fz = _finite_or_zero(grp)
     imax = np.argmax(np.abs(fz), axis=-1)[..., None]       # first largest |x|
@@ -247,7 +237,7 @@ def _q4_0(x: np.ndarray, s: Scheme) -> QuantResult:
 
 
 def _nf4(x: np.ndarray, s: Scheme) -> QuantResult:
-    flat = x.reshape(1, -1)
+    flat = _rows(x, s)                       # [1, numel]
     grp = _pad_groups(flat, s.group_size)
     absmax = np.max(np.abs(_finite_or_zero(grp)), axis=-1, keepdims=True)
     inv = (F32(1) / np.where(absmax == 0, F32(1), absmax)).astype(np.float32)
@@ -295,7 +285,7 @@ def quantize_dequantize(array, scheme: str | Scheme, *,
         if f == "int8_tensor":
             return _int8_tensor(x, tensor_absmax)
         if f == "int8_channel":
-            return _int8_channel(x)
+            return _int8_channel(x, s)
         if f == "int_group":
             return _int_group(x, s)
         if f == "int_group_asym":

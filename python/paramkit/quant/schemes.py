@@ -12,9 +12,11 @@ from typing import Sequence
 #   "row"        one scale per output channel: the tensor viewed as [shape[0], numel/shape[0]]
 #                (axis 0, like torch's per-channel axis=0 and TensorRT); 1-D = one row, scalar =
 #                one element
-#   "row_group"  groups of `group_size` consecutive elements within a row; short last group allowed
+#   "row_group"  groups of `group_size` consecutive elements within a row (the last dimension);
+#                short last group allowed, a group longer than the row is the row
 #   "ggml_block" like row_group, but the row length must be a multiple of the block (ggml types)
 #   "flat_group" groups of `group_size` over the flattened tensor (bitsandbytes); short last group
+# (Scheme.rows_view gives each one's [rows, row_len] view of a tensor.)
 GRANULARITIES = ("tensor", "row", "row_group", "ggml_block", "flat_group")
 
 
@@ -52,11 +54,30 @@ class Scheme:
         """True when a row length that is not a multiple of the block is an error (ggml types)."""
         return self.granularity == "ggml_block"
 
+    def rows_view(self, shape: Sequence[int]) -> tuple[int, int]:
+        """(rows, row_len): the 2-D view [rows, row_len] of a tensor of `shape` in which this scheme
+        lays out its scales, rows * row_len = numel. The one place every engine takes it from.
+
+        * "row" (int8_channel): one row per output channel, [shape[0], numel/shape[0]] for 2 or
+          more dimensions; a 1-D tensor is one channel [1, n];
+        * "row_group", "ggml_block": rows along the last dimension, [numel/shape[-1], shape[-1]];
+        * "tensor", "flat_group": the flattened tensor, [1, numel].
+
+        A scalar is [1, 1]; an empty tensor keeps its other dimensions (shape (0, 5): [0, 5])."""
+        dims = tuple(int(d) for d in shape)
+        if not dims:
+            return 1, 1
+        if len(dims) == 1 or self.granularity in ("tensor", "flat_group"):
+            return 1, _numel(dims)
+        if self.granularity == "row":
+            return dims[0], _numel(dims[1:])
+        return _numel(dims[:-1]), dims[-1]
+
     def check_shape(self, shape: Sequence[int]) -> None:
         """Raise ValueError if a tensor of this shape cannot take this scheme (ggml: the row length
         must be a multiple of the block size; a scalar is a row of length 1)."""
         if self.strict_rows:
-            row_len = int(shape[-1]) if len(shape) else 1
+            row_len = self.rows_view(shape)[1]
             if row_len % self.group_size:
                 raise ValueError(f"{self.id}: row length {row_len} (shape {tuple(shape)}) is not a "
                                  f"multiple of the block size {self.group_size}")
@@ -66,30 +87,37 @@ class Scheme:
         n = _numel(shape)
         if n == 0:
             return 0
-        row_len = int(shape[-1]) if len(shape) else 1
-        rows = n // row_len
+        rows, row_len = self.rows_view(shape)
         if self.granularity == "tensor":
             return 1
         if self.granularity == "row":
-            return _channel_rows(shape)
+            return rows
         if self.granularity in ("row_group", "ggml_block"):
             return rows * -(-row_len // self.group_size)
         return -(-n // self.group_size)  # flat_group
 
     def chunk_multiple(self, shape: Sequence[int]) -> int:
         """Streaming engines may split a tensor (in flattened order) only at multiples of this many
-        elements; tensor-scale schemes additionally need the tensor absmax (needs_tensor_absmax)."""
-        row_len = int(shape[-1]) if len(shape) else 1
-        if self.granularity == "tensor":
+        elements; tensor-scale schemes additionally need the tensor absmax (needs_tensor_absmax).
+        An empty tensor has nothing to split: 1."""
+        if self.granularity == "tensor" or _numel(shape) == 0:
             return 1
-        if self.granularity == "row":
-            n = _numel(shape)
-            return max(n // _channel_rows(shape), 1) if n else 1
         if self.granularity == "flat_group":
             return self.group_size
+        row_len = self.rows_view(shape)[1]
         if self.granularity in ("row_group", "ggml_block") and row_len % self.group_size == 0:
             return self.group_size
-        return max(row_len, 1)
+        return row_len
+
+    def piece_shape(self, shape: Sequence[int]) -> tuple[int, ...]:
+        """How a streaming engine shapes an aligned piece of a tensor of `shape` (consecutive
+        elements that start at a multiple of chunk_multiple) so that the reference quantizes it
+        exactly as inside the whole tensor: (-1, chunk_multiple), whole channels, rows or groups,
+        for the row granularities; (-1,) for flat groups and per-tensor scales, where any aligned
+        run will do (the last piece of a flat-group tensor may end in a short group)."""
+        if self.granularity in ("row", "row_group", "ggml_block"):
+            return (-1, self.chunk_multiple(shape))
+        return (-1,)
 
     # ---- storage cost ------------------------------------------------------------------------
     def bits_per_weight(self, row_len: int | None = None) -> float:
@@ -122,11 +150,6 @@ class Scheme:
 
 def _numel(shape: Sequence[int]) -> int:
     return math.prod(int(s) for s in shape)
-
-
-def _channel_rows(shape: Sequence[int]) -> int:
-    """Output channels (scales) of int8_channel: shape[0] for 2 or more dimensions, else 1."""
-    return int(shape[0]) if len(shape) >= 2 else 1
 
 
 # ---- the catalogue ------------------------------------------------------------------------------
@@ -255,6 +278,9 @@ _FIXED = {
     "nf4": _nf4, "fp8_e4m3": _fp8_e4m3,
 }
 _GROUP_ID = re.compile(r"^int(8|4)_g([1-9][0-9]*)(_asym)?$")
+# Largest N of int8_gN / int4_gN / int4_gN_asym: 2^24 elements per scale, far beyond any real group
+# (a group longer than a row is the row, so larger N would change nothing but the id)
+MAX_GROUP_SIZE = 1 << 24
 
 DEFAULT_SCHEMES: tuple[str, ...] = ("int8_tensor", "int8_channel", "int8_g128", "int4_g128",
                                     "int4_g128_asym", "q8_0", "q4_0", "nf4", "fp8_e4m3")
@@ -268,7 +294,13 @@ def _build(scheme_id: str) -> Scheme:
         return _FIXED[key]()
     m = _GROUP_ID.match(key)
     if m:
-        bits, g, asym = int(m.group(1)), int(m.group(2)), bool(m.group(3))
+        digits = m.group(2)
+        if len(digits) > len(str(MAX_GROUP_SIZE)) or int(digits) > MAX_GROUP_SIZE:
+            shown = digits if len(digits) <= 12 else digits[:12] + f"... ({len(digits)} digits)"
+            raise ValueError(f"quantization scheme {scheme_id[:40]!r}: group size {shown} is out of range; "
+                             f"N in int8_gN / int4_gN / int4_gN_asym is 1 to {MAX_GROUP_SIZE} (2^24), "
+                             "and a group longer than a row is the whole row")
+        bits, g, asym = int(m.group(1)), int(digits), bool(m.group(3))
         if asym:
             if bits != 4:
                 raise ValueError(f"unknown quantization scheme {scheme_id!r}: only int4 has an "
@@ -277,7 +309,7 @@ def _build(scheme_id: str) -> Scheme:
         return _int_group(bits, g)
     raise ValueError(f"unknown quantization scheme {scheme_id!r}; known: "
                      + ", ".join(DEFAULT_SCHEMES + VARIANT_SCHEMES)
-                     + " (and int8_gN / int4_gN / int4_gN_asym for any group size N >= 1)")
+                     + f" (and int8_gN / int4_gN / int4_gN_asym for any group size 1 <= N <= {MAX_GROUP_SIZE})")
 
 
 SCHEMES: dict[str, Scheme] = {i: _build(i) for i in DEFAULT_SCHEMES + VARIANT_SCHEMES}

@@ -45,8 +45,6 @@ def tensor_quant_sums(t: TensorInfo, plan: QuantPlan, mask: int, progress=None) 
     """{scheme id: error sums} for the schemes of `mask`, chunk by chunk (chunks start at the
     plan's piece multiple, so every group, row and channel is whole)."""
     shape = tuple(t.shape)
-    row = int(shape[-1]) if shape else 1
-    chan = t.numel // int(shape[0]) if shape and shape[0] else 1
     pm = plan.piece_multiple(shape, mask)
     step = max(pm, CHUNK_ELEMENTS // pm * pm)
     picked = [s for k, s in enumerate(plan.schemes) if mask >> k & 1]
@@ -57,12 +55,7 @@ def tensor_quant_sums(t: TensorInfo, plan: QuantPlan, mask: int, progress=None) 
             n = min(step, t.numel - start)
             x = read_values(t, start, n, f)
             for s in picked:
-                if s.granularity == "row":
-                    view = x.reshape(-1, chan)
-                elif s.granularity in ("row_group", "ggml_block"):
-                    view = x.reshape(-1, max(row, 1))
-                else:
-                    view = x
+                view = x.reshape(s.piece_shape(shape))
                 sums = error_sums(view, s, tensor_absmax=absmax if s.needs_tensor_absmax else None)
                 out[s.id] = merge_error(out[s.id], sums)
             if progress:
