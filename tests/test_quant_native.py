@@ -314,3 +314,21 @@ def test_native_chunks_merge_like_the_engine():
             total = Q.merge_error(total, part)
         assert_same_values(np.concatenate(pieces), whole_out)
         assert_same_sums(total, whole)
+
+
+MERGE_MAXES = [0.0, 1.0, 2.5, math.inf, math.nan]
+
+
+def test_one_merge_rule_native_and_python():
+    """The engines' one merge (quant.hpp merge_quant_sums, which the cpu engine's per-piece merge and
+    the cuda engine use; engine.cpp had a second copy that dropped a NaN) and paramkit.quant.merge_error
+    agree on every pair of max_abs_err, a NaN on either side winning; counts and sums add."""
+    for a in MERGE_MAXES:
+        for b in MERGE_MAXES:
+            x = {**Q.empty_error_sums(), "max_abs_err": a, "n": 3, "sse": 0.5, "clipped": 1}
+            y = {**Q.empty_error_sums(), "max_abs_err": b, "n": 4, "sse": 0.25, "scale_clamped": 2}
+            want = math.nan if math.isnan(a) or math.isnan(b) else max(a, b)
+            for got in (core.merge_quant_sums(x, y), Q.merge_error(x, y)):
+                m = got["max_abs_err"]
+                assert m == want or (math.isnan(m) and math.isnan(want)), (a, b, got)
+                assert (got["n"], got["sse"], got["clipped"], got["scale_clamped"]) == (7, 0.75, 1, 2)

@@ -74,6 +74,24 @@ py::dict quant_error_sums(const py::array& x, int kind, int group, int64_t rows,
   return sums_dict(s);
 }
 
+// The one merge of error sums (quant.hpp merge_quant_sums, used by the cpu and cuda engines) on two
+// sums dicts, so that the tests can hold paramkit.quant.merge_error to the same rule.
+QuantSums sums_of(const py::dict& d) {
+  QuantSums s{};
+  s.sse = d["sse"].cast<double>(); s.sum_w2 = d["sum_w2"].cast<double>();
+  s.sum_q2 = d["sum_q2"].cast<double>(); s.sum_wq = d["sum_wq"].cast<double>();
+  s.max_abs_err = d["max_abs_err"].cast<double>();
+  s.n = d["n"].cast<uint64_t>(); s.nonfinite = d["nonfinite"].cast<uint64_t>();
+  s.clipped = d["clipped"].cast<uint64_t>(); s.scale_clamped = d["scale_clamped"].cast<uint64_t>();
+  return s;
+}
+
+py::dict merge_sums(const py::dict& a, const py::dict& b) {
+  QuantSums s = sums_of(a);
+  merge_quant_sums(s, sums_of(b));
+  return sums_dict(s);
+}
+
 }  // namespace
 
 void register_quant(py::module_& m) {
@@ -93,6 +111,9 @@ void register_quant(py::module_& m) {
         py::arg("rows"), py::arg("row_len"), py::arg("tensor_absmax") = py::none(),
         (std::string("The error-sums dict of fake_quantize without producing the values, computed by the engine's "
                      "kernel (the active ISA: vector lanes, so float64 sums may differ from fake_quantize's in the last bits). ") + args_doc).c_str());
+  m.def("merge_quant_sums", &merge_sums, py::arg("a"), py::arg("b"),
+        "The error-sums dict of two disjoint parts, merged by the engines' one merge (quant.hpp "
+        "merge_quant_sums): counts and sums add, max_abs_err takes the max, a NaN winning.");
   py::dict kinds;
   for (int k = 0; k < Q_KIND_COUNT; ++k) kinds[quant_kind_name(k)] = k;
   m.attr("QUANT_KINDS") = kinds;

@@ -42,12 +42,6 @@ struct TaskState {
   std::vector<double> qabsmax;        // [piece] finite absmax of the quantized values
 };
 
-void add_sums(QuantSums& a, const QuantSums& b) {
-  a.sse += b.sse; a.sum_w2 += b.sum_w2; a.sum_q2 += b.sum_q2; a.sum_wq += b.sum_wq;
-  a.max_abs_err = b.max_abs_err > a.max_abs_err ? b.max_abs_err : a.max_abs_err;
-  a.n += b.n; a.nonfinite += b.nonfinite; a.clipped += b.clipped; a.scale_clamped += b.scale_clamped;
-}
-
 struct File {
   int fd = -1;
   const uint8_t* map = nullptr;
@@ -328,7 +322,7 @@ EngineOutput run_engine(const std::vector<std::string>& files, const std::vector
             TensorQuant& Q = output.quant[pc.task];
             for (uint32_t j = 0; j < S.npieces; ++j) {
               Q.absmax_finite = S.qabsmax[j] > Q.absmax_finite ? S.qabsmax[j] : Q.absmax_finite;
-              for (int sc = 0; sc < ns; ++sc) add_sums(Q.sums[sc], S.qpieces[size_t(j) * size_t(ns) + size_t(sc)]);
+              for (int sc = 0; sc < ns; ++sc) merge_quant_sums(Q.sums[sc], S.qpieces[size_t(j) * size_t(ns) + size_t(sc)]);
             }
             std::vector<QuantSums>().swap(S.qpieces);
           }

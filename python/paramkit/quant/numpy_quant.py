@@ -334,12 +334,14 @@ def error_sums(array, scheme: str | Scheme, *, tensor_absmax: float | None = Non
 
 def merge_error(a: Mapping, b: Mapping) -> dict:
     """Sums of two disjoint parts (chunks of one tensor, or tensors of a model): counts and
-    float64 sums add, max_abs_err takes the max. Derived keys in the inputs are ignored, so
-    finalized records merge too. Commutative and associative up to float64 rounding."""
+    float64 sums add, max_abs_err takes the max, a NaN on either side winning (the rule of
+    quant.hpp merge_quant_sums, the native engines' one merge). Derived keys in the inputs are
+    ignored, so finalized records merge too. Commutative and associative up to float64 rounding."""
     out = {}
     for k in ERROR_SUM_KEYS:
         if k == "max_abs_err":
-            out[k] = max(float(a[k]), float(b[k]))
+            x, y = float(a[k]), float(b[k])
+            out[k] = y if (y > x or math.isnan(y)) else x
         elif k in ("n", "nonfinite", "clipped", "scale_clamped"):
             out[k] = int(a[k]) + int(b[k])
         else:
