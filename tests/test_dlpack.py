@@ -627,6 +627,7 @@ FakeGpuArray.__module__ = "fakegpu"
 class FakeCudaEngine:
     """The DLPack half of CudaEngine's interface, computed on the host with the numpy reference."""
     name = "cuda"
+    reads_device_memory = True
 
     def __init__(self):
         self.calls = []
@@ -637,11 +638,11 @@ class FakeCudaEngine:
         self.calls.append(("stats", dtype, quantiles, info["shape"]))
         return ENGINE.array_stats(raw, dtype, quantiles=quantiles)
 
-    def dlpack_quant(self, capsule, dtype, scheme, *, rows, row_len, want_values):
+    def dlpack_quant(self, capsule, dtype, scheme, *, shape, want_values):
         from paramkit.backends.numpy_backend import decode
         from paramkit.quant import numpy_quant
         raw, info = _core().dlpack_host_view(capsule)
-        self.calls.append(("quant", dtype, scheme.id, rows, row_len, want_values))
+        self.calls.append(("quant", dtype, scheme.id, tuple(shape), want_values))
         x = np.asarray(decode(raw, dtype), dtype=np.float32).reshape(info["shape"])
         r = numpy_quant.quantize_dequantize(x, scheme)
         sums = numpy_quant.error_sums_of(x, r.values, clipped=r.clipped, scale_clamped=r.scale_clamped)
@@ -668,14 +669,14 @@ def test_device_path_routes_to_cuda_engine(fake_cuda):
         paramkit.tensor_stats(a, quantiles=False, backend="numpy")
     assert fake_cuda.calls[-1] == ("stats", "BF16", False, (4, 6, 64))
     assert g.exports[-1] == {"stream": _dlpack.CUDA_STREAM, "max_version": _dlpack.MAX_VERSION}
-    for scheme, rows, row_len in (("int8_channel", 4, 384), ("q8_0", 24, 64)):
+    for scheme in ("int8_channel", "q8_0"):
         e = paramkit.quant_error(g, scheme)                               # auto picks the (fake) cuda engine
         assert e == paramkit.quant_error(a, scheme, backend="numpy")
-        assert fake_cuda.calls[-1] == ("quant", "BF16", scheme, rows, row_len, False)
+        assert fake_cuda.calls[-1] == ("quant", "BF16", scheme, (4, 6, 64), False)
         q = paramkit.fake_quantize(g, scheme)
         assert isinstance(q, FakeGpuArray) and q.shape == (4, 6, 64)     # the input's library, input's shape
         np.testing.assert_array_equal(q.a, paramkit.fake_quantize(a, scheme, backend="numpy"))
-        assert fake_cuda.calls[-1] == ("quant", "BF16", scheme, rows, row_len, True)
+        assert fake_cuda.calls[-1] == ("quant", "BF16", scheme, (4, 6, 64), True)
 
 
 def test_device_path_dtype_rules(fake_cuda):
@@ -700,8 +701,17 @@ def test_device_path_dtype_rules(fake_cuda):
 
 
 def test_cuda_engine_without_dlpack_support(monkeypatch):
+    """A paramkit._cuda from an older build (no DLPack entry points) is not a usable cuda engine: the backend is
+    unavailable with "rebuild" as its reason, and a device array is refused with that reason."""
     registry = importlib.import_module("paramkit.backends")
-    monkeypatch.setitem(registry._cache, "cuda", (types.SimpleNamespace(name="cuda"), "old cuda engine (test)"))
+    old = types.ModuleType("paramkit._cuda")
+    old.probe = lambda: {"device_count": 1, "error": None,
+                         "devices": [{"name": "GPU (test)", "compute_capability": "9.0"}]}
+    monkeypatch.setitem(sys.modules, "paramkit._cuda", old)
+    monkeypatch.setattr(paramkit, "_cuda", old, raising=False)
+    monkeypatch.delitem(registry._cache, "cuda", raising=False)
     monkeypatch.delenv("PARAMKIT_BACKEND", raising=False)
+    status = {b.name: b for b in paramkit.backends()}["cuda"]
+    assert not status.available and "rebuild" in status.reason
     with pytest.raises(ValueError, match="rebuild"):
         paramkit.tensor_stats(CudaLike())

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import _dlpack
 from ._gcpause import gc_paused
-from .backends import get_engine
+from .backends import get_engine, requested_backend
 from .dtypes import DTYPES, from_numpy
 from .errors import BackendUnavailable, FormatError
 from .progress import make_progress
@@ -138,10 +138,7 @@ def _cuda_engine(array, dev, backend: str):
     if dev[0] not in _dlpack.CUDA_DEVICES:
         raise ValueError(f"this {what} is on {where}: paramkit reads arrays in host memory or on a CUDA device; "
                          "copy it to the host first (e.g. .cpu())")
-    name = (backend or "auto").lower()
-    how = f"backend={name!r}"
-    if name == "auto" and os.environ.get("PARAMKIT_BACKEND"):
-        how += f", PARAMKIT_BACKEND={os.environ['PARAMKIT_BACKEND']}"
+    name, how = requested_backend(backend)
     try:
         eng = get_engine(backend)
     except BackendUnavailable:
@@ -150,14 +147,11 @@ def _cuda_engine(array, dev, backend: str):
         eng, selected = None, f"{how} is unavailable"
     else:
         selected = f"the backend in use is {eng.name!r} ({how})"
-    if eng is not None and eng.name in ("cuda", "cuda-emu"):   # cuda-emu: the CUDA engine on CPU threads (tests)
-        if hasattr(eng, "dlpack_stats") and hasattr(eng, "dlpack_quant"):
-            return eng
-        cuda = "this paramkit._cuda cannot read DLPack arrays (rebuild it)"
-    else:
-        from .backends import backends
-        st = next(b for b in backends() if b.name == "cuda")
-        cuda = f"cuda is unavailable: {st.reason}" if not st.available else "cuda is available: pass backend='cuda'"
+    if eng is not None and eng.reads_device_memory:
+        return eng
+    from .backends import backends
+    st = next(b for b in backends() if b.name == "cuda")
+    cuda = f"cuda is unavailable: {st.reason}" if not st.available else "cuda is available: pass backend='cuda'"
     raise ValueError(f"this {what} is on {where}, and only the cuda backend reads device memory, but {selected}; "
                      f"{cuda}. paramkit does not copy device memory to the host silently: pass array.cpu() to "
                      "read it on the host")
@@ -198,17 +192,8 @@ def tensor_stats(array, *, dtype: str | None = None, quantiles: bool = True, bac
     return get_engine(backend).array_stats(arr, _checked_dtype(dtype, arr.nbytes), quantiles=quantiles)
 
 
-def _native_quant(backend: str):
-    """The cpu engine's array quantizer when that backend is selected and built, else None."""
-    eng = get_engine(backend)
-    core = getattr(eng, "_core", None)
-    return core if core is not None and hasattr(core, "fake_quantize") else None
-
-
 def _quant_call(array, scheme, backend: str, want_values: bool):
     from .quant import get_scheme, to_float32
-    from .quant.plan import engine_kind
-    from .quant import numpy_quant
     s = get_scheme(scheme)
     dev = _device(array)
     if dev is not None and dev[0] not in _dlpack.HOST_DEVICES:
@@ -219,24 +204,8 @@ def _quant_call(array, scheme, backend: str, want_values: bool):
         arr = np.asarray(decode(arr, raw_dtype), dtype=np.float32).reshape(arr.shape)
     x = np.require(to_float32(arr), requirements="C")   # keeps a 0-d shape (ascontiguousarray makes it 1-d)
     s.check_shape(x.shape)
-    core = _native_quant(backend)
-    if core is None:
-        r = numpy_quant.quantize_dequantize(x, s)
-        if want_values:
-            return r.values
-        return numpy_quant.error_sums_of(x, r.values, clipped=r.clipped, scale_clamped=r.scale_clamped), s, x.shape
-    kind, group = engine_kind(s)
-    shape = x.shape
-    rows, row_len = s.rows_view(shape)
-    am = 0.0
-    if s.needs_tensor_absmax and x.size:
-        f = np.abs(x[np.isfinite(x)])
-        am = float(f.max()) if f.size else 0.0
-    if want_values:
-        out, _ = core.fake_quantize(x.reshape(-1), kind, group, rows, row_len, am)
-        return np.asarray(out, dtype=np.float32).reshape(shape)
-    sums = dict(core.quant_error_sums(x.reshape(-1), kind, group, rows, row_len, am))
-    return sums, s, shape
+    values, sums = get_engine(backend).array_quant(x, s, want_values=want_values)
+    return values if want_values else (sums, s, x.shape)
 
 
 def _device_quant(array, dev, s, backend: str, want_values: bool):
@@ -246,8 +215,7 @@ def _device_quant(array, dev, s, backend: str, want_values: bool):
     if not DTYPES[name].is_floating:
         raise TypeError(f"quantization needs a floating-point array, got dtype {name}")
     s.check_shape(shape)
-    rows, row_len = s.rows_view(shape)
-    values, sums = eng.dlpack_quant(cap, name, s, rows=rows, row_len=row_len, want_values=want_values)
+    values, sums = eng.dlpack_quant(cap, name, s, shape=shape, want_values=want_values)
     if not want_values:
         return dict(sums), s, shape
     out = _dlpack.wrap_like(array, values)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, Protocol, Sequence
+from typing import Callable, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
@@ -19,16 +19,55 @@ ORDER = ("cuda", "cpu", "numpy")
 HIDDEN = ("cuda-emu",)
 
 
+@runtime_checkable
 class Engine(Protocol):
-    name: str
+    """What every engine (numpy, cpu, cuda, cuda-emu) implements, all of it: the interface api.py, export.py
+    and the tests call, and nothing else. An engine that cannot do a thing itself delegates it explicitly
+    (the cuda engine quantizes host arrays on the cpu engine) or refuses it with a clear error (only an
+    engine with ``reads_device_memory`` takes DLPack device arrays)."""
 
-    def run_stats(self, tensors: Sequence[TensorInfo], *, quantiles: bool, threads: int | None,
-                  progress: ProgressFn | None) -> list[dict | None]:
-        """Statistics for each tensor (stats dict of paramkit.stats, or None for dtypes without
-        statistics), in the order given. Reads each byte once."""
+    name: str                  # the backend name: "numpy", "cpu", "cuda", "cuda-emu"
+    last_run: dict             # what the last run() used: threads, ISA, fallbacks (the report's ``engine``)
+    reads_device_memory: bool  # dlpack_stats / dlpack_quant read arrays on a CUDA device
+    array_quant_backend: str   # the backend whose code runs array_quant ("cpu" for the cuda engine)
 
-    def array_stats(self, array: np.ndarray, dtype: str, *, quantiles: bool) -> dict:
+    def run(self, tensors: Sequence[TensorInfo], *, stats: bool = True, quantiles: bool = True,
+            threads: int | None = None, progress: ProgressFn | None = None,
+            quant=None) -> tuple[list[dict | None], list[dict | None]]:
+        """One data pass over `tensors`: (statistics per tensor (None for dtypes without statistics, or
+        when stats=False), error sums per tensor {scheme id: sums} for the schemes of `quant`, a
+        paramkit.quant.plan.QuantPlan, else None). Reads each byte once (plus the per-tensor-scale
+        second pass); progress(bytes done so far)."""
+
+    def run_stats(self, tensors: Sequence[TensorInfo], *, quantiles: bool = True, threads: int | None = None,
+                  progress: ProgressFn | None = None) -> list[dict | None]:
+        """run(...)[0]: statistics only."""
+
+    def array_stats(self, array: np.ndarray, dtype: str, *, quantiles: bool = True) -> dict:
         """The same statistics for an in-memory array whose elements are of safetensors `dtype`."""
+
+    def array_quant(self, x: np.ndarray, scheme, *, want_values: bool,
+                    tensor_absmax: float | None = None) -> tuple[np.ndarray | None, dict]:
+        """Quantize the float32 C-contiguous array `x` (grouped by `scheme` from its shape): (the
+        fake-quantized float32 values of x's shape when want_values, else None; the error sums).
+        tensor_absmax: the whole tensor's finite absmax when `x` is a piece of it (per-tensor scales)."""
+
+    def dlpack_stats(self, capsule, dtype: str, *, quantiles: bool = True) -> dict:
+        """array_stats of an array on a CUDA device (a DLPack capsule), read in place."""
+
+    def dlpack_quant(self, capsule, dtype: str, scheme, *, shape: tuple[int, ...],
+                     want_values: bool) -> tuple[object | None, dict]:
+        """array_quant of an array of `shape` on a CUDA device: (a DLPack capsule of the values or None, sums)."""
+
+    def build_info(self) -> dict:
+        """What the engine was built with (compiler, ISA, CUDA runtime...), for doctor."""
+
+
+def device_memory_refused(engine_name: str):
+    """The error an engine without ``reads_device_memory`` raises from dlpack_stats / dlpack_quant (api.py
+    explains the choice of backend before it gets there)."""
+    return ValueError(f"the {engine_name} engine reads host memory only; arrays on a CUDA device need the cuda "
+                      "backend")
 
 
 @dataclass
@@ -74,18 +113,28 @@ def backends() -> list[BackendStatus]:
     return [BackendStatus(n, _probe(n)[0] is not None, _probe(n)[1]) for n in ORDER]
 
 
+def requested_backend(name: str | None = "auto") -> tuple[str, str]:
+    """(backend name, how it was chosen) for a ``backend=`` argument: the one place PARAMKIT_BACKEND is read
+    (it stands in for "auto"). `how` is for messages: "backend='cpu'" or "backend='auto', PARAMKIT_BACKEND=cpu"."""
+    if name in (None, "auto"):
+        env = os.environ.get("PARAMKIT_BACKEND", "")
+        if env and env.lower() != "auto":
+            return env.lower(), f"backend='auto', PARAMKIT_BACKEND={env}"
+        return "auto", "backend='auto'"
+    return str(name).lower(), f"backend={name!r}"
+
+
 def get_engine(name: str | None = "auto") -> Engine:
     """The engine for `name` ('auto', 'cuda', 'cpu', 'numpy'); PARAMKIT_BACKEND overrides 'auto'."""
-    if name in (None, "auto"):
-        name = os.environ.get("PARAMKIT_BACKEND", "auto") or "auto"
-    name = name.lower()
+    name, how = requested_backend(name)
     if name == "auto":
         for n in ORDER:
             eng, _ = _probe(n)
             if eng is not None:
                 return eng
     if name not in ORDER + HIDDEN:
-        raise BackendUnavailable(f"unknown backend {name!r}; choose one of {', '.join(ORDER)} or 'auto'")
+        src = f" ({how})" if "PARAMKIT_BACKEND" in how else ""
+        raise BackendUnavailable(f"unknown backend {name!r}{src}; choose one of {', '.join(ORDER)} or 'auto'")
     eng, why = _probe(name)
     if eng is None:
         raise BackendUnavailable(f"backend {name!r} is unavailable: {why}")

@@ -12,6 +12,7 @@ from ..errors import BackendUnavailable
 from ..stats import QUANTILE_LEVELS
 from ..table import TensorInfo
 from ..quant.plan import engine_kind
+from . import device_memory_refused
 from .native_records import quant_sums, task_spec, to_stats
 
 # Piece size: results are merged per piece, so it is fixed (never derived from the thread count).
@@ -24,7 +25,10 @@ SECOND_PASS_BATCH_BYTES = 1 << 30
 
 
 class CpuEngine:
+    """The paramkit.backends.Engine of paramkit._core."""
     name = "cpu"
+    reads_device_memory = False
+    array_quant_backend = "cpu"
 
     def __init__(self, core):
         self._core = core
@@ -123,6 +127,25 @@ class CpuEngine:
         raw = np.ascontiguousarray(array).reshape(-1).view(np.uint8)
         rec = self._core.array_stats(raw, d.engine_id, bool(quantiles), CHUNK_BYTES, list(QUANTILE_LEVELS))
         return to_stats(rec, 0, dtype, quantiles)
+
+    def array_quant(self, x: np.ndarray, scheme, *, want_values: bool, tensor_absmax: float | None = None):
+        """paramkit._core's array quantizer on the float32 C-contiguous `x`: fake_quantize (values and the
+        sums of the same element loop) or, without values, quant_error_sums (the engine's vector kernel)."""
+        from ..quant import get_scheme
+        s = get_scheme(scheme)
+        kind, group = engine_kind(s)
+        rows, row_len = s.rows_view(x.shape)
+        flat = x.reshape(-1)
+        if want_values:
+            out, sums = self._core.fake_quantize(flat, kind, group, rows, row_len, tensor_absmax)
+            return np.asarray(out, dtype=np.float32).reshape(x.shape), dict(sums)
+        return None, dict(self._core.quant_error_sums(flat, kind, group, rows, row_len, tensor_absmax))
+
+    def dlpack_stats(self, capsule, dtype: str, *, quantiles: bool = True) -> dict:
+        raise device_memory_refused(self.name)
+
+    def dlpack_quant(self, capsule, dtype: str, scheme, *, shape, want_values: bool):
+        raise device_memory_refused(self.name)
 
     def build_info(self) -> dict:
         return dict(self._core.build_info())

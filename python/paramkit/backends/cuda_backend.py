@@ -25,19 +25,21 @@ class CudaEngine(CpuEngine):
     """paramkit._cuda behind the cpu engine's interface (its run() has _core.run's signature plus
     hold_bytes). Statistics and every quantization scheme run on the GPU; tensors that need the
     per-tensor-scale second pass (int8_tensor, fp8_e4m3) stay in device memory for it (up to
-    HOLD_BYTES, and half the free memory), larger ones are read a second time."""
+    HOLD_BYTES, and half the free memory), larger ones are read a second time. Arrays on a CUDA device
+    come in through DLPack; host arrays are quantized by the cpu engine (paramkit._cuda has no host-array
+    quantizer: for an array already in host memory a copy to the GPU and back would cost more than the work)."""
     name = "cuda"
+    reads_device_memory = True
+    array_quant_backend = "cpu"
 
     def __init__(self, cuda, device: dict):
         super().__init__(cuda)
         self.device = device
-        self._cpu: CpuEngine | None = None
 
     def _cpu_engine(self) -> CpuEngine:
-        if self._cpu is None:
-            from . import cpu_backend
-            self._cpu = cpu_backend.load()[0]
-        return self._cpu
+        """The cpu engine, which runs what this one delegates (BackendUnavailable with its reason if absent)."""
+        from . import get_engine
+        return get_engine("cpu")
 
     def run(self, tensors, *, stats: bool = True, quantiles: bool = True, threads=None, progress=None,
             quant=None, io=None):
@@ -79,16 +81,20 @@ class CudaEngine(CpuEngine):
         h["hold_capacity"] = max(h.get("hold_capacity", 0), int(rec["hold_capacity"]))
         return rec
 
+    def array_quant(self, x, scheme, *, want_values: bool, tensor_absmax: float | None = None):
+        return self._cpu_engine().array_quant(x, scheme, want_values=want_values, tensor_absmax=tensor_absmax)
+
     def dlpack_stats(self, capsule, dtype: str, *, quantiles: bool = True) -> dict:
         """Statistics of a CUDA array given as a DLPack capsule, reduced on its device (no host copy)."""
         d = stats_dtype(dtype)
         rec = self._core.dlpack_stats(capsule, bool(quantiles), list(QUANTILE_LEVELS), d.engine_id)
         return to_stats(rec, 0, dtype, quantiles)
 
-    def dlpack_quant(self, capsule, dtype: str, scheme, *, rows: int, row_len: int, want_values: bool):
-        """fake_quantize / quant_error of a CUDA array given as a DLPack capsule, on its device:
+    def dlpack_quant(self, capsule, dtype: str, scheme, *, shape, want_values: bool):
+        """fake_quantize / quant_error of a CUDA array of `shape` given as a DLPack capsule, on its device:
         (a DLPack capsule of the float32 values on that device or None, the error-sums dict)."""
         kind, group = engine_kind(scheme)
+        rows, row_len = scheme.rows_view(tuple(shape))
         values, sums = self._core.dlpack_quant(capsule, kind, group, int(rows), int(row_len), None, bool(want_values))
         return values, dict(sums)
 

@@ -10,6 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from .. import stats as _stats
+from . import device_memory_refused
 from ..dtypes import DTYPES, stats_dtype
 from ..table import TensorInfo
 
@@ -347,7 +348,13 @@ class _Accumulator:
 
 
 class NumpyEngine:
+    """The paramkit.backends.Engine of the pure-NumPy reference (the oracle of every test)."""
     name = "numpy"
+    reads_device_memory = False
+    array_quant_backend = "numpy"
+
+    def __init__(self) -> None:
+        self.last_run: dict = {}
 
     def array_stats(self, array: np.ndarray, dtype: str, *, quantiles: bool = True) -> dict | None:
         """Statistics of an in-memory array whose raw bytes are elements of safetensors `dtype`
@@ -372,6 +379,7 @@ class NumpyEngine:
             threads: int | None = None, progress=None, quant=None):
         """Statistics (run_stats) and, with a QuantPlan, the quantization error sums per tensor
         (paramkit.quant.stream, a separate chunked read: this backend is the reference, not fast)."""
+        self.last_run = {}
         out = self.run_stats(tensors, quantiles=quantiles, threads=threads, progress=progress) if stats \
             else [None] * len(tensors)
         qout: list = [None] * len(tensors)
@@ -430,6 +438,23 @@ class NumpyEngine:
                             progress(done)
                     results[i] = acc.result()
         return results
+
+
+    def array_quant(self, x: np.ndarray, scheme, *, want_values: bool, tensor_absmax: float | None = None):
+        """The reference quantizer (paramkit.quant.numpy_quant) on the float32 array `x`."""
+        from ..quant import numpy_quant
+        r = numpy_quant.quantize_dequantize(x, scheme, tensor_absmax=tensor_absmax)
+        sums = numpy_quant.error_sums_of(x, r.values, clipped=r.clipped, scale_clamped=r.scale_clamped)
+        return (r.values if want_values else None), sums
+
+    def dlpack_stats(self, capsule, dtype: str, *, quantiles: bool = True) -> dict:
+        raise device_memory_refused(self.name)
+
+    def dlpack_quant(self, capsule, dtype: str, scheme, *, shape, want_values: bool):
+        raise device_memory_refused(self.name)
+
+    def build_info(self) -> dict:
+        return {"numpy": np.__version__}
 
 
 ENGINE = NumpyEngine()

@@ -36,8 +36,7 @@ import numpy as np
 
 from ..backends.numpy_backend import decode
 from ..dtypes import DTYPES
-from .numpy_quant import (empty_error_sums, error_sums_of, finalize_error, merge_error,
-                          quantize_dequantize, to_float32)
+from .numpy_quant import empty_error_sums, finalize_error, merge_error, to_float32
 from .schemes import Scheme, get_scheme
 
 __all__ = ["fake_quantize_file", "cast_back", "METADATA_KEY", "CHUNK_ELEMENTS", "PIECE_ELEMENTS",
@@ -119,46 +118,6 @@ def cast_back(values: np.ndarray, dtype: str) -> np.ndarray:
         with np.errstate(invalid="ignore", over="ignore"):
             return _f32_to_f8_bits(v, dtype)
     raise ValueError(f"cannot cast back to dtype {dtype}")
-
-
-# ---- the quantizer: native cpu core or the numpy reference -----------------------------------------
-def _pick_quantizer(backend: str):
-    """(name, core or None): the cpu core's array entry point when `backend` allows it and it is
-    built, else the numpy reference. "cuda" runs the export on the cpu core too (the export is
-    bound by reading, casting and writing; only scan has a cuda path)."""
-    from ..backends import get_engine
-    from ..errors import BackendUnavailable
-    name, how = (backend or "auto").lower(), ""
-    if name == "auto" and os.environ.get("PARAMKIT_BACKEND"):
-        name, how = os.environ["PARAMKIT_BACKEND"].lower(), " (from PARAMKIT_BACKEND)"
-    if name == "numpy":
-        return "numpy", None
-    if name not in ("auto", "cpu", "cuda", "cuda-emu"):   # cuda-emu: the tests' emulated cuda backend
-        raise BackendUnavailable(f"unknown backend {name!r}{how}; choose one of cuda, cpu, numpy or 'auto'")
-    try:
-        core = getattr(get_engine("cpu"), "_core", None)
-    except BackendUnavailable:
-        if name == "auto":
-            return "numpy", None
-        raise
-    if core is None or not hasattr(core, "fake_quantize"):
-        if name == "auto":
-            return "numpy", None
-        raise BackendUnavailable("the cpu core has no quantization entry point (rebuild paramkit._core)")
-    return "cpu", core
-
-
-def _quantize_piece(x: np.ndarray, s: Scheme, kind_group, core, tensor_absmax) -> tuple[np.ndarray, dict]:
-    """Fake-quantize one aligned piece `x` (float32, already shaped so that the reference groups it
-    as the whole tensor does); returns (values, error sums)."""
-    if core is None:
-        r = quantize_dequantize(x, s, tensor_absmax=tensor_absmax)
-        return r.values, error_sums_of(x, r.values, clipped=r.clipped, scale_clamped=r.scale_clamped)
-    kind, group = kind_group
-    rows, row_len = s.rows_view(x.shape)
-    flat = np.ascontiguousarray(x.reshape(-1), dtype=np.float32)
-    out, sums = core.fake_quantize(flat, kind, group, rows, row_len, tensor_absmax)
-    return np.asarray(out, dtype=np.float32), dict(sums)
 
 
 def _stored_sums(w: np.ndarray, v: np.ndarray) -> dict:
@@ -243,8 +202,9 @@ def fake_quantize_file(path, scheme: str | Scheme, out, *, quant_tensors=None, b
     matched against tensor names (re.search) or a callable(name, dtype, shape, role) -> bool;
     buffers and quantization state are never quantized, nor tensors the scheme cannot take (a
     ggml row length that is not a multiple of 32) or whose dtype has no decoder (F4, F6, ...):
-    those are kept and listed with the reason. backend: "auto" (the cpu core when built, else the
-    numpy reference; both give identical values), "cpu", "numpy" ("cuda" = the cpu core).
+    those are kept and listed with the reason. backend: "auto" ($PARAMKIT_BACKEND, else the cpu core when
+    built, else the numpy reference; both give identical values), "cpu", "numpy" or "cuda" (which hands the
+    host pieces to the cpu core); the summary's ``backend`` names the one that quantized.
     progress: None/False, True (a bar on stderr) or callable(done_bytes, total_bytes).
     overwrite: replace an existing `out` (never the input itself). threads: worker threads for the
     pieces of a tensor (default: all cores); the output and the summary are identical for any value.
@@ -283,11 +243,10 @@ def fake_quantize_file(path, scheme: str | Scheme, out, *, quant_tensors=None, b
         raise IsADirectoryError(f"output path {dst!r} is a directory")
     if os.path.lexists(dst) and not overwrite:
         raise FileExistsError(f"{dst!r} exists; pass overwrite=True (--overwrite) to replace it")
-    qname, core = _pick_quantizer(backend)
-    kind_group = None
-    if core is not None:
-        from .plan import engine_kind
-        kind_group = engine_kind(s)
+    # the selected engine's array_quant quantizes the pieces; the cuda engine hands host arrays to the cpu
+    # engine (an export is bound by reading, casting and writing; only scan has a cuda data path)
+    from ..backends import get_engine
+    engine = get_engine(backend)
 
     plan, roles = _policy_and_plan(table, s, quant_tensors)
     quantize: list[bool] = []
@@ -348,7 +307,7 @@ def fake_quantize_file(path, scheme: str | Scheme, out, *, quant_tensors=None, b
         """One aligned piece: fake-quantize, cast back, error sums (numpy and the core release the
         GIL, so pieces run in parallel threads)."""
         xv = x.reshape(view_shape)
-        q, part = _quantize_piece(xv, s, kind_group, core, absmax)
+        q, part = engine.array_quant(np.ascontiguousarray(xv), s, want_values=True, tensor_absmax=absmax)
         enc = cast_back(q, t.dtype)
         if t.dtype in ("F32", "F64"):                 # stored exactly: the same error
             stored = {**part, "clipped": 0, "scale_clamped": 0}
@@ -421,7 +380,7 @@ def fake_quantize_file(path, scheme: str | Scheme, out, *, quant_tensors=None, b
     worst = sorted(per_tensor, key=lambda w: (w["sqnr_db"] is None,
                                               w["sqnr_db"] if w["sqnr_db"] is not None else 0.0))[:10]
     return {
-        "path": src, "out": target, "scheme": s.id, "schemes": [s.id], "backend": qname,
+        "path": src, "out": target, "scheme": s.id, "schemes": [s.id], "backend": engine.array_quant_backend,
         "policy": plan.policy, "tensors": len(table.tensors),
         "n_quantized": len(qnames), "n_kept": len(kept), "quantized": qnames, "kept": kept,
         "quantized_elements": model["numel"], "original_bytes": table.data_bytes,
