@@ -190,6 +190,9 @@ def test_columns_drop_in_the_stated_order():
     assert shown(39)[0] == ["name", "a", "ccc"]            # bb (rank 3) goes first
     hdr, text = shown(29)
     assert hdr == ["name", "a"] and "columns left out to fit 29 columns: bb, ccc" in " ".join(text.split())
+    cols[1:] = [Col("a")]                # "a" always shown: below its min_width the name gives way
+    hdr, text = shown(18)
+    assert hdr == ["name", "a"] and "xxx…xxxx  11111111" in text
 
 
 # ---- every command fits, at 80 and 120 columns ------------------------------------------------------

@@ -24,6 +24,8 @@ GAP = 2
 #: console width under --wide: nothing is fitted, the terminal wraps what it must
 WIDE_WIDTH = 100_000
 ELLIPSIS = "…"
+#: the narrowest a name or prose column gets when the columns that always stay do not fit otherwise
+NARROWEST = 8
 
 
 def terminal_width(stream=None) -> int:
@@ -141,6 +143,10 @@ def _plan_widths(cols: Sequence[Col], rows: Sequence[Sequence], width: int, wide
         dropped.append(cols[i].header.replace("\n", " "))
     widths = {i: floor(i) for i in keep}
     spare = width - sum(widths.values()) - GAP * (len(keep) - 1)
+    for i in (i for i in keep if cols[i].fit != "whole"):   # still too wide: names and prose give way
+        give = min(-spare, widths[i] - min(natural[i], NARROWEST)) if spare < 0 else 0
+        widths[i] -= give
+        spare += give
     elastic = [i for i in keep if cols[i].fit != "whole"]
     while spare > 0:                                  # share what is left among the elastic columns
         short = [i for i in elastic if widths[i] < natural[i]]
