@@ -352,6 +352,7 @@ def test_json_alias_is_format_json(small_checkpoint, monkeypatch, capsys):
     (["quant", "{path}", "--tensors", "zzz", "--out", "{tmp}/x.safetensors", "--scheme", "q8_0"],
      "selects no tensor"),
     (["scan", "{path}", "--no-stats", "--sort", "std"], "--sort std needs the statistics"),
+    (["scan", "{path}", "--top", "0"], "--top N needs N >= 1"),
 ])
 def test_bad_selection_is_a_one_line_error(argv, message, small_checkpoint, tmp_path, monkeypatch, capsys):
     argv = [a.format(path=small_checkpoint, tmp=tmp_path) for a in argv]
