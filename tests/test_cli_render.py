@@ -366,3 +366,15 @@ def test_bad_regex_as_a_subprocess_has_no_traceback(small_checkpoint):
     p = subprocess.run([sys.executable, "-m", "paramkit", "quant", small_checkpoint, "--tensors", "("],
                        capture_output=True, text=True)
     assert p.returncode == 1 and "Traceback" not in p.stderr and len(p.stderr.splitlines()) == 1, p.stderr
+
+
+def test_stated_drop_order_is_the_one_in_readme_and_help():
+    import os
+    from paramkit.cli import build_parser
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    assert f"| `scan`, `demo` tensor table | {', '.join(SCAN_DROP_ORDER)} | name, dtype, shape |" in readme
+    import argparse
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert ", ".join(SCAN_DROP_ORDER) in " ".join(sub.choices["scan"].format_help().split())

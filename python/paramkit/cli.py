@@ -1,5 +1,6 @@
-"""The `paramkit` command (also `python -m paramkit`): scan, demo, doctor, plan. Exit codes: 0 on
-success, 2 on a FormatError (its code printed), 1 on any other error."""
+"""The `paramkit` command (also `python -m paramkit`): scan, demo, doctor, and the plan and quant
+subcommands of cli_plan/cli_quant; output is fitted to the terminal by cli_render. Exit codes: 0 on
+success, 2 on a FormatError (its code printed), 1 on any other error (I/O errors included)."""
 from __future__ import annotations
 
 import argparse
@@ -11,7 +12,8 @@ import sys
 from rich.text import Text
 
 from . import __version__
-from .cli_render import Col, fit_table, fmt_bytes, fmt_count, fmt_value, human, key_values, make_console, percent
+from .cli_render import (Col, drop_order, fit_table, fmt_bytes, fmt_count, fmt_value, human, key_values,
+                         make_console, percent)
 
 
 # ---- shared by the subcommands ------------------------------------------------------------------
@@ -26,8 +28,8 @@ def name_pattern(option: str, pattern: str | None):
 
 
 # ---- scan: the tensor rows, selected, sorted and in each output format --------------------------
-#: per-tensor columns of the table and markdown output: key, column (drop rank: who goes first
-#: when the terminal is too narrow: role, inf, nan, min, max, zeros, mean, std, absmax)
+#: per-tensor columns of the table and markdown output: key, column (drop rank: the highest goes
+#: first when the terminal is too narrow)
 TENSOR_COLUMNS: tuple[tuple[str, Col], ...] = (
     ("name", Col("name", fit="name", min_width=36)),
     ("dtype", Col("dtype")),
@@ -329,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "the stored elements per dtype, parameters per top-level module and a per-tensor table. "
                     "The table fits the terminal (COLUMNS, the terminal's width, 80 when piped): long names "
                     "are shortened in the middle and, when short of width, columns are left out in this "
-                    "order: role, inf, nan, min, max, zeros, mean, std, absmax (--wide keeps them all).")
+                    f"order: {drop_order([c for _, c in TENSOR_COLUMNS])} (--wide keeps them all).")
     s.add_argument("path", help="file, index or directory")
     s.add_argument("--format", default="table", choices=FORMATS,
                    help="table (default; fitted to the terminal), csv (one row per tensor, every statistic "

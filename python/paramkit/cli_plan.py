@@ -7,6 +7,7 @@ import json
 
 
 def register(subparsers) -> argparse.ArgumentParser:
+    from .cli_render import drop_order
     from .planning import KV_DTYPES
     p = subparsers.add_parser(
         "plan", help="memory, GPU fit and FLOPs to run or train a model (headers + config.json only)",
@@ -28,7 +29,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--explain", action="store_true", help="show the formula behind every figure")
     p.add_argument("--wide", action="store_true",
                    help="every column at full width, whatever the terminal's width (by default the tables fit "
-                        "COLUMNS, the terminal, or 80 columns when piped)")
+                        f"COLUMNS, the terminal, or 80 columns when piped; the GPU table leaves out "
+                        f"{drop_order(gpu_table_columns())} in that order)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--lenient", action="store_true", help="tolerate a malformed __metadata__ (strict=False)")
     p.set_defaults(func=cmd_plan)
@@ -59,10 +61,16 @@ def cmd_plan(args) -> int:
     return 0
 
 
-#: GPU-fit columns: (fit key, header, drop rank: when short of width QLoRA goes first, then train
-#: Adam, as stored, fp8/int8, usable, int4; GPU and bf16 always stay)
+#: GPU-fit columns: (fit key, header, drop rank: the highest goes first when short of width; GPU
+#: and bf16 always stay)
 GPU_FIT_COLUMNS = (("stored", "as stored", 4), ("bf16", "bf16", None), ("fp8", "fp8/int8", 3), ("int4", "int4", 1),
                    ("train_adam", "train Adam", 5), ("train_qlora", "QLoRA", 6))
+
+
+def gpu_table_columns() -> list:
+    from .cli_render import Col
+    return [Col("GPU"), Col("usable", "right", drop=2)] + [Col(label, "right", drop=rank)
+                                                          for _, label, rank in GPU_FIT_COLUMNS]
 COMPUTE_ROWS = (("inference_flops_per_token_non_embedding", "inference FLOPs / token"),
                 ("inference_flops_per_token", "inference FLOPs / token"),
                 ("chinchilla_tokens", "Chinchilla-optimal tokens"),
@@ -131,8 +139,7 @@ def render(pl, counting, path: str, *, explain: bool = False, console=None, wide
             c = row["fit"][k]["count"]
             cells.append("—" if c is None else (Text("1 ✓", "green") if c == 1 else f"{c}"))
         rows.append(cells)
-    con.print(fit_table([Col("GPU"), Col("usable", "right", drop=2)]
-                        + [Col(label, "right", drop=rank) for _, label, rank in GPU_FIT_COLUMNS], rows, width,
+    con.print(fit_table(gpu_table_columns(), rows, width,
                         title=f"GPUs needed (weights + KV cache; reserve: {g['overhead']['formula']})", wide=wide))
     if explain:
         for row in g["rows"]:

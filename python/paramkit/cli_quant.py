@@ -10,7 +10,7 @@ from collections import Counter
 
 from rich.text import Text
 
-from .cli_render import Col, fit_table, fmt_bytes, human, key_values, make_console
+from .cli_render import Col, drop_order, fit_table, fmt_bytes, human, key_values, make_console
 
 
 def register(subparsers) -> argparse.ArgumentParser:
@@ -33,7 +33,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--wide", action="store_true",
                    help="every column at full width and whole tensor names, whatever the terminal's width "
                         "(by default the tables fit COLUMNS, the terminal, or 80 columns when piped, leaving "
-                        "out clipped, tensors, cosine, vs original, rel. error, model size in that order)")
+                        f"out {drop_order(QUANT_COLUMNS)} in that order)")
     p.add_argument("--json", action="store_true",
                    help="print JSON: the scan's quant section (schemes, policy, summary), or with --out the "
                         "export summary")
@@ -126,8 +126,8 @@ def _cos(v) -> str:
     return "-" if v is None else f"{v:.6f}"
 
 
-#: the scheme table's columns; when short of width they are left out in this order: clipped,
-#: tensors, cosine, vs original, rel. error, model size (scheme, bits/weight and SQNR always stay)
+#: the scheme table's columns; when short of width the highest drop rank goes first (scheme,
+#: bits/weight and SQNR always stay)
 QUANT_COLUMNS = (Col("scheme"), Col("bits/weight", "right"), Col("model size", "right", drop=1),
                  Col("vs original", "right", drop=3), Col("SQNR dB", "right"), Col("rel. error", "right", drop=2),
                  Col("cosine", "right", drop=4), Col("clipped", "right", drop=6), Col("tensors", "right", drop=5))

@@ -120,6 +120,11 @@ class Col:
     style: str | None = None
 
 
+def drop_order(cols: Sequence[Col]) -> str:
+    """The headers of the droppable columns, the first to go first ("role, inf, nan, ...")."""
+    return ", ".join(c.header for c in sorted((c for c in cols if c.drop is not None), key=lambda c: -c.drop))
+
+
 def _cell_width(cell) -> int:
     text = cell.plain if isinstance(cell, Text) else str(cell)
     return max((cell_len(ln) for ln in text.split("\n")), default=0)
@@ -206,4 +211,4 @@ def key_values(rows: Sequence[tuple[str, object]]) -> Table:
 
 
 __all__ = ["terminal_width", "make_console", "human", "fmt_value", "fmt_count", "percent", "fmt_bytes",
-           "shorten_middle", "Col", "fit_table", "key_values", "column_note"]
+           "shorten_middle", "Col", "drop_order", "fit_table", "key_values", "column_note"]
