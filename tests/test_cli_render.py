@@ -378,3 +378,32 @@ def test_stated_drop_order_is_the_one_in_readme_and_help():
     import argparse
     sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert ", ".join(SCAN_DROP_ORDER) in " ".join(sub.choices["scan"].format_help().split())
+
+
+def test_real_terminal_width_without_columns(minilm_path):
+    """In a terminal (a pty of 90 columns here) with COLUMNS unset, the width is the terminal's."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 50, 90, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES")}
+    p = subprocess.Popen([sys.executable, "-m", "paramkit", "scan", minilm_path], stdin=slave, stdout=slave,
+                         stderr=slave, env=env)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:              # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    assert p.wait(timeout=120) == 0
+    out = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", b"".join(chunks).decode()).replace("\r\n", "\n")
+    check_tensor_table(out, minilm_path, 90)
+    assert "columns left out to fit 90 columns" in " ".join(out.split())
