@@ -68,3 +68,52 @@ def test_closed_pipe_is_not_an_error(tmp_path):
     err = p.stderr.read().decode()
     assert p.wait(timeout=60) == 0, err
     assert "Broken pipe" not in err and "Traceback" not in err
+
+
+# ---- issue 12: errors and help a person can act on ------------------------------------------------
+import argparse  # noqa: E402
+import os  # noqa: E402
+import re  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    from paramkit.cli import build_parser
+    return dict(next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices)
+
+
+@pytest.mark.parametrize("command", ["scan", "quant", "plan"])
+def test_missing_path_is_a_one_line_io_error(command, tmp_path, capsys):
+    """A path that does not exist: exit 1 (an I/O error, not a FormatError), one line naming the path,
+    and the README documents exactly that message."""
+    missing = str(tmp_path / "nope.safetensors")
+    assert main([command, missing]) == 1
+    err = capsys.readouterr().err
+    assert err == f"paramkit: error: {missing}: No such file or directory\n", err
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        readme = f.read()
+    assert err.strip().replace(missing, "PATH") in readme
+    row = next(ln for ln in readme.splitlines() if ln.startswith("| `unknown_format` |"))
+    assert "does not exist" in row and "exit 1" in row, row
+
+
+def test_every_subcommand_has_a_description():
+    for name, parser in _subparsers().items():
+        assert parser.description and len(parser.description) > 40, name
+        assert parser.description in " ".join(parser.format_help().split()) or \
+            " ".join(parser.description.split()[:6]) in " ".join(parser.format_help().split()), name
+
+
+def test_sharded_scan_shows_declared_totals_in_words(tmp_path, capsys, monkeypatch):
+    import synthetic_models as sm
+    d = sm.write_model(str(tmp_path / "m"), sm.Model("s", [("model.embed_tokens.weight", "BF16", (64, 32)),
+                                                         ("model.layers.0.mlp.up_proj.weight", "BF16", (32, 32)),
+                                                         ("lm_head.weight", "BF16", (64, 32))], None), shards=2)
+    monkeypatch.setenv("COLUMNS", "100")
+    assert main(["scan", d, "--no-stats"]) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("declared total_size"))
+    nbytes = 2 * (64 * 32 + 32 * 32 + 64 * 32)
+    assert "{" not in line and re.search(rf"\b{nbytes:,} \(index metadata; computed {nbytes:,}: matches\)", line)

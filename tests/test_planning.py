@@ -252,3 +252,54 @@ def test_cli_plan_bad_file_is_format_error(tmp_path, capsys):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x01")
     assert _main(["plan", str(bad)]) == 2
+
+
+# --------------------------------------------------------------------------- FLOPs: embeddings are lookups
+
+def test_flops_per_token_minilm_both_figures(minilm_path, capsys, monkeypatch):
+    """all-MiniLM-L6-v2: 11.9M of its 22.7M parameters are embedding lookups; the plan gives 2 ×
+    non-embedding (Kaplan) and 2 × all parameters, labelled, and --explain says which one feeds the
+    training FLOPs and H100-hours. Expected values from the header's shapes, here."""
+    from conftest import tensor_infos
+    infos = tensor_infos(minilm_path)
+    total = sum(t.numel for t in infos if t.dtype == "F32")
+    lookups = sum(t.numel for t in infos if t.name.endswith(("word_embeddings.weight",
+                                                             "position_embeddings.weight",
+                                                             "token_type_embeddings.weight")))
+    assert (total, lookups) == (22_713_216, 30522 * 384 + 512 * 384 + 2 * 384)
+    assert _main(["plan", minilm_path, "--json"]) == 0
+    pl = json.loads(capsys.readouterr().out)["plan"]
+    c = pl["compute"]
+    ne, full = c["inference_flops_per_token_non_embedding"], c["inference_flops_per_token"]
+    assert ne["value"] == 2 * (total - lookups) == 21_590_784
+    assert full["value"] == 2 * total == 45_426_432
+    assert "non-embedding" in ne["label"] and "Kaplan" in ne["label"] and ne["unit"] == "FLOP"
+    assert "all parameters" in full["label"]
+    assert pl["params"]["embedding"]["value"] == lookups
+    assert pl["params"]["non_embedding"]["value"] == total - lookups
+    assert c["training_flops"]["value"] == 6 * total * 20 * total          # 6 × all parameters × tokens
+    assert _main(["plan", minilm_path, "--explain"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "training FLOPs and H100-hours use 6 × all parameters × tokens" in text
+    monkeypatch.setenv("COLUMNS", "120")
+    assert _main(["plan", minilm_path]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "inference FLOPs / token, 2 × non-embedding parameters (Kaplan et al.) 2.16e+07" in text
+    assert "inference FLOPs / token, 2 × all parameters 4.54e+07" in text
+
+
+@pytest.mark.parametrize("model, lookups", [
+    (sm.gpt2_small, 50257 * 768 + 1024 * 768),         # wte + wpe: GPT-2 small's 85M non-embedding
+    (sm.llama3_8b, 128256 * 4096),                      # embed_tokens; the untied lm_head is a matmul
+    (sm.mixtral_8x7b, 32000 * 4096),                    # from the active parameters
+])
+def test_non_embedding_flops_of_known_models(model, lookups):
+    m = model()
+    c = counted(m)
+    p = plan(c, m.config)
+    act = c.active_params
+    assert p.params["embedding"]["value"] == lookups
+    assert p.compute["inference_flops_per_token_non_embedding"]["value"] == 2 * (act - lookups)
+    assert p.compute["inference_flops_per_token"]["value"] == 2 * act
+    if model is sm.gpt2_small:
+        assert act - lookups == 85_056_000

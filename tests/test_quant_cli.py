@@ -26,16 +26,19 @@ def model(tmp_path) -> str:
     return path
 
 
-def test_table_lists_every_default_scheme(model, capsys):
+def test_table_lists_every_default_scheme(model, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "160")      # wide enough for every column
     assert main(["quant", model]) == 0
     out = capsys.readouterr().out
     for s in Q.DEFAULT_SCHEMES:
         assert s in out, s
-    for col in ("bits/weight", "model size", "SQNR dB", "rel. error", "cosine", "worst tensor"):
+    for col in ("bits/weight", "model size", "SQNR dB", "rel. error", "cosine", "clipped", "tensors",
+                "worst tensor per scheme"):
         assert col in out, col
+    assert "columns left out" not in out
     # fewest bits first
-    rows = [ln for ln in out.splitlines() if ln.startswith("│")]
-    ids = [r.split("│")[1].strip() for r in rows]
+    ids = [ln.split()[0] for ln in out.splitlines() if ln.split() and ln.split()[0] in Q.DEFAULT_SCHEMES]
+    ids = ids[:len(Q.DEFAULT_SCHEMES)]        # the scheme table (the worst-tensor table follows)
     assert ids.index("int4_g128") < ids.index("int8_tensor") < ids.index("q8_0")
 
 
@@ -91,3 +94,12 @@ def test_refuses_to_overwrite_input(model, capsys):
     assert main(["quant", model, "--out", model, "--scheme", "q8_0", "--overwrite"]) == 1
     assert "input" in capsys.readouterr().err
     assert open(model, "rb").read() == before
+
+
+def test_help_says_default_schemes():
+    from paramkit.cli import build_parser
+    import argparse
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    text = " ".join(sub.choices["quant"].format_help().split())
+    assert "must-have" not in text
+    assert "the nine default schemes: " + ", ".join(Q.DEFAULT_SCHEMES) in text

@@ -7,6 +7,7 @@ import json
 
 
 def register(subparsers) -> argparse.ArgumentParser:
+    from .cli_render import drop_order
     from .planning import KV_DTYPES
     p = subparsers.add_parser(
         "plan", help="memory, GPU fit and FLOPs to run or train a model (headers + config.json only)",
@@ -26,6 +27,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--train-tokens", type=float, default=None,
                    help="tokens for the training-compute figure (default Chinchilla: 20 × params)")
     p.add_argument("--explain", action="store_true", help="show the formula behind every figure")
+    p.add_argument("--wide", action="store_true",
+                   help="every column at full width, whatever the terminal's width (by default the tables fit "
+                        f"COLUMNS, the terminal, or 80 columns when piped; the GPU table leaves out "
+                        f"{drop_order(gpu_table_columns())} in that order)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--lenient", action="store_true", help="tolerate a malformed __metadata__ (strict=False)")
     p.set_defaults(func=cmd_plan)
@@ -52,111 +57,109 @@ def cmd_plan(args) -> int:
                "quantization": counting.quantization, "plan": pl.to_dict()}
         print(json.dumps(out, indent=2, default=str))
         return 0
-    render(pl, counting, table.path, explain=args.explain)
+    render(pl, counting, table.path, explain=args.explain, wide=args.wide)
     return 0
 
 
-def render(pl, counting, path: str, *, explain: bool = False, console=None) -> None:
-    """Print a plan with rich tables (stdout)."""
-    from rich.console import Console
-    from rich.table import Table
+#: GPU-fit columns: (fit key, header, drop rank: the highest goes first when short of width; GPU
+#: and bf16 always stay)
+GPU_FIT_COLUMNS = (("stored", "as stored", 4), ("bf16", "bf16", None), ("fp8", "fp8/int8", 3), ("int4", "int4", 1),
+                   ("train_adam", "train Adam", 5), ("train_qlora", "QLoRA", 6))
 
+
+def gpu_table_columns() -> list:
+    from .cli_render import Col
+    return [Col("GPU"), Col("usable", "right", drop=2)] + [Col(label, "right", drop=rank)
+                                                          for _, label, rank in GPU_FIT_COLUMNS]
+COMPUTE_ROWS = (("inference_flops_per_token_non_embedding", "inference FLOPs / token"),
+                ("inference_flops_per_token", "inference FLOPs / token"),
+                ("chinchilla_tokens", "Chinchilla-optimal tokens"),
+                ("training_flops", "training FLOPs"),
+                ("training_h100_hours", "H100-hours"))
+
+
+def render(pl, counting, path: str, *, explain: bool = False, console=None, wide: bool = False) -> None:
+    """Print a plan as tables fitted to the console's width (stdout)."""
+    from rich.text import Text
+
+    from .cli_render import Col, fit_table, make_console
     from .planning import fmt_bytes, fmt_num
 
-    con = console or Console()
+    con = console or make_console(wide=wide)
+    width = con.width
     d = pl.to_dict()
     P = counting.total_params
     act = counting.active_params
     q = counting.quantization or {}
-    head = f"[bold]{path}[/bold]\n{P:,} parameters"
+    head = f"{P:,} parameters"
     if counting.moe.get("detected"):
         head += f", {act:,} active" if act is not None else f", active unknown ({counting.active_params_reason})"
     if q.get("method"):
         head += f" · quantized: {q['method']}" + (f" {q['bits']}-bit" if q.get("bits") else "")
-    con.print(head)
+    con.print(Text(path, style="bold"))
+    con.print(Text(head))
+    formula = [Col("formula", fit="wrap", min_width=24)] if explain else []
 
-    w = Table(title="Weights memory", title_justify="left")
-    w.add_column("precision / scheme")
-    w.add_column("bits/weight", justify="right")
-    w.add_column("memory", justify="right")
-    if explain:
-        w.add_column("formula", overflow="fold")
+    rows = []
     for r in d["weights"]:
         bpw = r.get("bits_per_weight")
-        cells = [r["label"], "" if bpw is None else f"{bpw:.4g}", fmt_bytes(r["bytes"]["value"])]
-        if explain:
-            cells.append(r["bytes"]["formula"])
-        w.add_row(*cells)
-    con.print(w)
+        rows.append([r["label"], "" if bpw is None else f"{bpw:.4g}", fmt_bytes(r["bytes"]["value"])]
+                    + ([r["bytes"]["formula"]] if explain else []))
+    con.print(fit_table([Col("precision / scheme"), Col("bits/weight", "right"), Col("memory", "right")] + formula,
+                        rows, width, title="Weights memory", wide=wide))
 
     kv = d["kv_cache"]
     if kv.get("applicable"):
         line = (f"KV cache ({kv['kv_dtype']}, {kv['context']:,} tokens × batch {kv['batch']}): "
-                f"[bold]{fmt_bytes(kv['total']['value'])}[/bold]; {fmt_bytes(kv['per_token']['value'])} per token "
+                f"{fmt_bytes(kv['total']['value'])}; {fmt_bytes(kv['per_token']['value'])} per token "
                 f"({kv['layers']} layers, {kv['kv_heads']} kv heads × {kv['head_dim']} head_dim"
                 + (f", {kv['sliding_window_layers']} sliding-window layers capped at "
                    + "/".join(f"{w:,}" for w in kv["sliding_window"])
                    if kv.get("sliding_window_layers") else "")
                 + (", MLA latent" if kv.get("kind") == "mla" else "") + ")")
-        con.print(line)
+        con.print(Text(line))
         if explain:
-            con.print(f"  per token: {kv['per_token']['formula']}\n  total: {kv['total']['formula']}")
+            con.print(Text(f"  per token: {kv['per_token']['formula']}\n  total: {kv['total']['formula']}"))
     else:
-        con.print(f"KV cache: not included ({kv.get('reason')})")
+        con.print(Text(f"KV cache: not included ({kv.get('reason')})"))
 
-    t = Table(title="Training memory (activations excluded)", title_justify="left")
-    t.add_column("setup")
-    t.add_column("memory", justify="right")
-    if explain:
-        t.add_column("formula", overflow="fold")
+    rows = []
     for r in d["training"]:
-        cells = [r["label"], fmt_bytes(r["bytes"]["value"])]
-        if explain:
-            cells.append(r["bytes"]["formula"] + (f"; adapters: {r['adapter_params']['formula']}"
-                                                  if "adapter_params" in r else ""))
-        t.add_row(*cells)
-    con.print(t)
+        rows.append([r["label"], fmt_bytes(r["bytes"]["value"])]
+                    + ([r["bytes"]["formula"] + (f"; adapters: {r['adapter_params']['formula']}"
+                                                 if "adapter_params" in r else "")] if explain else []))
+    con.print(fit_table([Col("setup", fit="wrap", min_width=24), Col("memory", "right")] + formula, rows, width,
+                        title="Training memory (activations excluded)", wide=wide))
 
     g = d["gpu_fit"]
-    keys = [("stored", "as stored"), ("bf16", "bf16"), ("fp8", "fp8/int8"), ("int4", "int4"),
-            ("train_adam", "train Adam"), ("train_qlora", "QLoRA")]
-    gt = Table(title=f"GPUs needed (weights + KV cache; reserve: {g['overhead']['formula']})",
-               title_justify="left")
-    gt.add_column("GPU")
-    gt.add_column("usable", justify="right")
-    for _, label in keys:
-        gt.add_column(label, justify="right")
+    rows = []
     for row in g["rows"]:
         cells = [row["gpu"], fmt_bytes(row["usable"]["value"])]
-        for k, _ in keys:
-            f = row["fit"][k]
-            c = f["count"]
-            cells.append("—" if c is None else ("[green]1 ✓[/green]" if c == 1 else f"{c}"))
-        gt.add_row(*cells)
-    con.print(gt)
+        for k, _, _ in GPU_FIT_COLUMNS:
+            c = row["fit"][k]["count"]
+            cells.append("—" if c is None else (Text("1 ✓", "green") if c == 1 else f"{c}"))
+        rows.append(cells)
+    con.print(fit_table(gpu_table_columns(), rows, width,
+                        title=f"GPUs needed (weights + KV cache; reserve: {g['overhead']['formula']})", wide=wide))
     if explain:
         for row in g["rows"]:
-            con.print(f"  {row['gpu']} bf16: {row['fit']['bf16']['formula']}")
+            con.print(Text(f"  {row['gpu']} bf16: {row['fit']['bf16']['formula']}"))
 
     c = d["compute"]
-    ct = Table(title="Compute", title_justify="left")
-    ct.add_column("figure")
-    ct.add_column("value", justify="right")
-    if explain:
-        ct.add_column("formula", overflow="fold")
-    for key, label in (("inference_flops_per_token", "inference FLOPs / token"),
-                       ("chinchilla_tokens", "Chinchilla-optimal tokens"),
-                       ("training_flops", "training FLOPs"),
-                       ("training_h100_hours", "H100-hours")):
+    rows = []
+    for key, label in COMPUTE_ROWS:
         v = c[key]["value"]
-        cells = [label, fmt_num(v) if key != "training_h100_hours" else
-                 (f"{v:,.0f}" if v >= 10 else f"{v:.3g}")]
-        if explain:
-            cells.append(c[key]["formula"])
-        ct.add_row(*cells)
-    con.print(ct)
+        rows.append([label + (f", {c[key]['label']}" if c[key].get("label") and "FLOPs" in label else ""),
+                     fmt_num(v) if key != "training_h100_hours" else (f"{v:,.0f}" if v >= 10 else f"{v:.3g}")]
+                    + ([c[key]["formula"]] if explain else []))
+    con.print(fit_table([Col("figure", fit="wrap", min_width=24), Col("value", "right")] + formula, rows, width,
+                        title="Compute", wide=wide))
+    if explain:
+        con.print(Text("training FLOPs and H100-hours use 6 × all parameters × tokens (embeddings included, "
+                       "the Chinchilla convention); the non-embedding FLOPs per token are Kaplan et al.'s 2N, "
+                       "the all-parameters figure an upper bound", style="dim"))
     for n in d["notes"] + list(counting.notes):
-        con.print(f"[yellow]note:[/yellow] {n}")
+        con.print(Text.assemble(("note:", "yellow"), f" {n}"))
     if explain:
         for a in d["assumptions"]:
-            con.print(f"[dim]assumes: {a}[/dim]")
+            con.print(Text(f"assumes: {a}", style="dim"))

@@ -389,6 +389,32 @@ def lora_params(counting: Counting, config: dict | None, rank: int) -> tuple[int
     return total, covered, covered_params, unknown
 
 
+# --------------------------------------------------------------------------- embeddings (FLOPs)
+
+#: modules whose weight is a lookup table (token, position, token-type embeddings, T5's relative
+#: position bias): indexed, not multiplied, so they cost no FLOPs per token; Kaplan et al. (2020)
+#: leave them out of the parameter count N of C ≈ 2N per token. Also any module named *_embedding(s).
+#: (GPT-NeoX's embed_out is the output projection, a matmul: not a lookup.)
+_LOOKUP_MODULES = frozenset({"wte", "wpe", "shared", "tok_embeddings", "token_embd", "embed_in", "embed_tokens",
+                             "embed_positions", "embedding", "embeddings", "relative_attention_bias"})
+_LOOKUP_SUFFIXES = ("_embeddings", "_embedding")
+
+
+def embedding_params(counting: Counting) -> tuple[int, list[str]]:
+    """(parameters, names) of the counted 2-D lookup-table weights (see _LOOKUP_MODULES)."""
+    total, names = 0, []
+    for r in counting.roles:
+        if not r.counted or r.role not in ("parameter", "packed_parameter") or r.expert or len(r.shape) != 2:
+            continue
+        parts = r.name.rsplit(".", 2)
+        if len(parts) < 2 or parts[-1] != "weight":
+            continue
+        if parts[-2] in _LOOKUP_MODULES or parts[-2].endswith(_LOOKUP_SUFFIXES):
+            total += r.logical_numel
+            names.append(r.name)
+    return total, names
+
+
 # --------------------------------------------------------------------------- main entry
 
 def plan(counting: Counting, config: dict | None = None, *, context: int = 8192, batch: int = 1,
@@ -419,6 +445,13 @@ def plan(counting: Counting, config: dict | None = None, *, context: int = 8192,
         "buffers": fig(counting.buffer_elements, "elements", "integer/bool and mask tensors, not parameters"),
         "moe": moe,
     }
+    emb, emb_names = embedding_params(counting)
+    params["embedding"] = fig(emb, "params", "lookup tables (token, position and token-type embeddings): "
+                              + (" + ".join(emb_names[:4]) + (f" + {len(emb_names) - 4} more" if len(emb_names) > 4
+                                                              else "") if emb_names else "none found")
+                              + f" = {fmt_int(emb)}")
+    params["non_embedding"] = fig(P - emb, "params", f"{fmt_int(P)} − {fmt_int(emb)} embedding params = "
+                                                     f"{fmt_int(P - emb)}")
 
     # weights -------------------------------------------------------------------------
     weights: list[dict] = []
@@ -529,23 +562,35 @@ def plan(counting: Counting, config: dict | None = None, *, context: int = 8192,
     tokens = train_tokens if train_tokens is not None else chin
     train_flops = 6 * act * tokens
     infer = 2 * act
+    act_params = f"{fmt_int(act)} {act_txt + ' ' if act_txt else ''}params"
+    act_ne = max(act - emb, 0)
     compute = {
-        "inference_flops_per_token": fig(infer, "FLOP", f"2 × {fmt_int(act)} {act_txt + ' ' if act_txt else ''}"
-                                                         f"params = {fmt_num(infer)} FLOP/token "
-                                                         "(attention over the context excluded)"),
+        "inference_flops_per_token_non_embedding": fig(
+            2 * act_ne, "FLOP", f"2 × ({act_params} − {fmt_int(emb)} embedding params) = 2 × {fmt_int(act_ne)} = "
+                                f"{fmt_num(2 * act_ne)} FLOP/token (Kaplan et al. 2020: embeddings are lookups, "
+                                "no multiply-adds; attention over the context excluded)",
+            label="2 × non-embedding parameters (Kaplan et al.)"),
+        "inference_flops_per_token": fig(infer, "FLOP", f"2 × {act_params} = {fmt_num(infer)} FLOP/token "
+                                                         "(embedding lookups counted as if multiplied; attention "
+                                                         "over the context excluded)",
+                                         label="2 × all parameters"),
         "chinchilla_tokens": fig(chin, "tokens", f"20 × {fmt_int(P)} params = {fmt_num(chin)} tokens"),
         "training_tokens": fig(tokens, "tokens", "Chinchilla-optimal (20 × params)" if train_tokens is None
                                else "given"),
-        "training_flops": fig(train_flops, "FLOP", f"6 × {fmt_int(act)} {act_txt + ' ' if act_txt else ''}"
-                                                   f"params × {fmt_num(tokens)} tokens = {fmt_num(train_flops)} FLOP"),
+        "training_flops": fig(train_flops, "FLOP", f"6 × {act_params} (all parameters, embeddings included: the "
+                                                   "Chinchilla convention of the 20 tokens/param rule) × "
+                                                   f"{fmt_num(tokens)} tokens = {fmt_num(train_flops)} FLOP; "
+                                                   f"6 × non-embedding would give {fmt_num(6 * act_ne * tokens)}",
+                              label="6 × all parameters × tokens"),
     }
     h100 = next(g for g in GPUS if g[0].startswith("H100"))
     gpu_hours = train_flops / (h100[2] * 1e12 * mfu) / 3600
     compute["training_h100_hours"] = fig(gpu_hours, "GPU-hours",
-                                         f"{fmt_num(train_flops)} FLOP / ({h100[2]:g} TFLOP/s bf16 dense × "
+                                         f"{fmt_num(train_flops)} training FLOP (6 × all parameters × tokens) / "
+                                         f"({h100[2]:g} TFLOP/s bf16 dense × "
                                          f"{mfu:.0%} MFU) / 3600 = "
                                          + (f"{gpu_hours:,.0f}" if gpu_hours >= 10 else f"{gpu_hours:.3g}")
-                                         + " H100-hours")
+                                         + " H100-hours", label="from the training FLOPs")
 
     assumptions = [
         "GB = 1e9 bytes; GPU memory as marketed (80 GB = 80e9 B)",
@@ -555,7 +600,9 @@ def plan(counting: Counting, config: dict | None = None, *, context: int = 8192,
         "training memory excludes activations (they depend on batch, sequence length and checkpointing)",
         "KV cache = 2 (K and V) × layers × kv heads × head_dim × bytes × cached tokens × batch; "
         "sliding-window layers cache at most the window; MLA caches one latent per token",
-        "inference FLOPs per token ≈ 2 × (active) parameters; training ≈ 6 × parameters × tokens",
+        "inference FLOPs per token: 2 × non-embedding (active) parameters (Kaplan et al. 2020: embedding "
+        "lookups cost no multiply-adds) and 2 × all (active) parameters; training FLOPs and H100-hours use "
+        "6 × all (active) parameters × tokens (the Chinchilla convention, Hoffmann et al. 2022)",
     ]
     if not kv.get("applicable"):
         notes.append(f"KV cache not included: {kv.get('reason')}")
@@ -564,4 +611,4 @@ def plan(counting: Counting, config: dict | None = None, *, context: int = 8192,
 
 
 __all__ = ["plan", "Plan", "kv_cache", "fig", "GPUS", "PRECISIONS", "KV_DTYPES", "resolve_gpus",
-           "lora_params", "fmt_bytes"]
+           "lora_params", "embedding_params", "fmt_bytes"]
