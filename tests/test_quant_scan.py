@@ -66,6 +66,15 @@ def test_policy_summary_and_schema(quant_checkpoint):
     assert {t.name for t in r3.tensors if t.quant} == {"norm.weight"}
 
 
+def test_bad_quant_tensors_regex_is_a_value_error(quant_checkpoint, tmp_path):
+    """Issue 12: a malformed quant_tensors regex raised re.error from deep inside make_plan."""
+    with pytest.raises(ValueError, match=r"quant_tensors: '\(' is not a valid regular expression"):
+        paramkit.scan(quant_checkpoint, quant="q8_0", quant_tensors="(")
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        paramkit.fake_quantize_file(quant_checkpoint, "q8_0", tmp_path / "x.safetensors", quant_tensors="[")
+    assert not (tmp_path / "x.safetensors").exists()
+
+
 def test_scan_quant_matches_whole_tensor_reference(quant_checkpoint):
     """The streamed per-tensor sums equal quant_error of the whole decoded tensor."""
     from safetensors.torch import load_file

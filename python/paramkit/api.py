@@ -27,7 +27,7 @@ def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "au
     of the cuda backend (default: one per core, at most 8); results are
     bit-identical for any value. progress: None/False, True (a bar on stderr for passes longer
     than a second) or a callable(done_bytes, total_bytes). strict=False tolerates a malformed
-    ``__metadata__`` only. quant: simulate quantization in the same pass — "default" (the must-have
+    ``__metadata__`` only. quant: simulate quantization in the same pass — "default" (the nine default
     schemes), a comma-separated string or a list of scheme ids (see paramkit.quant.SCHEMES);
     quant_tensors overrides which tensors are quantized (default: floating-point parameters with
     2+ dimensions): a regex on names or a callable(name, dtype, shape, role) -> bool.

@@ -60,7 +60,10 @@ def make_plan(tensors, roles: Sequence[str], schemes: Sequence[Scheme], quant_te
         pick: Callable = default_quant_policy
         policy = DEFAULT_POLICY
     elif isinstance(quant_tensors, str):
-        rx = re.compile(quant_tensors)
+        try:
+            rx = re.compile(quant_tensors)
+        except re.error as e:
+            raise ValueError(f"quant_tensors: {quant_tensors!r} is not a valid regular expression ({e})") from None
         pick = lambda name, dtype, shape, role: bool(rx.search(name)) and DTYPES[dtype].kind == "float" \
             and DTYPES[dtype].has_stats
         policy = f"floating-point tensors whose name matches /{quant_tensors}/"
