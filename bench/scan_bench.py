@@ -274,7 +274,7 @@ def status(key):
             return int(line.split()[1])
     return -1
 peak_anon, done = [status("RssAnon")], threading.Event()
-def sample():   # anonymous (non-file) resident memory, sampled: excludes page-cache pages that mmap maps
+def sample():   # anonymous (non-file) resident memory, sampled: excludes page-cache pages mapped into the process
     while not done.wait(0.002):
         peak_anon[0] = max(peak_anon[0], status("RssAnon"))
 threading.Thread(target=sample, daemon=True).start()
@@ -296,10 +296,10 @@ print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, p.stdout.strip())
 """
 
 
-def child_rss_kib(path, threads, io) -> tuple[int, int, int]:
+def child_rss_kib(path, threads) -> tuple[int, int, int]:
     """(ru_maxrss of RUSAGE_CHILDREN, the child's own VmHWM, its sampled peak RssAnon), KiB, of a child
-    that imports paramkit and, unless path is "-", runs a cpu scan of `path` with PARAMKIT_IO=io."""
-    env = dict(os.environ, PARAMKIT_IO=io)
+    that imports paramkit and, unless path is "-", runs a cpu scan of `path`."""
+    env = dict(os.environ)
     pkg_root = str(Path(paramkit.__file__).resolve().parents[1])
     env["PYTHONPATH"] = pkg_root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     p = subprocess.run([sys.executable, "-c", RSS_WRAP, sys.executable, "-c", RSS_CHILD, str(path), str(threads)],
@@ -332,8 +332,8 @@ def bench_file(label, path, threads, repeat, cold, rows, others, with_scan_rows=
     eng = get_engine("cpu")
     table = open_table(str(path))
 
-    def engine_run(q, io):
-        return lambda: eng.run_stats(table.tensors, quantiles=q, threads=threads, progress=None, io=io)
+    def engine_run(q):
+        return lambda: eng.run_stats(table.tensors, quantiles=q, threads=threads, progress=None)
 
     def scan_run(q):
         return lambda: paramkit.scan(str(path), backend="cpu", quantiles=q, threads=threads)
@@ -341,10 +341,9 @@ def bench_file(label, path, threads, repeat, cold, rows, others, with_scan_rows=
     cases = [("cat > /dev/null (ceiling)", lambda: cat_devnull(path)),
              ("read loop, 16 MiB buffer", lambda: read_loop(path))]
     for q in (False, True):
-        for io in ("pread", "mmap"):
-            cases.append((f"paramkit cpu engine, quantiles={q}, io={io}", engine_run(q, io)))
+        cases.append((f"paramkit cpu engine, quantiles={q}", engine_run(q)))
         if with_scan_rows:
-            cases.append((f"paramkit.scan(cpu), quantiles={q}, default io", scan_run(q)))
+            cases.append((f"paramkit.scan(cpu), quantiles={q}", scan_run(q)))
     if with_scan_rows:   # issue 3: statistics + the default quantization schemes in the same pass
         cases.append((QUANT_ROW, lambda: paramkit.scan(str(path), backend="cpu", quantiles=True, threads=threads,
                                                        quant="default")))
@@ -352,8 +351,7 @@ def bench_file(label, path, threads, repeat, cold, rows, others, with_scan_rows=
     if cold:
         # cold = our own file's pages dropped with POSIX_FADV_DONTNEED (nothing else is dropped)
         for name, fn in (("cat > /dev/null (ceiling)", lambda: cat_devnull(path)),
-                         ("paramkit cpu engine, quantiles=False, io=pread", engine_run(False, "pread")),
-                         ("paramkit cpu engine, quantiles=False, io=mmap", engine_run(False, "mmap"))):
+                         ("paramkit cpu engine, quantiles=False", engine_run(False))):
             fd = os.open(path, os.O_RDONLY)
             os.fsync(fd)
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
@@ -518,13 +516,11 @@ def main(argv=None) -> int:
 
     t_wait = time.perf_counter() - t_wait
     # memory first, before this process grows: bare import vs cpu scans of the big file
-    log("peak RSS: bare import, then cpu scans (pread, mmap) in child processes")
-    base_ru, base_hwm, base_anon = child_rss_kib("-", threads, "pread")
-    rss = {}
-    for io in ("pread", "mmap"):
-        ru, hwm, anon = child_rss_kib(bf16, threads, io)
-        rss[io] = dict(ru_maxrss_mib=ru / 1024, delta_mib=(ru - base_ru) / 1024, vmhwm_delta_mib=(hwm - base_hwm) / 1024,
-                       anon_delta_mib=(anon - base_anon) / 1024)
+    log("peak RSS: bare import, then a cpu scan in child processes")
+    base_ru, base_hwm, base_anon = child_rss_kib("-", threads)
+    ru, hwm, anon = child_rss_kib(bf16, threads)
+    rss = dict(ru_maxrss_mib=ru / 1024, delta_mib=(ru - base_ru) / 1024, vmhwm_delta_mib=(hwm - base_hwm) / 1024,
+               anon_delta_mib=(anon - base_anon) / 1024)
     log("header-only scans")
     hdr_small = header_only_ms(small, 30)
     hdr_moe = header_only_ms(moe, 7)
@@ -565,45 +561,34 @@ def main(argv=None) -> int:
         out.append(fmt_table(rows_cold, {big_label: {"cat": cold_cat}}, False))
 
     out.append("")
-    for lab in (big_label, f32_label):
-        for q in (False, True):
-            p_, m_ = pick(lab, f"paramkit cpu engine, quantiles={q}, io=pread"), pick(lab, f"paramkit cpu engine, quantiles={q}, io=mmap")
-            faster = "pread" if p_ <= m_ else "mmap"
-            out.append(f"io on {lab}, quantiles={q}: pread {p_:.3f} s vs mmap {m_:.3f} s -> {faster} faster by "
-                       f"{abs(p_ - m_) / max(p_, m_) * 100:.0f}%")
     out.append(f"header-only scan(stats=False): 1,000 tensors {hdr_small:.2f} ms; 100,000-tensor header "
                f"({moe.stat().st_size / GB:.2f} GB sparse file) {hdr_moe:.1f} ms")
-    for io, v in rss.items():
-        out.append(f"peak RSS, cpu scan of {bf16.name}, io={io}: {v['ru_maxrss_mib']:.0f} MiB (ru_maxrss), "
-                   f"{v['delta_mib']:.0f} MiB beyond a bare `import paramkit` ({base_ru / 1024:.0f} MiB); "
-                   f"(VmHWM delta {v['vmhwm_delta_mib']:.0f} MiB); peak anonymous RSS beyond import "
-                   f"{v['anon_delta_mib']:.0f} MiB (file pages excluded)")
+    out.append(f"peak RSS, cpu scan of {bf16.name}: {rss['ru_maxrss_mib']:.0f} MiB (ru_maxrss), "
+               f"{rss['delta_mib']:.0f} MiB beyond a bare `import paramkit` ({base_ru / 1024:.0f} MiB); "
+               f"(VmHWM delta {rss['vmhwm_delta_mib']:.0f} MiB); peak anonymous RSS beyond import "
+               f"{rss['anon_delta_mib']:.0f} MiB (file pages excluded)")
 
-    # targets of issue 2 (bf16 file, warm, paramkit.scan with the default io)
+    # targets of issue 2 (bf16 file, warm, paramkit.scan)
     cat_t, np_t = baselines[big_label]["cat"], baselines[big_label]["numpy"]
     checks = []
 
     def check(name, ok, detail):
         checks.append(dict(name=name, ok=bool(ok), detail=detail))
     for q, rmin, xmin in ((False, 1.0, 30.0), (True, 0.6, 20.0)):
-        t = pick(big_label, f"paramkit.scan(cpu), quantiles={q}, default io")
-        best = min(pick(big_label, f"paramkit cpu engine, quantiles={q}, io={io}") for io in ("pread", "mmap"))
+        t = pick(big_label, f"paramkit.scan(cpu), quantiles={q}")
+        engine_t = pick(big_label, f"paramkit cpu engine, quantiles={q}")
         check(f"quantiles={q}: cat/paramkit >= {rmin}", cat_t / t >= rmin,
-              f"{cat_t / t:.2f} (scan {t:.3f} s vs cat {cat_t:.3f} s; best engine io {cat_t / best:.2f})")
+              f"{cat_t / t:.2f} (scan {t:.3f} s vs cat {cat_t:.3f} s; the engine alone {cat_t / engine_t:.2f})")
         check(f"quantiles={q}: >= {xmin:.0f}x naive numpy", np_t / t >= xmin, f"{np_t / t:.1f}x (numpy {np_t:.2f} s)")
-    tq, ts = pick(big_label, QUANT_ROW), pick(big_label, "paramkit.scan(cpu), quantiles=True, default io")
+    tq, ts = pick(big_label, QUANT_ROW), pick(big_label, "paramkit.scan(cpu), quantiles=True")
     check("stats + default quant schemes <= 2x stats alone (issue 3)", tq / ts <= 2.0,
           f"{tq / ts:.2f}x ({tq:.3f} s vs {ts:.3f} s)")
     check("header-only, 1,000 tensors < 5 ms", hdr_small < 5, f"{hdr_small:.2f} ms")
     check("header-only, 100,000 tensors < 100 ms", hdr_moe < 100, f"{hdr_moe:.1f} ms")
-    try:
-        from paramkit.backends.cpu_backend import DEFAULT_IO as default_io
-    except ImportError:
-        default_io = "pread"
-    d = rss.get(default_io, rss["pread"])["delta_mib"]
-    check(f"peak RSS beyond a bare import < {RSS_BUDGET_MIB} MiB (default io={default_io})", d < RSS_BUDGET_MIB, f"{d:.0f} MiB")
+    d = rss["delta_mib"]
+    check(f"peak RSS beyond a bare import < {RSS_BUDGET_MIB} MiB", d < RSS_BUDGET_MIB, f"{d:.0f} MiB")
     out.append("")
-    out.append("targets (issues 2 and 3, bf16 file, warm, paramkit.scan with default io):")
+    out.append("targets (issues 2 and 3, bf16 file, warm, paramkit.scan):")
     for c in checks:
         out.append(f"  {'PASS' if c['ok'] else 'MISS'}  {c['name']}: {c['detail']}")
     out.append(f"benchmark wall time: {time.perf_counter() - t_start - t_wait:.0f} s"

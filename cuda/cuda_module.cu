@@ -19,6 +19,7 @@
 #include "stats_engine.cuh"
 
 #include "dlpack_view.hpp"      // DLPack capsules in and out (device arrays)
+#include "os_error.hpp"         // std::system_error -> OSError with its errno
 #include "result_records.hpp"   // pack(), pack_quant(), sums_dict(): the layouts of paramkit._core
 
 namespace py = pybind11;
@@ -52,9 +53,7 @@ py::dict run(const std::vector<std::string>& files, const std::vector<cuda::Task
   } catch (cuda::Cancelled&) {
     bridge.rethrow();
   } catch (std::system_error& e) {
-    errno = e.code().value();   // the error's own errno: the destructors' driver calls may have changed errno
-    PyErr_SetFromErrnoWithFilename(PyExc_OSError, e.what());
-    throw py::error_already_set();
+    raise_os_error(e);
   }
   if (!opt.stats) out.stats.assign(tasks.size(), TensorResult{});
   py::dict d = pack(out.stats, opt.quantiles ? int(opt.levels.size()) : 0);
@@ -208,16 +207,16 @@ PYBIND11_MODULE(PARAMKIT_CUDA_MODULE, m) {
     return d;
   });
   // paramkit._core.run's signature (threads: the threads that read the file, 0 = one per core, at most 8;
-  // chunk_bytes and io are the cpu engine's and ignored),
+  // chunk_bytes is the cpu engine's and ignored),
   // plus hold_bytes: device memory that may keep tensors for their per-tensor-scale second pass
   // (-1: the default, 8 GiB; also capped at half the free memory). The result adds `held`: per
   // tensor, whether those schemes were completed on the device (else run again with its absmax).
   m.def("run",
         [](const std::vector<std::string>& files, py::array_t<int64_t, py::array::c_style | py::array::forcecast> spec,
            py::array_t<double, py::array::c_style | py::array::forcecast> absmax, bool stats, bool quantiles, int threads,
-           uint64_t chunk_bytes, const std::string& io, const std::vector<double>& levels,
+           uint64_t chunk_bytes, const std::vector<double>& levels,
            const std::vector<std::pair<int, int>>& schemes, py::object progress, int64_t hold_bytes) {
-          (void)chunk_bytes; (void)io;
+          (void)chunk_bytes;
           if (threads < 0) throw std::invalid_argument("threads must be >= 0 (0: one reader per core, at most 8)");
           auto tasks = tasks_from_spec<cuda::Task>(spec, absmax, schemes.size());
           cuda::Options o = options(quantiles, levels, stats, schemes, hold_bytes);
@@ -225,7 +224,7 @@ PYBIND11_MODULE(PARAMKIT_CUDA_MODULE, m) {
           return run(files, tasks, o, progress);
         },
         py::arg("files"), py::arg("spec"), py::arg("absmax"), py::arg("stats"), py::arg("quantiles"), py::arg("threads"),
-        py::arg("chunk_bytes"), py::arg("io"), py::arg("levels"), py::arg("schemes"), py::arg("progress"),
+        py::arg("chunk_bytes"), py::arg("levels"), py::arg("schemes"), py::arg("progress"),
         py::arg("hold_bytes") = -1);
   m.def("array_stats",
         [](py::buffer buf, int dtype, bool quantiles, uint64_t chunk_bytes, const std::vector<double>& levels) {

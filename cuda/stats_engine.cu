@@ -3,10 +3,9 @@
 // benchmark's kernel-only timing of the statistics kernel.
 #include "stats_engine.cuh"
 #include "device_kernels.cuh"
+#include "paramkit/file_read.hpp"
 #include "paramkit/host_threads.hpp"
 
-#include <fcntl.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -123,20 +122,15 @@ struct Files {
   ~Files() { for (int f : fd) if (f >= 0) close(f); }
 };
 
-struct ReadOp { int fd; uint64_t off, len; uint8_t* dst; const uint8_t* mem; };
+// a byte range of a file (path: its name, for errors), or `len` bytes of host memory at `mem`
+struct ReadOp { int fd; const std::string* path; uint64_t off, len; uint8_t* dst; const uint8_t* mem; };
 
 void do_read(const ReadOp& r) {
   if (r.mem) { std::memcpy(r.dst, r.mem, r.len); return; }
-  uint64_t got = 0;
 #ifdef PARAMKIT_CUDA_EMULATOR
   if (pk_emu::read_fails()) throw std::system_error(EIO, std::generic_category(), "pread (emulated failure)");
 #endif
-  while (got < r.len) {
-    ssize_t k = pread(r.fd, r.dst + got, r.len - got, off_t(r.off + got));
-    if (k < 0) { if (errno == EINTR) continue; throw std::system_error(errno, std::generic_category(), "pread"); }
-    if (k == 0) throw std::system_error(EIO, std::generic_category(), "unexpected end of file");
-    got += uint64_t(k);
-  }
+  pread_fully(r.fd, *r.path, r.dst, r.len, r.off);
 }
 
 // Reads a batch's segments (pread, or memcpy from host memory) with the calling thread and up to
@@ -338,19 +332,13 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
 
   Files fh;
   for (const auto& f : files) {
-    int fd = open(f.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw std::system_error(errno, std::generic_category(), f);
-    fh.fd.push_back(fd);
-    struct stat st;
-    if (fstat(fd, &st) != 0) throw std::system_error(errno, std::generic_category(), f);
-    fh.size.push_back(uint64_t(st.st_size));
-    posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
+    OpenedFile o = open_for_reading(f);
+    fh.fd.push_back(o.fd);
+    fh.size.push_back(o.size);
   }
   for (const auto& t : tasks)
-    if (t.mem == nullptr && t.dev == nullptr &&
-        (t.offset > fh.size[size_t(t.file)] || t.nbytes > fh.size[size_t(t.file)] - t.offset))
-      throw std::system_error(EINVAL, std::generic_category(),
-                              "tensor bytes lie beyond the end of the file (was it truncated after the header was read?)");
+    if (t.mem == nullptr && t.dev == nullptr)
+      check_range_in_file(files[size_t(t.file)], fh.size[size_t(t.file)], t.offset, t.nbytes);
 
   PK_CK(cudaSetDevice(opt.device));
   if (info) {
@@ -557,7 +545,8 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
         }
       }
       if (!dev) {
-        ops.push_back({T.mem ? -1 : fh.fd[size_t(T.file)], T.offset + b, take * es, s.h_in + at, T.mem ? T.mem + b : nullptr});
+        ops.push_back({T.mem ? -1 : fh.fd[size_t(T.file)], T.mem ? nullptr : &files[size_t(T.file)], T.offset + b,
+                       take * es, s.h_in + at, T.mem ? T.mem + b : nullptr});
         pos = at + take * es;
       }
       if (held[t]) copies.push_back({R.d_arena + aoff[t] + b, dp, take * es});

@@ -172,6 +172,55 @@ def test_scan_many_keeps_going(tmp_path, small_checkpoint):
     assert out[2][2]["code"] == "os_error"
 
 
+def test_scan_many_takes_one_path_as_one_path(small_checkpoint):
+    """A str or os.PathLike is one path (a str was iterated character by character, '/' scanned first)."""
+    import pathlib
+    for one in (small_checkpoint, pathlib.Path(small_checkpoint)):
+        out = list(paramkit.scan_many(one, stats=False))
+        assert [(p, e) for p, _, e in out] == [(small_checkpoint, None)]
+        assert out[0][1].total_params == paramkit.scan(small_checkpoint, stats=False).total_params
+    with pytest.raises(TypeError, match="stat"):   # a keyword scan() does not take: at once, not once per file
+        next(paramkit.scan_many([small_checkpoint], stat=False))
+
+
+def test_scan_many_survives_any_exception(monkeypatch, small_checkpoint, tmp_path):
+    """An exception of any type from one file (here an OverflowError, as from a bug) is that file's error dict
+    (code "error", its type and message) and the batch goes on; so is an item that is not a path.
+    KeyboardInterrupt still stops the batch."""
+    from paramkit import api
+    real_scan = api.scan
+
+    def scan_or_overflow(path, **kw):
+        if os.fspath(path).endswith("overflow.safetensors"):
+            raise OverflowError("int too large to convert")
+        if os.fspath(path).endswith("interrupt.safetensors"):
+            raise KeyboardInterrupt
+        return real_scan(path, **kw)
+    monkeypatch.setattr(api, "scan", scan_or_overflow)
+    overflow = str(tmp_path / "overflow.safetensors")
+    out = list(paramkit.scan_many([overflow, 42, small_checkpoint], stats=False))
+    assert out[0] == (overflow, None, {"code": "error", "type": "OverflowError", "message": "int too large to convert",
+                                       "path": overflow, "tensor": None})
+    assert out[1][0] == "42" and out[1][1] is None
+    assert out[1][2]["code"] == "error" and out[1][2]["type"] == "TypeError"
+    assert out[2][0] == small_checkpoint and out[2][1] is not None and out[2][2] is None
+    with pytest.raises(KeyboardInterrupt):
+        list(paramkit.scan_many([small_checkpoint, str(tmp_path / "interrupt.safetensors")], stats=False))
+
+
+def test_scan_many_error_dicts(tmp_path):
+    """Every error dict has code, type, message, path and tensor; OSError adds its errno."""
+    import errno
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x01")
+    missing = str(tmp_path / "missing.safetensors")
+    (_, _, fe), (_, _, oe) = paramkit.scan_many([bad, missing])
+    assert fe == {"code": "file_too_short", "type": "FormatError", "message": fe["message"], "path": str(bad),
+                  "tensor": None}
+    assert oe["code"] == "os_error" and oe["type"] == "FileNotFoundError" and oe["errno"] == errno.ENOENT
+    assert oe["path"] == missing and oe["tensor"] is None and missing in oe["message"]
+
+
 class _StopScan(Exception):
     pass
 

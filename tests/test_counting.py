@@ -362,3 +362,110 @@ def test_block_quantized_foreign_dtype_counts_logical_shape():
     c = count_table(TensorTable(path="/g", format="gguf", files=["/g"], tensors=infos))
     assert c.total_params == 4096 * 4096
     assert c.roles[0].role == "packed_parameter" and c.roles[0].logical_bits == 4.5
+
+
+@pytest.mark.parametrize("shapes", [
+    {"l.qweight": (0, 0), "l.scales": (0, 1)},                     # AWQ layout: 32 * 0 / 1 = 0 bits
+    {"l.qweight": (4, 0), "l.scales": (1, 0), "l.qzeros": (1, 1)},  # GPTQ layout: ... % qweight columns (0)
+    {"l.qweight": (0, 8), "l.scales": (1, 8), "l.g_idx": (16,)},    # GPTQ layout: 32 * 0 rows / 16 = 0 bits
+])
+def test_gptq_awq_bits_of_empty_tensors(shapes):
+    """Bits per weight inferred from sibling shapes must be a whole 1..32: zero-size tensors made the
+    inference divide by zero (ZeroDivisionError out of scan()); now the note says 4 bits are assumed."""
+    dtypes = {"qweight": "I32", "qzeros": "I32", "g_idx": "I32", "scales": "F16"}
+    tensors = []
+    for name, shape in shapes.items():
+        dt = dtypes[name.rsplit(".", 1)[1]]
+        numel = 1
+        for d in shape:
+            numel *= d
+        tensors.append(TensorInfo(name, dt, shape, "/m.safetensors", 8, numel * (4 if dt == "I32" else 2), numel))
+    c = count_table(TensorTable(path="/m.safetensors", format="safetensors", files=["/m.safetensors"],
+                                tensors=tensors))
+    qw = role(c, "l.qweight")
+    assert qw.role == "packed_parameter" and qw.logical_bits == 4 and qw.reason.endswith("assumed 4 bits")
+    assert qw.logical_numel == qw.stored_numel * 8
+    assert any("assuming 4" in n for n in c.notes)
+
+
+# --------------------------------------------------------------------------- classify_all == classify
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as hs  # noqa: E402
+
+from paramkit import counting as C  # noqa: E402
+from paramkit.dtypes import DTYPES  # noqa: E402
+
+# Name parts that the rules look at (quantization leaves and suffixes, buffer leaves, attention masks, layer
+# numbers, the quant_state infix) and plain ones; the leaves come in the families that the rules pair up
+# (qweight + scales, weight + weight.absmax, x_blocks + x_scales, ...) so that siblings meet; dtypes of every
+# kind (the integer and 8-bit ones the rules single out drawn more often) and block types of other formats.
+_COMPONENTS = ["model", "layers", "0", "7", "12", "h", "attn", "attention", "mlp", "experts", "1", "quant_state",
+               "", "x1", "\u0663", "lm_head", "embed_tokens"]
+_LEAF_FAMILIES = [
+    ["qweight", "scales", "qzeros", "g_idx", "zeros", "bias"],
+    ["weight", "weight.absmax", "weight.quant_map", "weight.quant_state.bitsandbytes__nf4",
+     "weight.quant_state.bitsandbytes__fp4", "weight.nested_absmax", "bias"],
+    ["weight", "SCB", "weight_format", "bias"],
+    ["weight", "weight_scale", "weight_scale_2", "input_scale", "weight_zero_point", "bias"],
+    ["weight", "weight_scale_inv", "bias"],
+    ["weight_packed", "weight_scale", "weight_shape", "weight_global_scale", "scales", "zeros"],
+    ["gate_up_proj_blocks", "gate_up_proj_scales", "down_proj_blocks", "down_proj_scales", "_blocks", "_scales"],
+    ["bias", "weight", "masked_bias"],
+    sorted(C._BUFFER_LEAVES | C._QSTATE_LEAVES),
+    ["weight", "bias", "norm", "7", "", "embed", "k_scale", "v_scale"],
+]
+_COMMON_DTYPES = ["U8", "I8", "I32", "I64", "BOOL", "F32", "BF16", "F16", "F8_E4M3", "F8_E5M2", "F8_E8M0"]
+_DTYPE_NAMES = list(DTYPES) + ["Q4_K", "IQ2_XS"]
+_QUANT_CONFIGS = [
+    None, {}, {"quant_method": "gptq", "bits": 4, "group_size": 128}, {"quant_method": "awq", "w_bit": 4},
+    {"quant_method": "gptq"}, {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}, {"load_in_8bit": True},
+    {"quant_method": "compressed-tensors", "config_groups": {"g": {"weights": {"num_bits": 4}}}},
+    {"config_groups": {"g": {"weights": {"num_bits": 8}}}}, {"quant_method": "fp8"},
+    {"quant_method": "fbgemm_fp8"}, {"quant_method": "mxfp4"}, {"quant_method": "modelopt", "quant_algo": "NVFP4"},
+    {"quant_method": "hqq", "nbits": "4"}, {"quant_method": "bitsandbytes_4bit"},
+]
+
+
+@hs.composite
+def _tables(draw):
+    """One to three module bases, each with leaves of one family, in any dtype and shape, and a config.json."""
+    names: list[str] = []
+    for _ in range(draw(hs.integers(1, 3))):
+        base = ".".join(draw(hs.lists(hs.sampled_from(_COMPONENTS), max_size=3)) +
+                        draw(hs.lists(hs.sampled_from(["attn", "attention", "self_attn"]), max_size=1)))
+        leaves = draw(hs.lists(hs.sampled_from(draw(hs.sampled_from(_LEAF_FAMILIES))), min_size=1, max_size=5,
+                               unique=True))
+        names += [f"{base}.{leaf}" if base else leaf for leaf in leaves]
+    tensors = []
+    for name in dict.fromkeys(names):
+        dtype = draw(hs.one_of(hs.sampled_from(_COMMON_DTYPES), hs.sampled_from(_DTYPE_NAMES)))
+        shape = tuple(draw(hs.lists(hs.integers(0, 6), max_size=3)))
+        numel = 1
+        for d in shape:
+            numel *= d
+        bits = DTYPES[dtype].bits if dtype in DTYPES else draw(hs.sampled_from([2, 4, 5]))
+        tensors.append(TensorInfo(name, dtype, shape, "/m.safetensors", 8, numel * bits // 8, numel))
+    qc = draw(hs.sampled_from(_QUANT_CONFIGS))
+    config = None if qc is None else draw(hs.sampled_from([{"quantization_config": qc},
+                                                            {"text_config": {"quantization_config": qc}}]))
+    return TensorTable(path="/m.safetensors", format="safetensors", files=["/m.safetensors"], tensors=tensors,
+                       config=config)
+
+
+@settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_tables())
+def test_classify_all_equals_classify(table):
+    """The fast path (classify_all, which decides plain tensors inline) gives exactly the roles of the rules
+    (classify, each role's layer set), and detects the same quantization methods with the same notes."""
+    quant = C._parse_quant_config(table.config)
+    fast_clf = C._Classifier(table, quant)
+    fast = fast_clf.classify_all(table.tensors)
+    rules = C._Classifier(table, quant)
+    slow = []
+    for t in table.tensors:
+        r = rules.classify(t)
+        r.layer = C._layer_of(t.name)
+        slow.append(r)
+    assert fast == slow
+    assert fast_clf.detected == rules.detected and fast_clf.notes == rules.notes

@@ -395,6 +395,77 @@ def test_duplicate_reported_before_other_errors(tmp_path):
     expect("duplicate_key", write(tmp_path / "d.safetensors", hdr, b"\x00"), tensor="a")
 
 
+# --- lone UTF-16 surrogate escapes: the reference rejects them as invalid JSON -----------------------
+
+_F32 = '"dtype":"F32","shape":[1],"data_offsets":[0,4]'
+# (id, header text as written in the file, accepted by the reference, FormatError.tensor when rejected)
+SURROGATE_HEADERS = [
+    ("name_high", '{"w\\ud800":{' + _F32 + '}}', False, None),
+    ("name_low", '{"w\\udc00":{' + _F32 + '}}', False, None),
+    ("name_reversed_pair", '{"w\\ude00\\ud83d":{' + _F32 + '}}', False, None),
+    ("name_high_uppercase_hex", '{"w\\uDBFF":{' + _F32 + '}}', False, None),
+    ("metadata_key", '{"__metadata__":{"k\\ud800":"v"},"w":{' + _F32 + '}}', False, None),
+    ("metadata_value", '{"__metadata__":{"k":"v\\udfff"},"w":{' + _F32 + '}}', False, None),
+    ("metadata_nonstring_value", '{"__metadata__":{"k":["\\ud800"]},"w":{' + _F32 + '}}', False, None),
+    ("dtype", '{"w":{"dtype":"F32\\ud800","shape":[1],"data_offsets":[0,4]}}', False, "w"),
+    ("extra_field_value", '{"w":{' + _F32 + ',"x":"\\ud800"}}', False, "w"),
+    ("extra_field_key", '{"w":{' + _F32 + ',"x\\ud800":1}}', False, "w"),
+    ("nested_extra", '{"w":{' + _F32 + ',"x":{"y":["a","\\udbff"]}}}', False, "w"),
+    ("valid_pair", '{"w\\ud83d\\ude00":{' + _F32 + '}}', True, None),
+    ("escaped_backslash", '{"w\\\\ud800":{' + _F32 + '}}', True, None),
+]
+
+
+@pytest.mark.parametrize("case", SURROGATE_HEADERS, ids=[c[0] for c in SURROGATE_HEADERS])
+def test_lone_surrogate_escapes_rejected_like_the_reference(tmp_path, case):
+    """A JSON escape of an unpaired UTF-16 surrogate (\ud800-\udfff) anywhere in the header: the safetensors
+    package (serde_json) rejects the file; paramkit too, as header_not_utf8 (no UTF-8 text holds a lone
+    surrogate), for strict=True and False. A proper pair and an escaped backslash followed by 'ud800' are text."""
+    from safetensors import safe_open
+    _, header, accepted, tensor = case
+    p = write(tmp_path / "s.safetensors", header, bytes(4))
+    try:
+        with safe_open(p, "np") as f:
+            ref_names = list(f.keys())
+    except Exception:
+        ref_names = None
+    assert (ref_names is not None) == accepted, f"the reference's verdict changed: {ref_names}"
+    for strict in (True, False):
+        if accepted:
+            assert [t.name for t in open_table(p, strict=strict).tensors] == ref_names
+        else:
+            err = expect("header_not_utf8", p, tensor=tensor, strict=strict)
+            assert "surrogate" in err.message
+            str(err).encode("utf-8")   # the message itself is printable text
+
+
+def test_lone_surrogate_name_fails_the_cli_cleanly(tmp_path, capsys):
+    """`paramkit scan` / `paramkit quant --out` of such a file: exit code 2 with the code (scan exited 1 with
+    UnicodeEncodeError; quant wrote the output, then exited 1)."""
+    from paramkit.cli import main
+    p = write(tmp_path / "s.safetensors", '{"w\\ud800":{' + _F32 + '}}', bytes(4))
+    assert main(["scan", p]) == 2
+    assert "[header_not_utf8]" in capsys.readouterr().err
+    out = tmp_path / "q.safetensors"
+    assert main(["quant", p, "--out", str(out), "--scheme", "q8_0"]) == 2
+    assert "[header_not_utf8]" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("what", ["index", "config"])
+def test_lone_surrogate_in_index_or_config_rejected(tmp_path, what):
+    """The same rule for the other JSON files a model directory holds: index_invalid / config_invalid."""
+    write(tmp_path / "model.safetensors", {"w": ent("F32", [1], 0, 4)}, bytes(4))
+    if what == "index":
+        (tmp_path / "model.safetensors.index.json").write_text(
+            '{"metadata":{"note":"\\ud800"},"weight_map":{"w":"model.safetensors"}}')
+        err = expect("index_invalid", tmp_path / "model.safetensors.index.json", target=tmp_path)
+    else:
+        (tmp_path / "config.json").write_text('{"model_type":"llama\\udc00"}')
+        err = expect("config_invalid", tmp_path / "config.json", target=tmp_path)
+    assert "surrogate" in err.message
+
+
 # --- strict=False ----------------------------------------------------------------------------------
 
 def test_strict_false_tolerates_metadata_only(tmp_path):

@@ -11,6 +11,7 @@
 
 #include "../src/engine.hpp"
 #include "dlpack_view.hpp"
+#include "os_error.hpp"
 
 namespace py = pybind11;
 using namespace paramkit;
@@ -33,8 +34,7 @@ py::dict run(const std::vector<std::string>& files, const std::vector<EngineTask
   } catch (EngineCancelled&) {
     bridge.rethrow();
   } catch (std::system_error& e) {
-    PyErr_SetFromErrnoWithFilename(PyExc_OSError, e.what());
-    throw py::error_already_set();
+    raise_os_error(e);
   }
   py::dict d = pack(out.stats, opt.quantiles ? int(opt.levels.size()) : 0);
   int ns = int(opt.schemes.size());
@@ -46,15 +46,13 @@ py::dict run(const std::vector<std::string>& files, const std::vector<EngineTask
   return d;
 }
 
-EngineOptions options(bool quantiles, int threads, uint64_t chunk_bytes, const std::string& io,
-                      const std::vector<double>& levels,
+EngineOptions options(bool quantiles, int threads, uint64_t chunk_bytes, const std::vector<double>& levels,
                       const std::vector<std::pair<int, int>>& schemes = {}, bool stats = true) {
   if (levels.size() > size_t(kMaxQuantiles)) throw std::invalid_argument("too many quantile levels");
   for (size_t i = 1; i < levels.size(); ++i)
     if (!(levels[i - 1] <= levels[i])) throw std::invalid_argument("quantile levels must be ascending");
-  if (io != "pread" && io != "mmap") throw std::invalid_argument("io must be 'pread' or 'mmap'");
   EngineOptions o;
-  o.quantiles = quantiles; o.threads = threads; o.chunk_bytes = chunk_bytes; o.use_mmap = io == "mmap"; o.levels = levels;
+  o.quantiles = quantiles; o.threads = threads; o.chunk_bytes = chunk_bytes; o.levels = levels;
   o.stats = stats;
   o.schemes = quant_specs(schemes, size_t(kMaxSchemes));
   return o;
@@ -80,13 +78,13 @@ PYBIND11_MODULE(_core, m) {
   m.def("run",
         [](const std::vector<std::string>& files, py::array_t<int64_t, py::array::c_style | py::array::forcecast> spec,
            py::array_t<double, py::array::c_style | py::array::forcecast> absmax, bool stats, bool quantiles, int threads,
-           uint64_t chunk_bytes, const std::string& io, const std::vector<double>& levels,
+           uint64_t chunk_bytes, const std::vector<double>& levels,
            const std::vector<std::pair<int, int>>& schemes, py::object progress) {
           auto tasks = tasks_from_spec<EngineTask>(spec, absmax, schemes.size());
-          return run(files, tasks, options(quantiles, threads, chunk_bytes, io, levels, schemes, stats), progress);
+          return run(files, tasks, options(quantiles, threads, chunk_bytes, levels, schemes, stats), progress);
         },
         py::arg("files"), py::arg("spec"), py::arg("absmax"), py::arg("stats"), py::arg("quantiles"), py::arg("threads"),
-        py::arg("chunk_bytes"), py::arg("io"), py::arg("levels"), py::arg("schemes"), py::arg("progress"));
+        py::arg("chunk_bytes"), py::arg("levels"), py::arg("schemes"), py::arg("progress"));
   m.def("array_stats",
         [](py::buffer buf, int dtype, bool quantiles, uint64_t chunk_bytes, const std::vector<double>& levels) {
           py::buffer_info bi = buf.request();
@@ -94,7 +92,7 @@ PYBIND11_MODULE(_core, m) {
           const uint8_t* data = checked_buffer(bi, dtype, nbytes);
           uint64_t es = uint64_t(dtype_size(dtype));
           EngineTask t; t.mem = data; t.nbytes = nbytes; t.numel = nbytes / es; t.dtype = dtype;
-          return run({}, {t}, options(quantiles, 1, chunk_bytes, "pread", levels), py::none());
+          return run({}, {t}, options(quantiles, 1, chunk_bytes, levels), py::none());
         },
         py::arg("buffer"), py::arg("dtype"), py::arg("quantiles"), py::arg("chunk_bytes"), py::arg("levels"));
   register_quant(m);

@@ -8,17 +8,17 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <exception>
 #include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <system_error>
 #include <thread>
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "kernels.hpp"
+#include "paramkit/file_read.hpp"
 
 namespace paramkit {
 
@@ -42,11 +42,6 @@ struct TaskState {
   std::vector<double> qabsmax;        // [piece] finite absmax of the quantized values
 };
 
-struct File {
-  int fd = -1;
-  const uint8_t* map = nullptr;
-  uint64_t size = 0;
-};
 
 // Walk a dense raw-indexed histogram in value order.
 template <class C>
@@ -82,36 +77,23 @@ EngineOutput run_engine(const std::vector<std::string>& files, const std::vector
   results.resize(tasks.size());
   output.quant.resize(tasks.size());
 
-  // --- open files (every read is bounds-checked against the size seen here)
-  std::vector<File> fh(files.size());
+  // --- open files (every read is bounds-checked against the size seen here; a file that shrinks later
+  // makes a read end early, an EIO error: the data is always read into our own buffers, never mapped)
+  std::vector<OpenedFile> fh;
+  fh.reserve(files.size());
   auto close_all = [&]() {
-    for (auto& f : fh) {
-      if (f.map) munmap(const_cast<uint8_t*>(f.map), f.size);
-      if (f.fd >= 0) close(f.fd);
-    }
+    for (auto& f : fh) close(f.fd);
   };
-  for (size_t i = 0; i < files.size(); ++i) {
-    int fd = open(files[i].c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) { int e = errno; close_all(); throw std::system_error(e, std::generic_category(), files[i]); }
-    fh[i].fd = fd;
-    struct stat st;
-    if (fstat(fd, &st) != 0) { int e = errno; close_all(); throw std::system_error(e, std::generic_category(), files[i]); }
-    fh[i].size = uint64_t(st.st_size);
-    posix_fadvise(fd, 0, 0, POSIX_FADV_SEQUENTIAL);
-    if (opt.use_mmap && fh[i].size > 0) {
-      void* m = mmap(nullptr, fh[i].size, PROT_READ, MAP_SHARED, fd, 0);
-      if (m == MAP_FAILED) { int e = errno; close_all(); throw std::system_error(e, std::generic_category(), files[i]); }
-      madvise(m, fh[i].size, MADV_SEQUENTIAL);
-      fh[i].map = static_cast<const uint8_t*>(m);
+  try {
+    for (const auto& f : files) fh.push_back(open_for_reading(f));
+    for (const auto& t : tasks) {
+      if (t.mem != nullptr) continue;
+      if (t.file < 0 || size_t(t.file) >= files.size()) throw std::invalid_argument("task names a missing file");
+      check_range_in_file(files[size_t(t.file)], fh[size_t(t.file)].size, t.offset, t.nbytes);
     }
-  }
-  for (const auto& t : tasks) {
-    if (t.mem == nullptr && (t.file < 0 || size_t(t.file) >= files.size() || t.offset > fh[t.file].size ||
-                             t.nbytes > fh[t.file].size - t.offset)) {
-      close_all();
-      throw std::system_error(EINVAL, std::generic_category(),
-                              "tensor bytes lie beyond the end of the file (was it truncated after the header was read?)");
-    }
+  } catch (...) {
+    close_all();
+    throw;
   }
 
   // --- cut into pieces (fixed by chunk size) and group contiguous pieces into units
@@ -154,7 +136,7 @@ EngineOutput run_engine(const std::vector<std::string>& files, const std::vector
   std::atomic<uint64_t> bytes_done{0};
   std::atomic<bool> stop{false};
   std::mutex err_mu;
-  std::string err_msg; int err_no = 0;
+  std::exception_ptr error;   // the first failure of any worker
   std::atomic<int> running{nthreads};
   std::mutex done_mu; std::condition_variable done_cv;
 
@@ -164,9 +146,9 @@ EngineOutput run_engine(const std::vector<std::string>& files, const std::vector
     std::vector<uint32_t> hist(4 * 65536, 0);
     std::vector<Bin> bins;
     bins.reserve(65536);
-    auto fail = [&](int e, const std::string& m) {
+    auto fail = [&](std::exception_ptr e) {
       std::lock_guard<std::mutex> g(err_mu);
-      if (!err_no) { err_no = e; err_msg = m; }
+      if (!error) error = e;
       stop = true;
     };
     // Move the sub-histograms' counts out (as bins, or into a shared dense histogram) and zero them.
@@ -219,21 +201,21 @@ EngineOutput run_engine(const std::vector<std::string>& files, const std::vector
       const Unit& u = units[ui];
       const uint8_t* base;
       if (u.mem) base = u.mem;
-      else if (fh[u.file].map) base = fh[u.file].map + u.offset;
       else {
         if (!buf) {
           void* m = nullptr;
-          if (posix_memalign(&m, 4096, max_unit) != 0) { fail(ENOMEM, "cannot allocate the read buffer"); break; }
+          if (posix_memalign(&m, 4096, max_unit) != 0) {
+            fail(std::make_exception_ptr(std::system_error(ENOMEM, std::generic_category(), "cannot allocate the read buffer")));
+            break;
+          }
           buf.reset(static_cast<uint8_t*>(m));
         }
-        uint64_t got = 0;
-        while (got < u.nbytes) {
-          ssize_t r = pread(fh[u.file].fd, buf.get() + got, u.nbytes - got, off_t(u.offset + got));
-          if (r < 0) { if (errno == EINTR) continue; fail(errno, files[u.file]); break; }
-          if (r == 0) { fail(EIO, files[u.file] + ": file ended early (truncated while being read?)"); break; }
-          got += uint64_t(r);
+        try {
+          pread_fully(fh[size_t(u.file)].fd, files[size_t(u.file)], buf.get(), u.nbytes, u.offset);
+        } catch (...) {
+          fail(std::current_exception());
+          break;
         }
-        if (got < u.nbytes) break;
         base = buf.get();
       }
       uint64_t pos = 0;
@@ -353,7 +335,7 @@ EngineOutput run_engine(const std::vector<std::string>& files, const std::vector
   for (auto& th : pool) th.join();
   close_all();
   if (cancelled) throw EngineCancelled{};
-  if (err_no) throw std::system_error(err_no, std::generic_category(), err_msg);
+  if (error) std::rethrow_exception(error);
   // the last report too: an exception raised there (or Ctrl-C) must not be lost
   if (progress && !progress(bytes_done.load())) throw EngineCancelled{};
   return output;

@@ -1,5 +1,5 @@
 // The CPU statistics engine: cuts tensors into fixed pieces, groups contiguous pieces into
-// byte-range work units read once (pread or mmap), runs the kernels on worker threads and merges
+// byte-range work units read once (pread into reused aligned buffers), runs the kernels on worker threads and merges
 // each tensor's pieces in order, so results are bit-identical for any thread count.
 #pragma once
 #include <cstdint>
@@ -40,7 +40,6 @@ struct EngineOptions {
   bool quantiles = true;
   int threads = 0;                         // 0: every core this process may use
   uint64_t chunk_bytes = 4ull << 20;       // piece size; independent of the thread count
-  bool use_mmap = false;                   // false: pread into reused aligned buffers
   std::vector<double> levels;              // quantile levels, ascending
   bool stats = true;                       // false: a quantization-only pass
   std::vector<QuantSpec> schemes;          // at most kMaxSchemes
@@ -58,7 +57,8 @@ struct EngineInfo {
 };
 
 // progress(bytes_done) is called on the calling thread about every 100 ms; returning false
-// cancels the run (the engine then throws EngineCancelled). I/O errors throw std::system_error.
+// cancels the run (the engine then throws EngineCancelled). I/O errors throw std::system_error with the
+// errno (EIO when a file is shorter than its tasks, or ends early while it is read: truncated).
 struct EngineCancelled {};
 EngineOutput run_engine(const std::vector<std::string>& files, const std::vector<EngineTask>& tasks,
                         const EngineOptions& opt, const std::function<bool(uint64_t)>& progress,

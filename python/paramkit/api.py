@@ -2,9 +2,10 @@
 quant_error (one in-memory or DLPack array) and scan_many; they tie formats, counting and the engines together."""
 from __future__ import annotations
 
+import inspect
 import os
 import time
-from typing import Iterable
+from typing import Iterator
 
 import numpy as np
 
@@ -241,14 +242,35 @@ def quant_error(array, scheme: str, *, backend: str = "auto") -> dict:
     return finalize_error(sums, s, shape)
 
 
-def scan_many(paths: Iterable, **kw) -> Iterable[tuple[str, ScanReport | None, dict | None]]:
-    """Scan several checkpoints one after another; yields (path, report, error) where error is a
-    dict with "code" (a FormatError code, "os_error" or "error") when that file failed. One bad
-    file never stops the batch; memory stays bounded (reports are yielded, not kept)."""
+def scan_many(paths, **kw) -> Iterator[tuple[str, ScanReport | None, dict | None]]:
+    """Scan checkpoints one after another with scan(path, **kw), yielding one (path, report, error) per item of
+    `paths` (an iterable of paths; a single str, bytes or os.PathLike is one path), in order, as each finishes.
+
+    path: os.fspath(item) (str(item) when it is not a path). A scan that succeeds yields (path, report, None);
+    one that fails yields (path, None, error), never raises: error is a dict with "code" (a FormatError code,
+    "os_error" for an OSError, which adds "errno", or "error" for any other exception), "type" (the exception's
+    class name), "message", "path" and "tensor" (the tensor at fault, or None). One bad file never stops the
+    batch; KeyboardInterrupt and SystemExit still do, and a keyword that scan() does not take raises TypeError
+    before the first scan. Memory stays bounded: reports are yielded, not kept."""
+    inspect.signature(scan).bind("path", **kw)   # TypeError now for a mistyped keyword, not once per file
+    if isinstance(paths, (str, bytes, os.PathLike)):
+        paths = [paths]
     for p in paths:
         try:
-            yield os.fspath(p), scan(p, **kw), None
+            path = os.fspath(p)
+        except TypeError:
+            path = str(p)
+        if isinstance(path, bytes):
+            path = os.fsdecode(path)
+        try:
+            report = scan(p, **kw)
         except FormatError as e:
-            yield os.fspath(p), None, e.to_dict()
+            yield path, None, {**e.to_dict(), "type": type(e).__name__}
         except OSError as e:
-            yield os.fspath(p), None, {"code": "os_error", "message": str(e), "path": os.fspath(p), "tensor": None}
+            yield path, None, {"code": "os_error", "type": type(e).__name__, "message": str(e), "path": path,
+                               "tensor": None, "errno": e.errno}
+        except Exception as e:   # a bug, or an argument scan() rejects: that file's error, not the batch's
+            yield path, None, {"code": "error", "type": type(e).__name__, "message": str(e), "path": path,
+                               "tensor": None}
+        else:
+            yield path, report, None

@@ -296,29 +296,41 @@ def _layer_of(name: str) -> str | None:
     return m.group(1) if m else None
 
 
-# Inline classification (classify_all): which leaves and dtypes classify() can decide without any
-# quantization rule. A leaf is _LEAF_QUANT when some rule of section 1 looks at it (its name, or a
-# suffix); "weight" only matters for integer dtypes; 8-bit floats (FP8 rule) and F8_E8M0 (block
-# scales) always take the full path, like dtypes outside DTYPES.
-_LEAF_PLAIN, _LEAF_WEIGHT, _LEAF_BUFFER, _LEAF_BIAS, _LEAF_QUANT = range(5)
+# Rules 2 and 3 of classify, and which tensors no quantization rule (section 1) can concern: classify_all
+# decides those with the same function, once per (dtype, leaf, attention mask), not once per tensor.
+_INT_KINDS = ("int", "uint", "bool")
 _QUANT_LEAVES = frozenset({"qweight", "qzeros", "g_idx", "scales", "zeros", "weight_packed"} | _QSTATE_LEAVES)
 
 
-def _plain_leaf_kind(leaf: str) -> int:
-    if leaf in _QUANT_LEAVES or leaf.endswith(("_blocks", "_scales")):
-        return _LEAF_QUANT
-    if leaf == "weight":
-        return _LEAF_WEIGHT
+def _is_attention_mask(base: str, leaf: str, shape) -> bool:
+    """attn.bias / attention.bias with 2+ dimensions: GPT-2's causal masks (saved as F32 in some checkpoints)."""
+    return leaf == "bias" and len(shape) >= 2 and base.rpartition(".")[2] in ("attn", "attention")
+
+
+def _unquantized_role(kind: str, leaf: str, attention_mask: bool) -> tuple[str, str]:
+    """(role, reason) of a tensor that no quantization rule claimed: rule 2, buffers by name, then rule 3, the
+    dtype (integer and bool tensors are buffers, floating-point and complex ones parameters)."""
     if leaf in _BUFFER_LEAVES:
-        return _LEAF_BUFFER
-    return _LEAF_BIAS if leaf == "bias" else _LEAF_PLAIN
+        return "buffer", f"buffer by name ({leaf})"
+    if attention_mask:
+        return "buffer", "causal attention mask (attn.bias with 2+ dims)"
+    return ("buffer" if kind in _INT_KINDS else "parameter"), f"{kind} dtype"
 
 
-_PLAIN_DTYPES: dict[str, tuple[bool, str]] = {   # dtype -> (integer-like?, reason of the dtype rule)
-    name: (d.kind in ("int", "uint", "bool"), f"{d.kind} dtype") for name, d in DTYPES.items()
-    if name != "F8_E8M0" and not (d.kind == "float" and d.bits == 8)}
-_PLAIN_FLOAT_DTYPES: dict[str, str] = {   # the parameter dtypes among them -> reason
-    name: reason for name, (is_int, reason) in _PLAIN_DTYPES.items() if not is_int}
+def _quant_rules_may_apply(dtype: str, leaf: str) -> bool:
+    """Whether a rule of section 1 of _Classifier.classify (or rule 3's FP8 flag) may concern a tensor of this
+    dtype and leaf, depending on its siblings, shape or config.json; False only when none can (a name holding
+    '.quant_state.' aside: the caller tests that). Dtypes outside DTYPES, 8-bit floats and F8_E8M0 may, so do
+    the leaves a rule looks at (by name or by suffix), and "weight" of an integer dtype."""
+    d = DTYPES.get(dtype)
+    if d is None or dtype == "F8_E8M0" or (d.kind == "float" and d.bits == 8):
+        return True
+    if leaf in _QUANT_LEAVES or leaf.endswith(("_blocks", "_scales")):
+        return True
+    return leaf == "weight" and d.kind in _INT_KINDS
+
+
+_UNSEEN = object()
 
 
 class _Classifier:
@@ -368,35 +380,33 @@ class _Classifier:
         qz = self.by_name.get(_sib(base, "qzeros"))
         gi = self.by_name.get(_sib(base, "g_idx"))
         dbits = DTYPES[t.dtype].bits
+
+        def ratio(num: int, den: int) -> int | None:   # dbits * num / den when it is a whole 1..dbits bits
+            return dbits * num // den if 0 < num <= den and (dbits * num) % den == 0 else None
         if len(t.shape) == 2 and sc is not None and len(sc.shape) == 2:
             if sc.shape[-1] == t.shape[-1]:          # GPTQ layout: packed along the input dim
-                if qz is not None and len(qz.shape) == 2 and qz.shape[-1] and \
-                        (dbits * qz.shape[-1]) % t.shape[-1] == 0:
-                    return dbits * qz.shape[-1] // t.shape[-1], "inferred from qzeros/qweight shapes"
-                if gi is not None and len(gi.shape) == 1 and gi.shape[0] and \
-                        (dbits * t.shape[0]) % gi.shape[0] == 0:
-                    return dbits * t.shape[0] // gi.shape[0], "inferred from g_idx/qweight shapes"
-            elif sc.shape[-1] and (dbits * t.shape[-1]) % sc.shape[-1] == 0:  # AWQ layout
-                return dbits * t.shape[-1] // sc.shape[-1], "inferred from scales/qweight shapes (AWQ layout)"
+                if qz is not None and len(qz.shape) == 2 and (b := ratio(qz.shape[-1], t.shape[-1])):
+                    return b, "inferred from qzeros/qweight shapes"
+                if gi is not None and len(gi.shape) == 1 and (b := ratio(t.shape[0], gi.shape[0])):
+                    return b, "inferred from g_idx/qweight shapes"
+            elif b := ratio(t.shape[-1], sc.shape[-1]):  # AWQ layout
+                return b, "inferred from scales/qweight shapes (AWQ layout)"
         self.notes.append(f"{t.name}: bits per weight unknown (no quantization_config, shapes "
                           "inconclusive); assuming 4")
         return 4, "assumed 4 bits"
 
     # --- all tensors
     def classify_all(self, tensors: list[TensorInfo]) -> list[TensorRole]:
-        """[classify(t) for t in tensors], each role's .layer = _layer_of(name). Tensors that no
-        quantization rule can concern (see _plain_leaf_kind / _PLAIN_DTYPES) are classified inline:
-        the same roles, a fraction of the per-tensor cost for 100k-tensor headers; every other tensor
-        goes through classify()."""
+        """[classify(t) for t in tensors], each role's .layer = _layer_of(name). A tensor that no
+        quantization rule can concern (_quant_rules_may_apply) gets its role from _unquantized_role, the
+        function classify() ends with, computed once per (dtype, leaf, attention mask): the same roles at a
+        fraction of the per-tensor cost for 100k-tensor headers. Every other tensor goes through classify()."""
         roles: list[TensorRole] = []
         append = roles.append
         classify = self.classify
-        leaf_kinds: dict[str, int] = {}   # leaf -> _plain_leaf_kind(leaf), filled as leaves are seen
-        float_reasons = _PLAIN_FLOAT_DTYPES
-        plain_dtypes = _PLAIN_DTYPES
+        decided: dict[tuple[str, str, bool], tuple[str, str] | None] = {}   # None: classify() decides
         layer_match = _LAYER_PREFIX_RE.match
         TR = TensorRole
-        WEIGHT, BUFFER, BIAS = _LEAF_WEIGHT, _LEAF_BUFFER, _LEAF_BIAS
         prev_layer = prev_dot = None
         for t in tensors:
             name = t.name
@@ -408,39 +418,22 @@ class _Classifier:
                 prev_dot = None if layer is None else layer + "."
             dtype = t.dtype
             if name.endswith(".weight"):
-                lk = WEIGHT
+                key = (dtype, "weight", False)
             else:
                 base, _, leaf = name.rpartition(".")
-                lk = leaf_kinds.get(leaf)
-                if lk is None:
-                    lk = leaf_kinds[leaf] = _plain_leaf_kind(leaf)
-            # the usual tensor first: a float (or complex) weight or plainly named tensor
-            reason = float_reasons.get(dtype)
-            if reason is not None and lk <= WEIGHT and ".quant_state." not in name:
-                numel = t.numel
-                append(TR(name, "parameter", dtype, tuple(t.shape), numel, numel, 1, None, None, reason, True,
-                          None, [], layer))
-                continue
-            dk = plain_dtypes.get(dtype)
-            if dk is None or lk == _LEAF_QUANT or (lk == WEIGHT and dk[0]) or ".quant_state." in name:
+                key = (dtype, leaf, leaf == "bias" and _is_attention_mask(base, leaf, t.shape))
+            d = decided.get(key, _UNSEEN)
+            if d is _UNSEEN:
+                d = decided[key] = None if _quant_rules_may_apply(dtype, key[1]) else \
+                    _unquantized_role(DTYPES[dtype].kind, key[1], key[2])
+            if d is None or ".quant_state." in name:
                 r = classify(t)
                 r.layer = layer
-                append(r)
-                continue
-            is_int, reason = dk
-            numel = t.numel
-            if lk == BUFFER:
-                r = TR(name, "buffer", dtype, tuple(t.shape), numel, 0, 1, None, None,
-                       f"buffer by name ({leaf})", True, None, [], layer)
-            elif lk == BIAS and len(t.shape) >= 2 and base.split(".")[-1] in ("attn", "attention"):
-                r = TR(name, "buffer", dtype, tuple(t.shape), numel, 0, 1, None, None,
-                       "causal attention mask (attn.bias with 2+ dims)", True, None, [], layer)
-            elif is_int:
-                r = TR(name, "buffer", dtype, tuple(t.shape), numel, 0, 1, None, None, reason, True, None,
-                       [], layer)
             else:
-                r = TR(name, "parameter", dtype, tuple(t.shape), numel, numel, 1, None, None, reason, True,
-                       None, [], layer)
+                role, reason = d
+                numel = t.numel
+                r = TR(name, role, dtype, tuple(t.shape), numel, numel if role == "parameter" else 0, 1, None, None,
+                       reason, True, None, [], layer)
             append(r)
         return roles
 
@@ -457,7 +450,7 @@ class _Classifier:
                               1, None if bits is None else round(bits, 4), t.dtype,
                               f"block-quantized {t.dtype}: the shape is the logical element count")
         kind = dt.kind
-        is_int = kind in ("int", "uint", "bool")
+        is_int = kind in _INT_KINDS
         qmeth = q.method
 
         # 1. quantized checkpoints ------------------------------------------------------
@@ -523,24 +516,13 @@ class _Classifier:
                 return self._packed(t, bits, qmeth, f"integer weight in a {qmeth} checkpoint "
                                                     f"({bits}-bit per quantization_config)")
 
-        # 2. buffers by name --------------------------------------------------------------
-        if leaf in _BUFFER_LEAVES:
-            return TensorRole(t.name, "buffer", t.dtype, tuple(t.shape), t.numel, 0,
-                              reason=f"buffer by name ({leaf})")
-        if leaf == "bias" and len(t.shape) >= 2 and base.split(".")[-1] in ("attn", "attention"):
-            return TensorRole(t.name, "buffer", t.dtype, tuple(t.shape), t.numel, 0,
-                              reason="causal attention mask (attn.bias with 2+ dims)")
-
-        # 3. dtype rule ------------------------------------------------------------------
-        if is_int:
-            return TensorRole(t.name, "buffer", t.dtype, tuple(t.shape), t.numel, 0,
-                              reason=f"{kind} dtype")
-        role = TensorRole(t.name, "parameter", t.dtype, tuple(t.shape), t.numel, t.numel,
-                          reason=f"{kind} dtype")
-        if kind == "float" and dt.bits == 8 and (self._has(_sib(base, "weight_scale")) or
-                                                  self._has(_sib(base, "weight_scale_inv")) or
-                                                  (leaf == "weight" and qmeth in ("fp8", "fbgemm-fp8",
-                                                                                  "compressed-tensors"))):
+        # 2. buffers by name, 3. the dtype rule --------------------------------------------
+        role_name, why = _unquantized_role(kind, leaf, _is_attention_mask(base, leaf, t.shape))
+        role = TensorRole(t.name, role_name, t.dtype, tuple(t.shape), t.numel,
+                          t.numel if role_name == "parameter" else 0, reason=why)
+        if role_name == "parameter" and kind == "float" and dt.bits == 8 and (
+                self._has(_sib(base, "weight_scale")) or self._has(_sib(base, "weight_scale_inv")) or
+                (leaf == "weight" and qmeth in ("fp8", "fbgemm-fp8", "compressed-tensors"))):
             role.quant_method = qmeth or "fp8"
             role.flags.append("fp8_quantized")
             role.reason = "FP8 weight (scaled)"

@@ -1,8 +1,7 @@
 """The `cpu` backend: paramkit._core (C++ worker threads, GIL released, SIMD chosen at run time).
-Python decides the options (threads, piece size, I/O mode); the extension holds no policy."""
+Python decides the options (threads, piece size); the extension holds no policy."""
 from __future__ import annotations
 
-import os
 from typing import Sequence
 
 import numpy as np
@@ -17,8 +16,6 @@ from .native_records import quant_sums, task_spec, to_stats
 
 # Piece size: results are merged per piece, so it is fixed (never derived from the thread count).
 CHUNK_BYTES = 4 << 20
-# I/O mode: "pread" (large reads into reused aligned buffers) or "mmap" (+ MADV_SEQUENTIAL).
-DEFAULT_IO = os.environ.get("PARAMKIT_IO", "pread")
 # With per-tensor-scale quantization schemes, tensors are scanned in batches of about this many bytes,
 # each re-read (second pass) right after it was read, while it is still in the page cache
 SECOND_PASS_BATCH_BYTES = 1 << 30
@@ -35,11 +32,11 @@ class CpuEngine:
         self.last_run: dict = {}
 
     def run_stats(self, tensors: Sequence[TensorInfo], *, quantiles: bool = True, threads: int | None = None,
-                  progress=None, io: str | None = None) -> list[dict | None]:
-        return self.run(tensors, quantiles=quantiles, threads=threads, progress=progress, io=io)[0]
+                  progress=None) -> list[dict | None]:
+        return self.run(tensors, quantiles=quantiles, threads=threads, progress=progress)[0]
 
     def run(self, tensors: Sequence[TensorInfo], *, stats: bool = True, quantiles: bool = True,
-            threads: int | None = None, progress=None, quant=None, io: str | None = None):
+            threads: int | None = None, progress=None, quant=None):
         """One streaming pass: statistics and every row/group quantization scheme of `quant` (a
         paramkit.quant.plan.QuantPlan); per-tensor-scale schemes (int8_tensor, fp8_e4m3) need the
         tensor's absmax first, so they run in a second pass over just those tensors. To keep that
@@ -58,7 +55,7 @@ class CpuEngine:
                 progress(total)
             return out, qout
         for batch in self._batches(tensors, where, masks, second):
-            done = self._run_batch(tensors, batch, stats, quantiles, threads, progress, quant, io, done, out, qout)
+            done = self._run_batch(tensors, batch, stats, quantiles, threads, progress, quant, done, out, qout)
         return out, qout
 
     def _batches(self, tensors, where, masks, second) -> list[list[int]]:
@@ -76,19 +73,19 @@ class CpuEngine:
         batches.append(cur)
         return batches
 
-    def _call(self, files, spec, absmax, stats, quantiles, threads, io, levels, schemes, cb) -> dict:
+    def _call(self, files, spec, absmax, stats, quantiles, threads, levels, schemes, cb) -> dict:
         """One pass of the native engine over the tasks of `spec` (paramkit._core.run's arguments)."""
         return self._core.run(files, spec, absmax, bool(stats), bool(quantiles), int(threads or 0), CHUNK_BYTES,
-                              io or DEFAULT_IO, levels, schemes, cb)
+                              levels, schemes, cb)
 
-    def _run_batch(self, tensors, batch, stats, quantiles, threads, progress, quant, io, done, out, qout) -> int:
+    def _run_batch(self, tensors, batch, stats, quantiles, threads, progress, quant, done, out, qout) -> int:
         """Both passes over the tensors `batch`; `done` = bytes reported so far; returns the new count."""
         masks = quant.masks if quant is not None else None
         schemes = [engine_kind(s) for s in quant.schemes] if quant is not None else []
         files, spec, where = task_spec(tensors, masks, quant, only=batch)
         base = done
         cb = (lambda d: progress(base + d)) if progress else None
-        rec = self._call(files, spec, np.full(len(where), np.nan), stats, quantiles, threads, io,
+        rec = self._call(files, spec, np.full(len(where), np.nan), stats, quantiles, threads,
                          list(QUANTILE_LEVELS), schemes, cb)
         self.last_run = {"isa": rec["isa"], "threads": rec["threads"], "units": rec["units"]}
         held = rec.get("held")   # the cuda engine completes the second pass of tensors it kept on the device
@@ -113,7 +110,7 @@ class CpuEngine:
             files2, spec2, where2 = task_spec(tensors, m2, quant, only=again)
             base2 = done
             cb2 = (lambda d: progress(base2 + d)) if progress else None
-            rec2 = self._call(files2, spec2, np.array([absmax_of[i] for i in where2]), False, False, threads, io,
+            rec2 = self._call(files2, spec2, np.array([absmax_of[i] for i in where2]), False, False, threads,
                               [], schemes, cb2)
             done += int(spec2[:, 2].sum())
             for row, i in enumerate(where2):

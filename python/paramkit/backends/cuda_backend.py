@@ -42,20 +42,20 @@ class CudaEngine(CpuEngine):
         return get_engine("cpu")
 
     def run(self, tensors, *, stats: bool = True, quantiles: bool = True, threads=None, progress=None,
-            quant=None, io=None):
+            quant=None):
         if quant is not None and len(quant.schemes):
             unit = self._largest_quant_unit(tensors, quant)
             if unit > ring_bytes():
                 cpu = self._cpu_engine()
                 res = cpu.run(tensors, stats=stats, quantiles=quantiles, threads=threads, progress=progress,
-                              quant=quant, io=io)
+                              quant=quant)
                 self.last_run = dict(cpu.last_run, fallback=(
                     f"cpu: a quantization unit of {unit} bytes (a whole channel or row) is larger than one "
                     f"{ring_bytes()}-byte ring slot of the GPU pipeline (PARAMKIT_CUDA_RING_MB)"))
                 return res
         self.held_last = {}
         res = super().run(tensors, stats=stats, quantiles=quantiles, threads=threads, progress=progress,
-                          quant=quant, io=io)
+                          quant=quant)
         self.last_run.update(self.held_last)
         return res
 
@@ -71,10 +71,9 @@ class CudaEngine(CpuEngine):
     def _batches(self, tensors, where, masks, second) -> list[list[int]]:
         return [where]   # the second pass reads held tensors from device memory, not the page cache
 
-    def _call(self, files, spec, absmax, stats, quantiles, threads, io, levels, schemes, cb) -> dict:
-        rec = self._core.run(files, spec, absmax, bool(stats), bool(quantiles), int(threads or 0), 0, "pread", levels,
-                             schemes, cb,
-                             HOLD_BYTES)
+    def _call(self, files, spec, absmax, stats, quantiles, threads, levels, schemes, cb) -> dict:
+        rec = self._core.run(files, spec, absmax, bool(stats), bool(quantiles), int(threads or 0), 0, levels,
+                             schemes, cb, HOLD_BYTES)
         h = self.held_last = getattr(self, "held_last", {})
         for k in ("held_tensors", "held_bytes"):
             h[k] = h.get(k, 0) + int(rec[k])

@@ -29,7 +29,8 @@ ERROR_CODES: dict[str, str] = {
     "file_too_short": "file shorter than the 8-byte header length field",
     "header_too_large": "declared header length N exceeds 100,000,000 bytes",
     "header_beyond_eof": "declared header (8 + N bytes) extends past the end of the file (truncated file?)",
-    "header_not_utf8": "header bytes are not valid UTF-8",
+    "header_not_utf8": "header bytes are not valid UTF-8, or a JSON string in the header escapes an unpaired "
+                       "UTF-16 surrogate (\\ud800-\\udfff without its partner), which no UTF-8 text can hold",
     "header_not_json": "header is not valid JSON (or is not a JSON object)",
     "duplicate_key": "a key appears twice in one JSON object of the header (tensor name, __metadata__ "
                      "key, or a field of a tensor entry)",
@@ -61,6 +62,9 @@ ERROR_CODES: dict[str, str] = {
 }
 
 _NON_WS = re.compile(rb"[^ \t\r\n]")          # JSON whitespace is exactly these four bytes
+# A JSON escape that may decode to a surrogate (after an escaped backslash too: then the exact check finds nothing)
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile("[\ud800-\udfff]")     # left in a decoded str only by an unpaired escape
 _REQUIRED = ("dtype", "shape", "data_offsets")
 _BITS: dict[str, int] = {name: d.bits for name, d in DTYPES.items()}
 # dtype -> (bits, the DTYPES key itself): every TensorInfo.dtype shares one str object per dtype
@@ -226,6 +230,44 @@ def read_file(path: str, *, strict: bool = True) -> tuple[list[TensorInfo], dict
     return _parse_header(text, header, path, n, size, strict)
 
 
+def _lone_surrogate(obj: Any) -> tuple[str, str | None] | None:
+    """The first string (key or value, at any depth) of parsed JSON that holds an unpaired surrogate, with the
+    top-level key whose value holds it (None when it is that key itself); None when every string is text."""
+    stack: list[tuple[Any, str | None]] = [(obj, None)]
+    while stack:
+        v, top = stack.pop()
+        if type(v) is str:
+            if _SURROGATE.search(v):
+                return v, top
+        elif type(v) is dict:
+            for k, x in v.items():
+                if _SURROGATE.search(k):
+                    return k, top
+                stack.append((x, k if v is obj else top))
+        elif type(v) is list:
+            stack.extend((x, top) for x in v)
+    return None
+
+
+def _raise_if_lone_surrogate(obj: Any, raw: bytes, path: str, code: str, what: str, header: bool = False) -> None:
+    """FormatError `code` when a string of the parsed JSON holds an unpaired UTF-16 surrogate escape: Python's
+    json accepts "\\ud800", serde_json (the safetensors reference) rejects it, and such a string cannot be
+    encoded as UTF-8 (printing or writing it fails later). Costs a regex search unless an escape is there.
+    header=True: obj is a safetensors header, whose top-level keys other than __metadata__ are tensor names
+    (the error's tensor when the string lies inside its entry)."""
+    if _SURROGATE_ESCAPE.search(raw) is None:
+        return
+    found = _lone_surrogate(obj)
+    if found is None:
+        return
+    bad, top = found
+    surrogate = _SURROGATE.search(bad).group()
+    tensor = top if header and top != "__metadata__" else None
+    raise _err(code, f"{what} string {ascii(bad)[:80]} holds the unpaired UTF-16 surrogate escape "
+               f"{ascii(surrogate)[1:-1]}: JSON text must be valid Unicode (the safetensors reference rejects it)",
+               path, tensor)
+
+
 def _parse_header(text: str, raw: bytes, path: str, n: int, size: int, strict: bool):
     with gc_paused():  # 100k dicts/lists from json: generational GC passes would double the time
         try:
@@ -236,6 +278,7 @@ def _parse_header(text: str, raw: bytes, path: str, n: int, size: int, strict: b
             raise _err("header_not_json", f"header is not valid JSON: {e}", path) from None
         if type(obj) is not dict:  # pragma: no cover - the header starts with '{'
             raise _err("header_not_json", f"header is a JSON {type(obj).__name__}, expected an object", path)
+        _raise_if_lone_surrogate(obj, raw, path, "header_not_utf8", "header", header=True)
         try:
             return _validate(obj, text, raw, path, n, size, strict)
         except FormatError:
@@ -404,13 +447,15 @@ def _read_json_file(path: str, code: str, what: str) -> Any:
             raise _err(code, f"{what} is {size:,} bytes, more than the {_INDEX_MAX_SIZE:,} accepted", path)
         raw = f.read()
     try:
-        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        obj = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError as e:
         raise _err(code, f"{what} is not valid UTF-8 at byte {e.start}: {e.reason}", path) from None
     except RecursionError:
         raise _err(code, f"{what} JSON is nested too deeply", path) from None
     except ValueError as e:
         raise _err(code, f"{what} is not valid JSON: {e}", path) from None
+    _raise_if_lone_surrogate(obj, raw, path, code, what)
+    return obj
 
 
 def _read_config(directory: str) -> dict | None:
