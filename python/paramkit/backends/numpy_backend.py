@@ -12,6 +12,7 @@ import numpy as np
 from .. import stats as _stats
 from . import device_memory_refused
 from ..dtypes import DTYPES, stats_dtype
+from ..sources import open_source
 from ..table import TensorInfo
 
 # A chunk is this many elements of one tensor, counted from its first element: at most 16 MiB of
@@ -402,7 +403,7 @@ class NumpyEngine:
         done = 0
         for path, idxs in by_file.items():
             idxs.sort(key=lambda i: tensors[i].offset)
-            with open(path, "rb", buffering=0) as fh:
+            with open_source(path) as src:
                 for i in idxs:
                     t = tensors[i]
                     if not DTYPES[t.dtype].has_stats:
@@ -418,18 +419,10 @@ class NumpyEngine:
                     acc = _Accumulator(t.dtype, quantiles)
                     step = max(int(CHUNK_ELEMENTS), 1) * raw_dtype.itemsize
                     buf = bytearray(min(step, t.nbytes))
-                    view = memoryview(buf)
-                    fh.seek(t.offset)
                     pos = 0
                     while pos < t.nbytes:
                         want = min(step, t.nbytes - pos)
-                        got = 0
-                        while got < want:
-                            r = fh.readinto(view[got:want])
-                            if not r:
-                                raise OSError(f"{path}: unexpected end of file reading tensor "
-                                              f"{t.name!r} at byte {t.offset + pos + got}")
-                            got += r
+                        src.readinto_at(memoryview(buf)[:want], t.offset + pos)
                         acc.update(np.frombuffer(buf, dtype=raw_dtype,
                                                  count=want // raw_dtype.itemsize))
                         pos += want

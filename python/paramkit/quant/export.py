@@ -38,6 +38,8 @@ from ..backends.numpy_backend import decode
 from ..dtypes import DTYPES
 from .numpy_quant import empty_error_sums, finalize_error, merge_error, to_float32
 from .schemes import Scheme, get_scheme
+from .stream import finite_absmax, read_values
+from ..sources import open_source
 
 __all__ = ["fake_quantize_file", "cast_back", "METADATA_KEY", "CHUNK_ELEMENTS", "PIECE_ELEMENTS",
            "DECODABLE_DTYPES"]
@@ -140,28 +142,6 @@ def _stored_sums(w: np.ndarray, v: np.ndarray) -> dict:
         return {"n": n, "nonfinite": int(fin.size - n), "sse": dot(e, e), "sum_w2": dot(w, w),
                 "sum_q2": dot(v, v), "sum_wq": dot(w, v),
                 "max_abs_err": float(np.max(np.abs(e), initial=0.0)), "clipped": 0, "scale_clamped": 0}
-
-
-# ---- reading ------------------------------------------------------------------------------------
-def _read_values(f, t, start: int, count: int) -> np.ndarray:
-    """Elements [start, start+count) of tensor `t` as float32 (F64 rounds, the rest is exact)."""
-    es = DTYPES[t.dtype].bits // 8
-    f.seek(t.offset + start * es)
-    want = count * es
-    buf = f.read(want)
-    if len(buf) != want:
-        raise OSError(f"{t.file}: file ended early while reading tensor {t.name}")
-    return to_float32(decode(np.frombuffer(buf, dtype=np.uint8), t.dtype))
-
-
-def _finite_absmax(f, t, step: int) -> float:
-    m = 0.0
-    for start in range(0, t.numel, step):
-        x = _read_values(f, t, start, min(step, t.numel - start))
-        a = np.abs(x[np.isfinite(x)])
-        if a.size:
-            m = max(m, float(a.max()))
-    return m
 
 
 # ---- the export -----------------------------------------------------------------------------------
@@ -291,16 +271,10 @@ def fake_quantize_file(path, scheme: str | Scheme, out, *, quant_tensors=None, b
 
     def copy_producer(t) -> Callable:
         def produce():
-            with open(t.file, "rb") as f:
-                f.seek(t.offset)
-                left = t.nbytes
-                while left:
-                    piece = f.read(min(COPY_BYTES, left))
-                    if not piece:
-                        raise OSError(f"{t.file}: file ended early while reading tensor {t.name}")
-                    left -= len(piece)
-                    advance(len(piece))
-                    yield piece
+            for off in range(0, t.nbytes, COPY_BYTES):
+                piece = src.read_at(t.offset + off, min(COPY_BYTES, t.nbytes - off))
+                advance(len(piece))
+                yield piece
         return produce
 
     def run_piece(t, x: np.ndarray, view_shape, absmax):
@@ -324,34 +298,33 @@ def fake_quantize_file(path, scheme: str | Scheme, out, *, quant_tensors=None, b
             sub = max(cm, PIECE_ELEMENTS // cm * cm)      # elements per piece of work
             sums = empty_error_sums()
             stored = empty_error_sums()
-            with open(t.file, "rb") as f:
-                absmax = None
-                if s.needs_tensor_absmax and t.numel > step:
-                    absmax = _finite_absmax(f, t, step)
-                    advance(t.nbytes)
-                for start in range(0, t.numel, step):
-                    n = min(step, t.numel - start)
-                    x = _read_values(f, t, start, n)
-                    if n == t.numel and n <= sub:         # small tensor: its own shape, one piece
-                        jobs = [(x, shape, None)]
-                    else:
-                        if s.needs_tensor_absmax and absmax is None:   # one chunk = whole tensor
-                            a = np.abs(x[np.isfinite(x)])
-                            absmax = float(a.max()) if a.size else 0.0
-                        view = s.piece_shape(shape)     # whole channels, rows or groups
-                        jobs = [(x[p:p + sub], view, absmax) for p in range(0, n, sub)]
-                    if pool is not None and len(jobs) > 1:
-                        results = list(pool.map(lambda j: run_piece(t, *j), jobs))
-                    else:
-                        results = [run_piece(t, *j) for j in jobs]
-                    del x, jobs
-                    for enc, part, st in results:     # merged in piece order: any thread count
-                        sums = merge_error(sums, part)  # gives the same sums
-                        stored = merge_error(stored, st)
-                    advance(n * es)
-                    for enc, _, _ in results:
-                        yield memoryview(enc.view(np.uint8))
-                    del results
+            absmax = None
+            if s.needs_tensor_absmax and t.numel > step:
+                absmax = finite_absmax(src, t, step)
+                advance(t.nbytes)
+            for start in range(0, t.numel, step):
+                n = min(step, t.numel - start)
+                x = read_values(src, t, start, n)
+                if n == t.numel and n <= sub:         # small tensor: its own shape, one piece
+                    jobs = [(x, shape, None)]
+                else:
+                    if s.needs_tensor_absmax and absmax is None:   # one chunk = whole tensor
+                        a = np.abs(x[np.isfinite(x)])
+                        absmax = float(a.max()) if a.size else 0.0
+                    view = s.piece_shape(shape)     # whole channels, rows or groups
+                    jobs = [(x[p:p + sub], view, absmax) for p in range(0, n, sub)]
+                if pool is not None and len(jobs) > 1:
+                    results = list(pool.map(lambda j: run_piece(t, *j), jobs))
+                else:
+                    results = [run_piece(t, *j) for j in jobs]
+                del x, jobs
+                for enc, part, st in results:     # merged in piece order: any thread count
+                    sums = merge_error(sums, part)  # gives the same sums
+                    stored = merge_error(stored, st)
+                advance(n * es)
+                for enc, _, _ in results:
+                    yield memoryview(enc.view(np.uint8))
+                del results
             rec = finalize_error(sums, s, shape)
             model["sums"] = merge_error(model["sums"], sums)
             model["stored"] = merge_error(model["stored"], stored)
@@ -360,14 +333,16 @@ def fake_quantize_file(path, scheme: str | Scheme, out, *, quant_tensors=None, b
             per_tensor.append({"name": t.name, "sqnr_db": rec["sqnr_db"], "rel_err": rec["rel_err"]})
         return produce
 
-    sources = [(t.name, t.dtype, tuple(t.shape), t.nbytes, quant_producer(t) if q else copy_producer(t))
-               for t, q in zip(table.tensors, quantize)]
+    producers = [(t.name, t.dtype, tuple(t.shape), t.nbytes, quant_producer(t) if q else copy_producer(t))
+                 for t, q in zip(table.tensors, quantize)]
     from ..formats.writer import write_safetensors
     nthreads = threads if threads is not None else (os.cpu_count() or 1)
     pool = ThreadPoolExecutor(max_workers=nthreads) if nthreads > 1 else None
+    src = open_source(infile)
     try:
-        target = write_safetensors(dst, sources, metadata)
+        target = write_safetensors(dst, producers, metadata)
     finally:
+        src.close()
         close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)

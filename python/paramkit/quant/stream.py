@@ -8,6 +8,7 @@ import numpy as np
 
 from ..backends.numpy_backend import decode
 from ..dtypes import DTYPES
+from ..sources import open_source
 from ..table import TensorInfo
 from .numpy_quant import empty_error_sums, error_sums, merge_error
 from .plan import QuantPlan
@@ -15,26 +16,19 @@ from .plan import QuantPlan
 CHUNK_ELEMENTS = 1 << 21
 
 
-def read_values(t: TensorInfo, start: int, count: int, f=None) -> np.ndarray:
-    """Elements [start, start+count) of tensor t as float32 (F64 rounds, the rest is exact)."""
+def read_values(src, t: TensorInfo, start: int, count: int) -> np.ndarray:
+    """Elements [start, start+count) of tensor t, read through the source `src` (paramkit.sources), as
+    float32 (F64 rounds, the rest is exact)."""
     es = DTYPES[t.dtype].bits // 8
-    own = f is None
-    f = f or open(t.file, "rb")
-    try:
-        f.seek(t.offset + start * es)
-        raw = np.frombuffer(f.read(count * es), dtype=np.uint8)
-    finally:
-        if own:
-            f.close()
-    if raw.size != count * es:
-        raise OSError(f"{t.file}: file ended early while reading {t.name}")
+    raw = np.frombuffer(src.read_at(t.offset + start * es, count * es), dtype=np.uint8)
     return np.asarray(decode(raw, t.dtype), dtype=np.float32)
 
 
-def finite_absmax(t: TensorInfo, f=None) -> float:
+def finite_absmax(src, t: TensorInfo, step: int = CHUNK_ELEMENTS) -> float:
+    """max |x| over the finite elements of tensor t (0 when there are none), read `step` elements at a time."""
     m = 0.0
-    for s in range(0, t.numel, CHUNK_ELEMENTS):
-        x = read_values(t, s, min(CHUNK_ELEMENTS, t.numel - s), f)
+    for s in range(0, t.numel, step):
+        x = read_values(src, t, s, min(step, t.numel - s))
         x = np.abs(x[np.isfinite(x)])
         if x.size:
             m = max(m, float(x.max()))
@@ -49,11 +43,11 @@ def tensor_quant_sums(t: TensorInfo, plan: QuantPlan, mask: int, progress=None) 
     step = max(pm, CHUNK_ELEMENTS // pm * pm)
     picked = [s for k, s in enumerate(plan.schemes) if mask >> k & 1]
     out = {s.id: empty_error_sums() for s in picked}
-    with open(t.file, "rb") as f:
-        absmax = finite_absmax(t, f) if any(s.needs_tensor_absmax for s in picked) else None
+    with open_source(t.file) as src:
+        absmax = finite_absmax(src, t) if any(s.needs_tensor_absmax for s in picked) else None
         for start in range(0, t.numel, step):
             n = min(step, t.numel - start)
-            x = read_values(t, start, n, f)
+            x = read_values(src, t, start, n)
             for s in picked:
                 view = x.reshape(s.piece_shape(shape))
                 sums = error_sums(view, s, tensor_absmax=absmax if s.needs_tensor_absmax else None)
