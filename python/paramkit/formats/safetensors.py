@@ -1,31 +1,27 @@
-"""Strict safetensors reader: turns a .safetensors file, a sharded model's index, or a directory of
-them into a TensorTable, reading headers only and rejecting every malformed file with a stable code."""
+"""Strict safetensors reader: one .safetensors file's header into TensorInfo records, rejecting every
+malformed file with a stable code (formats.resolver turns files, indexes and directories into a model)."""
 from __future__ import annotations
 
 import json
 import os
 import re
 import reprlib
-import stat
 from typing import Any
 
 from .._gcpause import gc_paused
 from ..dtypes import DTYPES
 from ..errors import FormatError
-from ..table import TensorInfo, TensorTable
+from ..table import TensorInfo
 
-__all__ = ["ERROR_CODES", "MAX_HEADER_SIZE", "open_table", "read_file"]
+__all__ = ["ERROR_CODES", "MAX_HEADER_SIZE", "READER", "read_file", "sniff"]
 
 # The largest header the reference implementation accepts (its MAX_HEADER_SIZE).
 MAX_HEADER_SIZE = 100_000_000
 _U64_MAX = 2**64 - 1
-_INDEX_MAX_SIZE = 100_000_000   # a *.index.json or config.json larger than this is not one
 _PEEK = 4096                    # bytes looked at to recognise a file whose declared N is implausible
 
 # Every code this module raises, with a one-line description (the README prints this table).
 ERROR_CODES: dict[str, str] = {
-    "unknown_format": "not a safetensors file: the bytes after the 8-byte length do not start a JSON object "
-                      "('{'), or the path is neither a file nor a directory",
     "file_too_short": "file shorter than the 8-byte header length field",
     "header_too_large": "declared header length N exceeds 100,000,000 bytes",
     "header_beyond_eof": "declared header (8 + N bytes) extends past the end of the file (truncated file?)",
@@ -48,17 +44,6 @@ ERROR_CODES: dict[str, str] = {
     "data_overlap": "tensors sorted by BEGIN overlap (BEGIN < previous END)",
     "data_beyond_eof": "the tensors' data extends past the end of the file (truncated file)",
     "trailing_bytes": "the file has bytes after the last tensor's data",
-    "no_weights": "the directory contains no *.safetensors file and no *.safetensors.index.json",
-    "index_ambiguous": "the directory has several *.safetensors.index.json files and no "
-                       "model.safetensors.index.json",
-    "index_invalid": "the index is not valid JSON, or has no 'weight_map' object of tensor name to "
-                     "shard file name (a relative path inside the index's directory)",
-    "shard_missing": "a shard file named by the index does not exist",
-    "tensor_missing_from_shard": "a tensor listed in the index is absent from the shard it is assigned to",
-    "tensor_duplicate": "a tensor is stored in two files of the model, or in a shard other than the one "
-                        "the index assigns it to",
-    "tensor_not_in_index": "a shard contains a tensor that the index does not list",
-    "config_invalid": "config.json beside the weights is not a valid JSON object",
 }
 
 _NON_WS = re.compile(rb"[^ \t\r\n]")          # JSON whitespace is exactly these four bytes
@@ -93,7 +78,9 @@ def _fast_tensorinfo_ok() -> bool:
     try:
         import dataclasses
         names = tuple(f.name for f in dataclasses.fields(TensorInfo))
-        if names != _FIELDS or "__slots__" in TensorInfo.__dict__ or hasattr(TensorInfo, "__post_init__"):
+        # the later fields (storage, layout) have defaults: class attributes that a plain __dict__ falls back to
+        if names[:len(_FIELDS)] != _FIELDS or "__slots__" in TensorInfo.__dict__ or \
+                hasattr(TensorInfo, "__post_init__"):
             return False
         probe = object.__new__(TensorInfo)
         object.__setattr__(probe, "__dict__", {"name": "x", "dtype": "F32", "shape": (1,), "file": "f",
@@ -440,167 +427,24 @@ def _validate(obj: dict, text: str, raw: bytes, path: str, n: int, size: int, st
 
 
 # --- models: files, indexes, directories --------------------------------------------------------
-def _read_json_file(path: str, code: str, what: str) -> Any:
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size > _INDEX_MAX_SIZE:
-            raise _err(code, f"{what} is {size:,} bytes, more than the {_INDEX_MAX_SIZE:,} accepted", path)
-        raw = f.read()
-    try:
-        obj = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-    except UnicodeDecodeError as e:
-        raise _err(code, f"{what} is not valid UTF-8 at byte {e.start}: {e.reason}", path) from None
-    except RecursionError:
-        raise _err(code, f"{what} JSON is nested too deeply", path) from None
-    except ValueError as e:
-        raise _err(code, f"{what} is not valid JSON: {e}", path) from None
-    _raise_if_lone_surrogate(obj, raw, path, code, what)
-    return obj
+def sniff(head: bytes, name: str) -> bool:
+    """A safetensors file by its first bytes: an 8-byte header length, then (after JSON blanks) '{'."""
+    if len(head) < 9 or int.from_bytes(head[:8], "little") > MAX_HEADER_SIZE:
+        return False
+    m = _NON_WS.search(head, 8)
+    return m is not None and head[m.start()] == 0x7B
 
 
-def _read_config(directory: str) -> dict | None:
-    cpath = os.path.join(directory, "config.json")
-    if not os.path.isfile(cpath):
-        return None
-    cfg = _read_json_file(cpath, "config_invalid", "config.json")
-    if type(cfg) is not dict:
-        raise _err("config_invalid", f"config.json holds a JSON {_json_type(cfg)}; expected an object",
-                   cpath)
-    return cfg
+def _read(path: str, strict: bool):
+    from .resolver import FileTable
+    tensors, metadata, header_bytes = read_file(path, strict=strict)
+    return FileTable("safetensors", tensors, metadata, header_bytes)
 
 
-def _safetensors_in(directory: str) -> list[str]:
-    """Absolute paths of the regular *.safetensors files in `directory`, sorted by name."""
-    out = []
-    for name in sorted(os.listdir(directory)):
-        if name.endswith(".safetensors"):
-            p = os.path.join(directory, name)
-            if os.path.isfile(p):
-                out.append(p)
-    return out
+def _reader():
+    from .resolver import Reader
+    return Reader(format="safetensors", extensions=(".safetensors",), index_suffix=".safetensors.index.json",
+                  standard_index="model.safetensors.index.json", sniff=sniff, read=_read)
 
 
-def _merge_meta(into: dict[str, str], meta: dict[str, str]) -> None:
-    for k, v in meta.items():
-        into.setdefault(k, v)  # first file wins
-
-
-def _open_files(user_path: str, files: list[str], directory: str, strict: bool) -> TensorTable:
-    tensors: list[TensorInfo] = []
-    metadata: dict[str, str] = {}
-    header_bytes = 0
-    where: dict[str, str] = {}
-    for fp in files:
-        ts, meta, hb = read_file(fp, strict=strict)
-        if len(files) > 1:
-            for t in ts:
-                prev = where.setdefault(t.name, fp)
-                if prev != fp:
-                    raise _err("tensor_duplicate", f"tensor is stored both here and in {prev}; a model's "
-                               "files must not repeat a tensor", fp, t.name)
-        tensors.extend(ts)
-        _merge_meta(metadata, meta)
-        header_bytes += hb
-    return TensorTable(path=user_path, format="safetensors", files=list(files), tensors=tensors,
-                       metadata=metadata, config=_read_config(directory), header_bytes=header_bytes)
-
-
-def _open_index(user_path: str, index_path: str, strict: bool) -> TensorTable:
-    obj = _read_json_file(index_path, "index_invalid", "index")
-    if type(obj) is not dict:
-        raise _err("index_invalid", f"index holds a JSON {_json_type(obj)}; expected an object with a "
-                   "'weight_map'", index_path)
-    wm = obj.get("weight_map")
-    if type(wm) is not dict:
-        raise _err("index_invalid", f"'weight_map' is {_show(wm)}; expected an object mapping tensor names "
-                   "to shard file names", index_path)
-    index_meta = obj.get("metadata")
-    if index_meta is not None and type(index_meta) is not dict:
-        raise _err("index_invalid", f"'metadata' is {_show(index_meta)}; expected an object", index_path)
-
-    base = os.path.dirname(index_path)
-    shard_of_value: dict[str, str] = {}     # weight_map value -> absolute shard path
-    for name, v in wm.items():
-        if type(v) is str and v in shard_of_value:
-            continue
-        if type(v) is not str or not v or os.path.isabs(v) or ".." in re.split(r"[\\/]", v):
-            raise _err("index_invalid", f"weight_map assigns the tensor to {_show(v)}; expected a shard file "
-                       "name relative to the index's directory", index_path, name)
-        shard_of_value[v] = os.path.normpath(os.path.join(base, v))
-    shards = list(dict.fromkeys(shard_of_value.values()))  # order of first appearance in weight_map
-    for sp in shards:
-        if not os.path.isfile(sp):
-            example = next(k for k, v in wm.items() if shard_of_value[v] == sp)
-            raise _err("shard_missing", f"shard file does not exist (or is not a file); the index "
-                       f"{os.path.basename(index_path)} assigns tensors to it, e.g. {example!r}", sp)
-
-    tensors: list[TensorInfo] = []
-    metadata: dict[str, str] = {}
-    header_bytes = 0
-    where: dict[str, str] = {}
-    for sp in shards:
-        ts, meta, hb = read_file(sp, strict=strict)
-        for t in ts:
-            prev = where.setdefault(t.name, sp)
-            if prev != sp:
-                raise _err("tensor_duplicate", f"tensor is stored both here and in shard {prev}",
-                           sp, t.name)
-        tensors.extend(ts)
-        _merge_meta(metadata, meta)
-        header_bytes += hb
-    # Design choice: a shard tensor the index does not list is an error (tensor_not_in_index): the
-    # index is the model's table of contents, and a loader going by it would silently skip the tensor.
-    for t in tensors:
-        v = wm.get(t.name)
-        if v is None:
-            raise _err("tensor_not_in_index", f"shard contains a tensor that the index "
-                       f"{os.path.basename(index_path)} does not list", t.file, t.name)
-        assigned = shard_of_value[v]
-        if assigned != t.file:
-            raise _err("tensor_duplicate", f"tensor is stored in this shard, but the index assigns it to "
-                       f"{v}", t.file, t.name)
-    if len(where) != len(wm):
-        for name, v in wm.items():
-            if name not in where:
-                raise _err("tensor_missing_from_shard", f"the index assigns this tensor to {v}, but that "
-                           "shard does not contain it", shard_of_value[v], name)
-
-    referenced = set(shards)
-    unreferenced = [p for p in _safetensors_in(base) if os.path.normpath(p) not in referenced]
-    return TensorTable(path=user_path, format="safetensors", files=shards, tensors=tensors, metadata=metadata,
-                       index_metadata=index_meta, config=_read_config(base), unreferenced_files=unreferenced,
-                       header_bytes=header_bytes)
-
-
-def open_table(path, *, strict: bool = True) -> TensorTable:
-    """Read the tensor table of a safetensors file, a *.safetensors.index.json, or a directory.
-
-    strict=False only tolerates a malformed __metadata__ (non-string values are kept as JSON text).
-    Raises FileNotFoundError for a missing path, FormatError for malformed input, OSError for I/O.
-    """
-    user_path = os.fspath(path)
-    if isinstance(user_path, bytes):
-        user_path = os.fsdecode(user_path)
-    st = os.stat(user_path)  # FileNotFoundError / PermissionError stay OSError
-    ap = os.path.abspath(user_path)
-    if stat.S_ISDIR(st.st_mode):
-        names = sorted(os.listdir(ap))
-        indexes = [n for n in names if n.endswith(".safetensors.index.json")
-                   and os.path.isfile(os.path.join(ap, n))]
-        if "model.safetensors.index.json" in indexes:
-            return _open_index(user_path, os.path.join(ap, "model.safetensors.index.json"), strict)
-        if len(indexes) == 1:
-            return _open_index(user_path, os.path.join(ap, indexes[0]), strict)
-        if len(indexes) > 1:
-            raise _err("index_ambiguous", f"directory has several indexes ({', '.join(indexes)}) and no "
-                       "model.safetensors.index.json; pass the index file to use", ap)
-        files = _safetensors_in(ap)
-        if not files:
-            raise _err("no_weights", "directory has no *.safetensors file and no *.safetensors.index.json",
-                       ap)
-        return _open_files(user_path, files, ap, strict)
-    if not stat.S_ISREG(st.st_mode):
-        raise _err("unknown_format", "path is neither a regular file nor a directory", ap)
-    if ap.endswith(".json"):
-        return _open_index(user_path, ap, strict)
-    return _open_files(user_path, [ap], os.path.dirname(ap), strict)
+READER = _reader()

@@ -1,0 +1,307 @@
+"""The model resolver, the same for every format: a path (one weight file, an index, a directory) becomes
+the list of weight files of one model, each read by the reader its bytes call for (format registry), and
+their tables merged into one TensorTable: shards checked against the index, duplicates refused, files of
+the directory that were not used listed with the reason."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from ..errors import FormatError
+from ..table import TensorInfo, TensorTable
+
+# Codes raised here (formats.ERROR_CODES merges them with the readers' codes; the README prints them).
+ERROR_CODES: dict[str, str] = {
+    "unknown_format": "not a weight file paramkit reads: none of the readers (safetensors, PyTorch, NumPy) "
+                      "recognises its first bytes (for a file without a known extension: the bytes after the "
+                      "8-byte length do not start a safetensors JSON header '{'), or the path exists but is "
+                      "neither a regular file nor a directory",
+    "unsupported_format": "a known weight format paramkit does not read (legacy non-zip torch.save files, "
+                          "TorchScript archives, ONNX, Keras HDF5 / .keras, TensorFlow checkpoints, GGUF): the "
+                          "message names it and what to do",
+    "no_weights": "the directory contains no weight file paramkit reads (*.safetensors, *.bin, *.pt, *.pth, "
+                  "*.ckpt, *.npz, *.npy) and no index of them",
+    "index_ambiguous": "the directory has several indexes of the chosen format and none of the standard names "
+                       "(model.safetensors.index.json, pytorch_model.bin.index.json)",
+    "index_invalid": "the index is not valid JSON, or has no 'weight_map' object of tensor name to shard file "
+                     "name (a relative path inside the index's directory)",
+    "shard_missing": "a shard file named by the index does not exist",
+    "shards_mixed": "the shards of one index are of different formats",
+    "tensor_missing_from_shard": "a tensor listed in the index is absent from the shard it is assigned to",
+    "tensor_duplicate": "a tensor is stored in two files of the model, or in a shard other than the one the "
+                        "index assigns it to",
+    "tensor_not_in_index": "a shard contains a tensor that the index does not list",
+    "config_invalid": "config.json beside the weights is not a valid JSON object",
+}
+
+_INDEX_MAX_SIZE = 100_000_000   # a *.index.json or config.json larger than this is not one
+_HEAD = 64                      # bytes a reader's sniff looks at
+
+
+def _err(code: str, message: str, path: str, tensor: str | None = None) -> FormatError:
+    return FormatError(code, message, path=path, tensor=tensor)
+
+
+def _show(v: Any) -> str:
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _json_type(v: Any) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(v), "number")
+
+
+# ---- the format registry -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FileTable:
+    """One weight file read by its format's reader."""
+    format: str
+    tensors: list[TensorInfo]
+    metadata: dict[str, str]
+    header_bytes: int
+
+
+@dataclass(frozen=True)
+class Reader:
+    """A weight-file format: which files it takes by name (directory scans, precedence) and by their first
+    bytes (sniff), and how to read one into a FileTable."""
+    format: str
+    extensions: tuple[str, ...]                # names of its files in a directory, in precedence order
+    index_suffix: str                          # "<weights>.index.json" files that list its shards
+    standard_index: str                        # the index name that wins when a directory has several
+    sniff: Callable[[bytes, str], bool]        # (first bytes, file name) -> is it one of ours
+    read: Callable[[str, bool], FileTable]     # (absolute path, strict) -> FileTable
+
+
+def _readers() -> list[Reader]:
+    """The formats in directory precedence order: safetensors first (as transformers loads it), then
+    PyTorch checkpoints, then NumPy archives."""
+    from . import pytorch, numpy_format, safetensors
+    return [safetensors.READER, pytorch.READER, numpy_format.READER]
+
+
+def _reader_for_file(path: str, head: bytes, readers: list[Reader]) -> Reader:
+    """The reader for one weight file: a reader that recognises its first bytes; a known format paramkit
+    does not read is unsupported_format; else the file's extension decides, and an unknown extension goes
+    to the safetensors reader (whose own checks say what is wrong)."""
+    from .known_magics import identify_unsupported, unsupported_format_error
+    name = os.path.basename(path)
+    for r in readers:
+        if r.sniff(head, name):
+            return r
+    fmt = identify_unsupported(head, name)
+    if fmt is not None:
+        raise unsupported_format_error(fmt, path)
+    low = name.lower()
+    for r in readers:
+        if low.endswith(r.extensions):
+            return r
+    return readers[0]
+
+
+def read_weight_file(path: str, strict: bool = True) -> FileTable:
+    """Read one weight file (any format paramkit reads) into a FileTable."""
+    from ..sources import open_source
+    with open_source(path) as src:
+        head = src.read_at(0, min(_HEAD, src.size))
+    return _reader_for_file(path, head, _readers()).read(path, strict)
+
+
+# ---- JSON side files -----------------------------------------------------------------------------------------
+def _read_json_file(path: str, code: str, what: str) -> Any:
+    from .safetensors import _raise_if_lone_surrogate, _reject_constant
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > _INDEX_MAX_SIZE:
+            raise _err(code, f"{what} is {size:,} bytes, more than the {_INDEX_MAX_SIZE:,} accepted", path)
+        raw = f.read()
+    try:
+        obj = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as e:
+        raise _err(code, f"{what} is not valid UTF-8 at byte {e.start}: {e.reason}", path) from None
+    except RecursionError:
+        raise _err(code, f"{what} JSON is nested too deeply", path) from None
+    except ValueError as e:
+        raise _err(code, f"{what} is not valid JSON: {e}", path) from None
+    _raise_if_lone_surrogate(obj, raw, path, code, what)
+    return obj
+
+
+def _read_config(directory: str) -> dict | None:
+    cpath = os.path.join(directory, "config.json")
+    if not os.path.isfile(cpath):
+        return None
+    cfg = _read_json_file(cpath, "config_invalid", "config.json")
+    if type(cfg) is not dict:
+        raise _err("config_invalid", f"config.json holds a JSON {_json_type(cfg)}; expected an object", cpath)
+    return cfg
+
+
+# ---- merging files -------------------------------------------------------------------------------------------
+def _merge_meta(into: dict[str, str], meta: dict[str, str]) -> None:
+    for k, v in meta.items():
+        into.setdefault(k, v)  # first file wins
+
+
+def _read_files(files: list[str], strict: bool) -> tuple[str, list[TensorInfo], dict, int]:
+    """(format, tensors, merged metadata, header bytes) of the weight files of one model; a tensor name in
+    two files is tensor_duplicate; files of different formats are shards_mixed."""
+    tensors: list[TensorInfo] = []
+    metadata: dict[str, str] = {}
+    header_bytes = 0
+    where: dict[str, str] = {}
+    fmt = None
+    for fp in files:
+        ft = read_weight_file(fp, strict)
+        if fmt is None:
+            fmt = ft.format
+        elif ft.format != fmt:
+            raise _err("shards_mixed", f"this file is {ft.format}, the model's first file {files[0]} is {fmt}: "
+                       "one model's files must be of one format", fp)
+        if len(files) > 1:
+            for t in ft.tensors:
+                prev = where.setdefault(t.name, fp)
+                if prev != fp:
+                    raise _err("tensor_duplicate", f"tensor is stored both here and in {prev}; a model's "
+                               "files must not repeat a tensor", fp, t.name)
+        tensors.extend(ft.tensors)
+        _merge_meta(metadata, ft.metadata)
+        header_bytes += ft.header_bytes
+    return fmt or "safetensors", tensors, metadata, header_bytes
+
+
+def _open_files(user_path: str, files: list[str], directory: str, strict: bool,
+                ignored: list[dict]) -> TensorTable:
+    fmt, tensors, metadata, header_bytes = _read_files(files, strict)
+    return TensorTable(path=user_path, format=fmt, files=list(files), tensors=tensors, metadata=metadata,
+                       config=_read_config(directory), ignored_files=ignored, header_bytes=header_bytes)
+
+
+def _open_index(user_path: str, index_path: str, strict: bool, ignored: list[dict] | None = None) -> TensorTable:
+    obj = _read_json_file(index_path, "index_invalid", "index")
+    if type(obj) is not dict:
+        raise _err("index_invalid", f"index holds a JSON {_json_type(obj)}; expected an object with a "
+                   "'weight_map'", index_path)
+    wm = obj.get("weight_map")
+    if type(wm) is not dict:
+        raise _err("index_invalid", f"'weight_map' is {_show(wm)}; expected an object mapping tensor names "
+                   "to shard file names", index_path)
+    index_meta = obj.get("metadata")
+    if index_meta is not None and type(index_meta) is not dict:
+        raise _err("index_invalid", f"'metadata' is {_show(index_meta)}; expected an object", index_path)
+
+    base = os.path.dirname(index_path)
+    shard_of_value: dict[str, str] = {}     # weight_map value -> absolute shard path
+    for name, v in wm.items():
+        if type(v) is str and v in shard_of_value:
+            continue
+        if type(v) is not str or not v or os.path.isabs(v) or ".." in re.split(r"[\\/]", v):
+            raise _err("index_invalid", f"weight_map assigns the tensor to {_show(v)}; expected a shard file "
+                       "name relative to the index's directory", index_path, name)
+        shard_of_value[v] = os.path.normpath(os.path.join(base, v))
+    shards = list(dict.fromkeys(shard_of_value.values()))  # order of first appearance in weight_map
+    for sp in shards:
+        if not os.path.isfile(sp):
+            example = next(k for k, v in wm.items() if shard_of_value[v] == sp)
+            raise _err("shard_missing", f"shard file does not exist (or is not a file); the index "
+                       f"{os.path.basename(index_path)} assigns tensors to it, e.g. {example!r}", sp)
+
+    fmt, tensors, metadata, header_bytes = _read_files(shards, strict)
+    where = {t.name: t.file for t in tensors}
+    # Design choice: a shard tensor the index does not list is an error (tensor_not_in_index): the
+    # index is the model's table of contents, and a loader going by it would silently skip the tensor.
+    for t in tensors:
+        v = wm.get(t.name)
+        if v is None:
+            raise _err("tensor_not_in_index", f"shard contains a tensor that the index "
+                       f"{os.path.basename(index_path)} does not list", t.file, t.name)
+        if shard_of_value[v] != t.file:
+            raise _err("tensor_duplicate", f"tensor is stored in this shard, but the index assigns it to "
+                       f"{v}", t.file, t.name)
+    if len(where) != len(wm):
+        for name, v in wm.items():
+            if name not in where:
+                raise _err("tensor_missing_from_shard", f"the index assigns this tensor to {v}, but that "
+                           "shard does not contain it", shard_of_value[v], name)
+
+    reader = next(r for r in _readers() if r.format == fmt)
+    referenced = set(shards)
+    unreferenced = [p for p in _weight_files(base, reader) if os.path.normpath(p) not in referenced]
+    return TensorTable(path=user_path, format=fmt, files=shards, tensors=tensors, metadata=metadata,
+                       index_metadata=index_meta, config=_read_config(base), unreferenced_files=unreferenced,
+                       ignored_files=list(ignored or []), header_bytes=header_bytes)
+
+
+# ---- directories ---------------------------------------------------------------------------------------------
+def _weight_files(directory: str, reader: Reader, names: list[str] | None = None) -> list[str]:
+    """Absolute paths of the regular files of `directory` that `reader` takes by name, sorted by name."""
+    out = []
+    for name in names if names is not None else sorted(os.listdir(directory)):
+        if name.lower().endswith(reader.extensions):
+            p = os.path.join(directory, name)
+            if os.path.isfile(p):
+                out.append(p)
+    return out
+
+
+def _indexes(directory: str, reader: Reader, names: list[str]) -> list[str]:
+    return [n for n in names if n.endswith(reader.index_suffix) and os.path.isfile(os.path.join(directory, n))]
+
+
+def _open_directory(user_path: str, ap: str, strict: bool) -> TensorTable:
+    """The model in a directory: the first format (in precedence order) with an index or weight files wins;
+    the other formats' files are listed in ignored_files with the reason."""
+    names = sorted(os.listdir(ap))
+    readers = _readers()
+    found = [(r, _indexes(ap, r, names), _weight_files(ap, r, names)) for r in readers]
+    chosen = next(((r, idx, files) for r, idx, files in found if idx or files), None)
+    if chosen is None:
+        from .known_magics import identify_unsupported
+        other = sorted({fmt for n in names for fmt in [identify_unsupported(b"", n)] if fmt})
+        hint = f"; it holds {', '.join(other)} files, which paramkit does not read" if other else ""
+        raise _err("no_weights", "directory has no weight file paramkit reads (*.safetensors, *.bin, *.pt, *.pth, "
+                   f"*.ckpt, *.npz, *.npy) and no index of them{hint}", ap)
+    reader, idx, files = chosen
+    ignored = []
+    for r, ridx, rfiles in found:
+        if r is reader:
+            continue
+        for p in [os.path.join(ap, n) for n in ridx] + rfiles:
+            ignored.append({"file": p, "reason": f"{reader.format} weights are in this directory and take "
+                            f"precedence over {r.format} ones (as transformers loads them)"})
+    if idx:
+        if reader.standard_index in idx:
+            pick = reader.standard_index
+        elif len(idx) == 1:
+            pick = idx[0]
+        else:
+            raise _err("index_ambiguous", f"directory has several indexes ({', '.join(idx)}) and no "
+                       f"{reader.standard_index}; pass the index file to use", ap)
+        return _open_index(user_path, os.path.join(ap, pick), strict, ignored)
+    return _open_files(user_path, files, ap, strict, ignored)
+
+
+def open_table(path, *, strict: bool = True) -> TensorTable:
+    """Read the tensor table of a weight file (safetensors, PyTorch .bin/.pt/.pth/.ckpt, NumPy .npy/.npz), an
+    index (*.safetensors.index.json, pytorch_model.bin.index.json) or a directory, headers only.
+
+    strict=False only tolerates a malformed safetensors __metadata__ (non-string values are kept as JSON text).
+    Raises FileNotFoundError for a missing path, FormatError for malformed input, OSError for I/O.
+    """
+    user_path = os.fspath(path)
+    if isinstance(user_path, bytes):
+        user_path = os.fsdecode(user_path)
+    st = os.stat(user_path)  # FileNotFoundError / PermissionError stay OSError
+    ap = os.path.abspath(user_path)
+    if stat.S_ISDIR(st.st_mode):
+        return _open_directory(user_path, ap, strict)
+    if not stat.S_ISREG(st.st_mode):
+        raise _err("unknown_format", "path exists but is neither a regular file nor a directory", ap)
+    if ap.endswith(".json"):
+        return _open_index(user_path, ap, strict)
+    return _open_files(user_path, [ap], os.path.dirname(ap), strict, [])
