@@ -4,6 +4,7 @@ It never imports a module, never calls a function named by the file, and rejects
 object-building opcode as unsafe_pickle; torch itself is never imported."""
 from __future__ import annotations
 
+import _compat_pickle
 import struct
 from dataclasses import dataclass
 from typing import Any
@@ -135,10 +136,20 @@ def _unsafe(message: str, path: str | None) -> FormatError:
                        "checkpoint (re-save the weights as a plain state_dict, or as safetensors)", path=path)
 
 
+def _python3_name(module: str, name: str) -> tuple[str, str]:
+    """The global the standard unpickler would import for (module, name): protocol 0-2 pickles written by
+    Python 3 use Python 2 names (__builtin__.eval, commands.Popen), mapped back as pickle's fix_imports does."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        return _compat_pickle.NAME_MAPPING[(module, name)]
+    return _compat_pickle.IMPORT_MAPPING.get(module, module), name
+
+
 def _resolve(module: str, name: str, path: str | None) -> TorchGlobal:
-    g = _ALLOWED.get((module, name))
+    module3, name3 = _python3_name(module, name)
+    g = _ALLOWED.get((module3, name3))
     if g is None:
-        raise _unsafe(f"data.pkl asks for the global {module}.{name}, which is not in the allowlist of "
+        also = f" (that is, {module3}.{name3})" if (module3, name3) != (module, name) else ""
+        raise _unsafe(f"data.pkl asks for the global {module}.{name}{also}, which is not in the allowlist of "
                       "tensor-rebuilding names", path)
     return g
 
@@ -244,46 +255,56 @@ def load(data: bytes, path: str | None = None) -> Any:
             at = pos
             op = data[pos]
             pos += 1
-            if op == 0x71:                                   # q BINPUT
-                memo[data[pos]] = stack[-1]
-                pos += 1
+            # the opcodes of torch.save's pickles first, most frequent first
+            if op == 0x72:                                   # r LONG_BINPUT
+                memo[_U4.unpack_from(data, pos)[0]] = stack[-1]
+                pos += 4
             elif op == 0x68:                                 # h BINGET
                 stack.append(memo[data[pos]])
                 pos += 1
-            elif op == 0x58:                                 # X BINUNICODE
-                (k,) = _U4.unpack_from(data, pos)
-                pos += 4
-                stack.append(take(k).decode("utf-8", "surrogatepass"))
             elif op == 0x4B:                                 # K BININT1
                 stack.append(data[pos])
                 pos += 1
             elif op == 0x28:                                 # ( MARK
                 metastack.append(stack)
                 stack = []
+            elif op == 0x58:                                 # X BINUNICODE
+                (k,) = _U4.unpack_from(data, pos)
+                pos += 4
+                if pos + k > n:
+                    raise _Invalid(f"a string of {k:,} bytes runs past the end of data.pkl")
+                stack.append(data[pos:pos + k].decode("utf-8", "surrogatepass"))
+                pos += k
             elif op == 0x74:                                 # t TUPLE
                 items = stack
                 stack = metastack.pop()
                 stack.append(tuple(items))
+            elif op == 0x85:                                 # TUPLE1
+                stack[-1] = (stack[-1],)
             elif op == 0x52:                                 # R REDUCE
                 args = stack.pop()
                 stack[-1] = _apply(stack[-1], args, path)
             elif op == 0x51:                                 # Q BINPERSID
                 stack[-1] = _persistent(stack[-1])
+            elif op == 0x89:                                 # NEWFALSE
+                stack.append(False)
+            elif op == 0x29:                                 # ) EMPTY_TUPLE
+                stack.append(())
+            elif op == 0x71:                                 # q BINPUT
+                memo[data[pos]] = stack[-1]
+                pos += 1
+            elif op == 0x6A:                                 # j LONG_BINGET
+                stack.append(memo[_U4.unpack_from(data, pos)[0]])
+                pos += 4
             elif op == 0x86:                                 # TUPLE2
                 b = stack.pop()
                 stack[-1] = (stack[-1], b)
-            elif op == 0x85:                                 # TUPLE1
-                stack[-1] = (stack[-1],)
             elif op == 0x87:                                 # TUPLE3
                 c = stack.pop()
                 b = stack.pop()
                 stack[-1] = (stack[-1], b, c)
-            elif op == 0x89:                                 # NEWFALSE
-                stack.append(False)
             elif op == 0x88:                                 # NEWTRUE
                 stack.append(True)
-            elif op == 0x29:                                 # ) EMPTY_TUPLE
-                stack.append(())
             elif op == 0x7D:                                 # } EMPTY_DICT
                 stack.append({})
             elif op == 0x5D:                                 # ] EMPTY_LIST
@@ -326,12 +347,6 @@ def load(data: bytes, path: str | None = None) -> Any:
             elif op == 0x4D:                                 # M BININT2
                 stack.append(_U2.unpack_from(data, pos)[0])
                 pos += 2
-            elif op == 0x72:                                 # r LONG_BINPUT
-                memo[_U4.unpack_from(data, pos)[0]] = stack[-1]
-                pos += 4
-            elif op == 0x6A:                                 # j LONG_BINGET
-                stack.append(memo[_U4.unpack_from(data, pos)[0]])
-                pos += 4
             elif op == 0x94:                                 # MEMOIZE
                 memo[len(memo)] = stack[-1]
             elif op == 0x8C:                                 # SHORT_BINUNICODE

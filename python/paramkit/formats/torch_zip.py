@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import replace
 from typing import Any
 
 from ..dtypes import DTYPES
@@ -232,8 +231,41 @@ def _nonneg_ints(value: Any) -> bool:
     return type(value) in (tuple, list) and all(type(v) is int and v >= 0 for v in value)
 
 
-def _stored_tensor(name: str, ref: TensorRef, role: str | None, byteorder: str, storages: dict[str, StorageRef],
-                   members: dict[str, StoredBlob], prefix: str, blobs: dict[str, StoredBlob],
+class _Storages:
+    """The storages that tensors refer to: each key's declaration checked once against its data/<key> member."""
+
+    def __init__(self, members: dict[str, StoredBlob], prefix: str, source: Source):
+        self.members, self.prefix, self.source = members, prefix, source
+        self.declared: dict[str, StorageRef] = {}
+        self.blobs: dict[str, StoredBlob] = {}
+
+    def nbytes(self, storage: StorageRef, tensor: str) -> int:
+        """The storage's size in bytes; registers its blob on first use."""
+        known = self.declared.setdefault(storage.key, storage)
+        if (known.dtype, known.numel) != (storage.dtype, storage.numel):
+            raise _error("storage_conflict", f"storage {storage.key!r} is declared as {known.numel:,} x "
+                         f"torch.{known.dtype} and as {storage.numel:,} x torch.{storage.dtype}", self.source, tensor)
+        storage_dtype = TORCH_DTYPES[storage.dtype]
+        if storage_dtype is None:
+            raise _error("dtype_unsupported", f"storage {storage.key!r} holds torch.{storage.dtype}, which has no "
+                         "paramkit dtype", self.source, tensor)
+        nbytes = storage.numel * DTYPES[storage_dtype].bits // 8
+        if storage.key not in self.blobs:
+            member_name = f"{self.prefix}/data/{storage.key}"
+            member = self.members.get(member_name)
+            if member is None:
+                raise _error("storage_missing", f"storage {storage.key!r} has no member {member_name}", self.source,
+                             tensor)
+            if member.nbytes != nbytes:
+                raise _error("storage_size_mismatch", f"member {member_name} holds {member.nbytes:,} bytes; "
+                             f"data.pkl declares {storage.numel:,} x torch.{storage.dtype} = {nbytes:,} bytes",
+                             self.source, tensor)
+            self.blobs[storage.key] = StoredBlob(storage.key, member.offset, member.nbytes, member.compressed_size,
+                                                 member.compression, member.crc32)
+        return nbytes
+
+
+def _stored_tensor(name: str, ref: TensorRef, role: str | None, byteorder: str, storages: _Storages,
                    source: Source) -> StoredTensor:
     storage = ref.storage
     if type(storage) is not StorageRef:
@@ -264,27 +296,7 @@ def _stored_tensor(name: str, ref: TensorRef, role: str | None, byteorder: str, 
                      "expected non-negative integers and as many strides as dimensions", source, name)
     shape, strides = tuple(shape), tuple(strides)
 
-    known = storages.setdefault(storage.key, storage)
-    if (known.dtype, known.numel) != (storage.dtype, storage.numel):
-        raise _error("storage_conflict", f"storage {storage.key!r} is declared as {known.numel:,} x "
-                     f"torch.{known.dtype} and as {storage.numel:,} x torch.{storage.dtype}", source, name)
-    storage_dtype = TORCH_DTYPES[storage.dtype]
-    if storage_dtype is None:
-        raise _error("dtype_unsupported", f"storage {storage.key!r} holds torch.{storage.dtype}, which has no "
-                     "paramkit dtype", source, name)
-    storage_nbytes = storage.numel * DTYPES[storage_dtype].bits // 8
-    blob = blobs.get(storage.key)
-    if blob is None:
-        member = members.get(f"{prefix}/data/{storage.key}")
-        if member is None:
-            raise _error("storage_missing", f"storage {storage.key!r} has no member {prefix}/data/{storage.key}",
-                         source, name)
-        if member.nbytes != storage_nbytes:
-            raise _error("storage_size_mismatch", f"member {prefix}/data/{storage.key} holds {member.nbytes:,} "
-                         f"bytes; data.pkl declares {storage.numel:,} x torch.{storage.dtype} = "
-                         f"{storage_nbytes:,} bytes", source, name)
-        blob = blobs[storage.key] = replace(member, key=storage.key)
-
+    storage_nbytes = storages.nbytes(storage, name)
     itemsize = DTYPES[dtype].bits // 8
     if math.prod(shape) == 0:
         end = offset                                   # an empty tensor touches no element
@@ -319,9 +331,6 @@ def parse_torch(source: Source) -> ParsedArchive:
     root = _load_pickle(members, prefix, source)
     flat = _flatten(root, source, max(_MIN_VALUE_BUDGET, _VALUES_PER_PICKLE_BYTE * pickle_blob.nbytes))
 
-    storages: dict[str, StorageRef] = {}
-    blobs: dict[str, StoredBlob] = {}
-    tensors: list[StoredTensor] = []
-    for name, ref, role in flat.tensors:
-        tensors.append(_stored_tensor(name, ref, role, byteorder, storages, members, prefix, blobs, source))
-    return ParsedArchive(format="pytorch", tensors=tensors, blobs=blobs, metadata=flat.metadata)
+    storages = _Storages(members, prefix, source)
+    tensors = [_stored_tensor(name, ref, role, byteorder, storages, source) for name, ref, role in flat.tensors]
+    return ParsedArchive(format="pytorch", tensors=tensors, blobs=storages.blobs, metadata=flat.metadata)
