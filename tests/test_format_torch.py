@@ -251,6 +251,32 @@ def test_views_slices_transposes_of_one_storage(tmp_path):
     assert_matches_torch_load(path, parsed, torch.load(path, weights_only=True))
 
 
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+def test_pickle_protocols(tmp_path, protocol):
+    model, opt = _trained_adam()
+    path = tmp_path / f"p{protocol}.pt"
+    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict()}, path, pickle_protocol=protocol)
+    parsed = parse(path)
+    loaded = torch.load(path, weights_only=False)   # torch's own weights-only unpickler reads protocol <= 3
+    assert_matches_torch_load(path, parsed, {**loaded["model"], **{
+        f"optimizer.state.{pid}.{k}": v for pid, st_ in loaded["optimizer"]["state"].items() for k, v in st_.items()}})
+
+
+def test_zip64_records(tmp_path):
+    tensors = {"w": torch.randn(5, 6), "i": torch.arange(7)}
+    path = str(tmp_path / "plain.pt")
+    torch.save(tensors, path)
+    z64 = str(tmp_path / "z64.pt")
+    with zipfile.ZipFile(path) as zin, zipfile.ZipFile(z64, "w") as zout:
+        for info in zin.infolist():
+            with zout.open(info.filename, "w", force_zip64=True) as f:
+                f.write(zin.read(info))
+    raw = open(z64, "rb").read()
+    assert raw.count(b"\x01\x00\x10\x00") >= len(tensors)     # the zip64 extra field in local headers
+    parsed = parse(z64)
+    assert_matches_torch_load(z64, parsed, tensors)
+
+
 def test_tied_entries_share_one_descriptor(tmp_path):
     w = torch.randn(8, 4)
     path = tmp_path / "tied.pt"
@@ -461,6 +487,13 @@ def test_iter_blob_bounds_its_pieces_and_checks_size_and_crc(tmp_path):
     with pytest.raises(FormatError) as e:   # the deflate stream cut short
         list(iter_blob(src, replace(blob, compressed_size=blob.compressed_size - 10)))
     assert code_of(e) == "blob_corrupt"
+    bomb = write_zip(tmp_path / "bomb.zip", {"m": bytes(20_000_000)}, zipfile.ZIP_DEFLATED)
+    bomb_blob = replace(read_zip_members(LocalFileSource(bomb))["m"], nbytes=1000)
+    yielded = 0
+    with pytest.raises(FormatError) as e:             # a member inflating past its declared size stops there
+        for piece in iter_blob(LocalFileSource(bomb), bomb_blob, chunk=256):
+            yielded += len(piece)
+    assert code_of(e) == "blob_corrupt" and yielded <= 1000
     raw = bytearray(open(path, "rb").read())
     raw[blob.offset + 100: blob.offset + 140] = b"\xff" * 40
     bad = tmp_path / "bad.zip"
@@ -686,6 +719,14 @@ def test_containers_cycles_depth_and_bombs(tmp_path):
         assert code_of(e) == "checkpoint_invalid"
 
 
+def test_very_deep_nesting_is_checkpoint_invalid(tmp_path):
+    depth = 100_000                                   # MARK x N then LIST x N: lists nested N deep
+    path = write_checkpoint(tmp_path / "deep.pt", pkl=b"\x80\x02" + b"(" * depth + b"l" * depth + b".")
+    with pytest.raises(FormatError) as e:
+        parse(path)
+    assert code_of(e) == "checkpoint_invalid" and "nested deeper" in str(e.value)
+
+
 def _cd_entries(raw: bytes) -> list[int]:
     """Offsets of the central-directory entries of a zip archive."""
     start = struct.unpack_from("<I", raw, raw.rindex(b"PK\x05\x06") + 16)[0]
@@ -907,6 +948,14 @@ def _mutate(data: bytes, edits, cut) -> bytes:
     return bytes(raw[:len(raw) - cut])
 
 
+def parse_or_none(parser, data: bytes) -> ParsedArchive | None:
+    """parser(BytesSource(data)), or None when it raises FormatError; any other exception fails the test."""
+    try:
+        return parser(BytesSource(data))
+    except FormatError:
+        return None
+
+
 edits_strategy = st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(0, 255)), min_size=1, max_size=8)
 
 
@@ -914,11 +963,9 @@ edits_strategy = st.lists(st.tuples(st.integers(0, 10 ** 6), st.integers(0, 255)
 @given(edits=edits_strategy, cut=st.integers(0, 64) | st.just(0))
 def test_fuzz_checkpoint_bytes(edits, cut):
     data = _mutate(SMALL, edits, cut)
-    try:
-        parsed = parse_torch(BytesSource(data))
-    except FormatError:
-        return
-    _check_parsed(parsed, len(data))
+    parsed = parse_or_none(parse_torch, data)
+    if parsed is not None:
+        _check_parsed(parsed, len(data))
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -931,11 +978,9 @@ def test_fuzz_data_pkl(edits, cut):
             for info in zin.infolist():
                 zout.writestr(info.filename, pkl if info.filename.endswith("/data.pkl") else zin.read(info))
     data = out.getvalue()
-    try:
-        parsed = parse_torch(BytesSource(data))
-    except FormatError:
-        return
-    _check_parsed(parsed, len(data))
+    parsed = parse_or_none(parse_torch, data)
+    if parsed is not None:
+        _check_parsed(parsed, len(data))
 
 
 @settings(max_examples=300, deadline=None)

@@ -191,7 +191,7 @@ def read_zip_members(source: Source) -> dict[str, StoredBlob]:
         else:
             raise _zip_error(source, f"member {name!r} uses compression method {info.compress_type}; only "
                              "stored (0) and deflate (8) are supported")
-        encoded = name.encode("utf-8" if info.flag_bits & 0x800 else "cp437", errors="replace")
+        encoded = name.encode("utf-8" if info.flag_bits & 0x800 else "cp437")
         head_end = info.header_offset + _LOCAL_HEADER.size + len(encoded)
         if info.header_offset < 0 or head_end > start_dir:
             raise _zip_error(source, f"the local header of member {name!r} (offset {info.header_offset:,}) lies "
