@@ -15,7 +15,6 @@ import sys
 import zipfile
 import zlib
 
-import ml_dtypes
 import numpy as np
 import pytest
 import torch

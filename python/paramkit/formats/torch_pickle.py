@@ -119,7 +119,6 @@ _UNSAFE_OPCODES = {
     0x84: "EXT4", 0x8F: "EMPTY_SET", 0x90: "ADDITEMS", 0x91: "FROZENSET", 0x96: "BYTEARRAY8",
     0x97: "NEXT_BUFFER", 0x98: "READONLY_BUFFER",
 }
-_U1 = struct.Struct("<B")
 _U2 = struct.Struct("<H")
 _I4 = struct.Struct("<i")
 _U4 = struct.Struct("<I")

@@ -59,20 +59,17 @@ def _error(code: str, message: str, source: Source, tensor: str | None = None) -
 
 # --- the archive -------------------------------------------------------------------------------------------
 def _archive_prefix(members: dict[str, StoredBlob], source: Source) -> str:
-    pickles = [name for name in members if name.endswith("/data.pkl") and name.count("/") == 1]
+    """The archive's folder: what precedes /data.pkl (torch names it after the file, or "archive")."""
     names = list(members)
-    if len(pickles) == 1:
-        prefix = pickles[0][:-len("/data.pkl")]
-        fmt = identify_unsupported_zip(names)
-        if fmt is not None:
-            raise unsupported_format_error(fmt, source.name)
-        return prefix
-    if len(pickles) > 1:
-        raise _error("unknown_format", f"the zip archive holds {len(pickles)} checkpoints "
-                     f"({', '.join(sorted(pickles)[:4])}); a torch.save archive has one <folder>/data.pkl", source)
     fmt = identify_unsupported_zip(names)
     if fmt is not None:
         raise unsupported_format_error(fmt, source.name)
+    pickles = [name for name in names if name.endswith("/data.pkl") and name.count("/") == 1]
+    if len(pickles) == 1:
+        return pickles[0][:-len("/data.pkl")]
+    if pickles:
+        raise _error("unknown_format", f"the zip archive holds {len(pickles)} checkpoints "
+                     f"({', '.join(sorted(pickles)[:4])}); a torch.save archive has one <folder>/data.pkl", source)
     if names and all(n.endswith(".npy") for n in names):
         hint = "it is a NumPy .npz archive"
     else:
@@ -84,7 +81,7 @@ def _archive_prefix(members: dict[str, StoredBlob], source: Source) -> str:
 def _byteorder(members: dict[str, StoredBlob], prefix: str, source: Source) -> str:
     blob = members.get(f"{prefix}/byteorder")
     if blob is None:
-        return "<"                # torch before 1.11 wrote no record, and only little-endian files
+        return "<"    # no record (older torch, _disable_byteorder_record): little, as torch.load assumes
     raw = read_blob(source, blob) if blob.nbytes <= 16 else b"(too long)"
     order = {b"little": "<", b"big": ">"}.get(raw)
     if order is None:
