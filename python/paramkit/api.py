@@ -14,13 +14,15 @@ from ._gcpause import gc_paused
 from .backends import get_engine, requested_backend
 from .dtypes import DTYPES, from_numpy
 from .errors import BackendUnavailable, FormatError
+from .materialize import plain_tensors
 from .progress import make_progress
 from .report import ScanReport, TensorReport, aggregate
 
 
 def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "auto", threads: int | None = None,
          progress=None, strict: bool = True, quant=None, quant_tensors=None) -> ScanReport:
-    """Read a safetensors file, a ``model.safetensors.index.json`` or a directory and report what is in it.
+    """Read a weight file (safetensors, PyTorch .bin/.pt/.pth/.ckpt, NumPy .npy/.npz), an index
+    (``model.safetensors.index.json``, ``pytorch_model.bin.index.json``) or a directory and report what is in it.
 
     stats=False reads the headers only (milliseconds, no tensor data). quantiles=False skips the
     quantile histograms. backend: "auto" (cuda -> cpu -> numpy, or $PARAMKIT_BACKEND), "cuda",
@@ -64,8 +66,8 @@ def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "au
                 total += sum(t.nbytes for t, m in zip(table.tensors, plan.masks) if m & plan.second_pass_bits)
             cb, close = make_progress(progress, total)
             try:
-                with pause.resumed():   # the data pass: gc as the caller had it
-                    results, qsums = engine.run(table.tensors, stats=stats, quantiles=quantiles, threads=threads,
+                with pause.resumed(), plain_tensors(table.tensors) as tensors:   # the data pass: gc as the caller had it
+                    results, qsums = engine.run(tensors, stats=stats, quantiles=quantiles, threads=threads,
                                                 progress=cb, quant=plan)
             finally:
                 close()
@@ -89,6 +91,7 @@ def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "au
                           counting=counting, tensors=tensors, metadata=dict(table.metadata),
                           index_metadata=table.index_metadata, config=table.config,
                           unreferenced_files=list(table.unreferenced_files),
+                          ignored_files=[dict(f) for f in table.ignored_files],
                           options={"stats": stats, "quantiles": quantiles if stats else None, "threads": threads,
                                    "strict": strict},
                           timing=timing, aggregates=aggregate(tensors) if stats else None, engine_info=engine_info,

@@ -201,6 +201,8 @@ def render_scan(r, console, rows=None, *, wide: bool = False, more_hint: str = "
             f"  Inf {a['posinf'] + a['neginf']:,}  subnormal {a['subnormal']:,}"))
     for f in r.unreferenced_files:
         console.print(Text.assemble(("note", "yellow"), f": {f} is not named by the index: not part of the model"))
+    for f in r.ignored_files:
+        console.print(Text.assemble(("note", "yellow"), f": {os.path.basename(f['file'])} ignored: {f['reason']}"))
 
 
 def cmd_scan(args) -> int:

@@ -90,6 +90,7 @@ class ScanReport:
     aggregates: dict | None = None
     engine_info: dict = field(default_factory=dict)
     quant_plan: Any = None        # paramkit.quant.plan.QuantPlan of the scan, or None
+    ignored_files: list[dict] = field(default_factory=list)   # {"file", "reason"}: weight files not used
 
     def quant_summary(self) -> list[dict]:
         """One row per scheme: bits/weight (scales and zero points included, over the quantized
@@ -186,6 +187,7 @@ class ScanReport:
             d["quant"] = {"schemes": [x.id for x in self.quant_plan.schemes], "policy": self.quant_plan.policy,
                           "summary": self.quant_summary()}
         d["unreferenced_files"] = list(self.unreferenced_files)
+        d["ignored_files"] = [dict(f) for f in self.ignored_files]
         d["timing"] = dict(self.timing)
         d["engine"] = dict(self.engine_info)
         d["tensors"] = [t.to_dict() for t in self.tensors]

@@ -22,6 +22,7 @@ class TensorInfo:
     # engines read directly; else a ViewLayout (a strided view, big-endian bytes or a deflated zip member),
     # which paramkit.materialize turns into such bytes for the data pass
     layout: Any = None
+    role_hint: str | None = None    # "optimizer": a training checkpoint's optimizer state, never a parameter
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,6 @@ ERROR_CODES: dict[str, str] = {
                       "recognises its first bytes (for a file without a known extension: the bytes after the "
                       "8-byte length do not start a safetensors JSON header '{'), or the path exists but is "
                       "neither a regular file nor a directory",
-    "unsupported_format": "a known weight format paramkit does not read (legacy non-zip torch.save files, "
-                          "TorchScript archives, ONNX, Keras HDF5 / .keras, TensorFlow checkpoints, GGUF): the "
-                          "message names it and what to do",
     "no_weights": "the directory contains no weight file paramkit reads (*.safetensors, *.bin, *.pt, *.pth, "
                   "*.ckpt, *.npz, *.npy) and no index of them",
     "index_ambiguous": "the directory has several indexes of the chosen format and none of the standard names "
@@ -39,7 +36,6 @@ ERROR_CODES: dict[str, str] = {
 }
 
 _INDEX_MAX_SIZE = 100_000_000   # a *.index.json or config.json larger than this is not one
-_HEAD = 64                      # bytes a reader's sniff looks at
 
 
 def _err(code: str, message: str, path: str, tensor: str | None = None) -> FormatError:
@@ -76,13 +72,15 @@ class Reader:
     standard_index: str                        # the index name that wins when a directory has several
     sniff: Callable[[bytes, str], bool]        # (first bytes, file name) -> is it one of ours
     read: Callable[[str, bool], FileTable]     # (absolute path, strict) -> FileTable
+    # which of a directory's files of this format are the model (the rest: ignored, with the reason)
+    pick: Callable[[list[str]], tuple[list[str], list[dict]]] = lambda files: (files, [])
 
 
 def _readers() -> list[Reader]:
     """The formats in directory precedence order: safetensors first (as transformers loads it), then
     PyTorch checkpoints, then NumPy archives."""
-    from . import pytorch, numpy_format, safetensors
-    return [safetensors.READER, pytorch.READER, numpy_format.READER]
+    from . import archives, safetensors
+    return [safetensors.READER, archives.TORCH_READER, archives.NUMPY_READER]
 
 
 def _reader_for_file(path: str, head: bytes, readers: list[Reader]) -> Reader:
@@ -107,8 +105,9 @@ def _reader_for_file(path: str, head: bytes, readers: list[Reader]) -> Reader:
 def read_weight_file(path: str, strict: bool = True) -> FileTable:
     """Read one weight file (any format paramkit reads) into a FileTable."""
     from ..sources import open_source
+    from .known_magics import HEAD_BYTES
     with open_source(path) as src:
-        head = src.read_at(0, min(_HEAD, src.size))
+        head = src.read_at(0, min(HEAD_BYTES, src.size))
     return _reader_for_file(path, head, _readers()).read(path, strict)
 
 
@@ -267,7 +266,7 @@ def _open_directory(user_path: str, ap: str, strict: bool) -> TensorTable:
         raise _err("no_weights", "directory has no weight file paramkit reads (*.safetensors, *.bin, *.pt, *.pth, "
                    f"*.ckpt, *.npz, *.npy) and no index of them{hint}", ap)
     reader, idx, files = chosen
-    ignored = []
+    files, ignored = reader.pick(files)
     for r, ridx, rfiles in found:
         if r is reader:
             continue

@@ -39,6 +39,7 @@ from ..dtypes import DTYPES
 from .numpy_quant import empty_error_sums, finalize_error, merge_error, to_float32
 from .schemes import Scheme, get_scheme
 from .stream import finite_absmax, read_values
+from ..materialize import plain_tensors
 from ..sources import open_source
 
 __all__ = ["fake_quantize_file", "cast_back", "METADATA_KEY", "CHUNK_ELEMENTS", "PIECE_ELEMENTS",
@@ -272,7 +273,7 @@ def fake_quantize_file(path, scheme: str | Scheme, out, *, quant_tensors=None, b
     def copy_producer(t) -> Callable:
         def produce():
             for off in range(0, t.nbytes, COPY_BYTES):
-                piece = src.read_at(t.offset + off, min(COPY_BYTES, t.nbytes - off))
+                piece = source_of(t).read_at(t.offset + off, min(COPY_BYTES, t.nbytes - off))
                 advance(len(piece))
                 yield piece
         return produce
@@ -300,11 +301,11 @@ def fake_quantize_file(path, scheme: str | Scheme, out, *, quant_tensors=None, b
             stored = empty_error_sums()
             absmax = None
             if s.needs_tensor_absmax and t.numel > step:
-                absmax = finite_absmax(src, t, step)
+                absmax = finite_absmax(source_of(t), t, step)
                 advance(t.nbytes)
             for start in range(0, t.numel, step):
                 n = min(step, t.numel - start)
-                x = read_values(src, t, start, n)
+                x = read_values(source_of(t), t, start, n)
                 if n == t.numel and n <= sub:         # small tensor: its own shape, one piece
                     jobs = [(x, shape, None)]
                 else:
@@ -333,16 +334,23 @@ def fake_quantize_file(path, scheme: str | Scheme, out, *, quant_tensors=None, b
             per_tensor.append({"name": t.name, "sqnr_db": rec["sqnr_db"], "rel_err": rec["rel_err"]})
         return produce
 
-    producers = [(t.name, t.dtype, tuple(t.shape), t.nbytes, quant_producer(t) if q else copy_producer(t))
-                 for t, q in zip(table.tensors, quantize)]
     from ..formats.writer import write_safetensors
     nthreads = threads if threads is not None else (os.cpu_count() or 1)
     pool = ThreadPoolExecutor(max_workers=nthreads) if nthreads > 1 else None
-    src = open_source(infile)
+    readers: dict[str, object] = {}
+
+    def source_of(t):
+        """The byte source of tensor t's file (the input, or the plain copy of a strided/deflated view)."""
+        return readers.get(t.file) or readers.setdefault(t.file, open_source(t.file))
+
     try:
-        target = write_safetensors(dst, producers, metadata)
+        with plain_tensors(table.tensors) as tensors:
+            producers = [(t.name, t.dtype, tuple(t.shape), t.nbytes, quant_producer(t) if q else copy_producer(t))
+                         for t, q in zip(tensors, quantize)]
+            target = write_safetensors(dst, producers, metadata)
     finally:
-        src.close()
+        for r in readers.values():
+            r.close()
         close()
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
