@@ -14,7 +14,7 @@ from ..dtypes import DTYPES
 from ..errors import FormatError
 from ..table import TensorInfo, TensorTable
 
-__all__ = ["ERROR_CODES", "MAX_HEADER_SIZE", "open_table", "read_file"]
+__all__ = ["ERROR_CODES", "MAX_HEADER_SIZE", "open_table", "read_config", "read_file"]
 
 # The largest header the reference implementation accepts (its MAX_HEADER_SIZE).
 MAX_HEADER_SIZE = 100_000_000
@@ -458,15 +458,17 @@ def _read_json_file(path: str, code: str, what: str) -> Any:
     return obj
 
 
+def read_config(path: str) -> dict:
+    """A config.json file as a dict; FormatError config_invalid when it is not a JSON object."""
+    cfg = _read_json_file(path, "config_invalid", "config.json")
+    if type(cfg) is not dict:
+        raise _err("config_invalid", f"config.json holds a JSON {_json_type(cfg)}; expected an object", path)
+    return cfg
+
+
 def _read_config(directory: str) -> dict | None:
     cpath = os.path.join(directory, "config.json")
-    if not os.path.isfile(cpath):
-        return None
-    cfg = _read_json_file(cpath, "config_invalid", "config.json")
-    if type(cfg) is not dict:
-        raise _err("config_invalid", f"config.json holds a JSON {_json_type(cfg)}; expected an object",
-                   cpath)
-    return cfg
+    return read_config(cpath) if os.path.isfile(cpath) else None
 
 
 def _safetensors_in(directory: str) -> list[str]:
