@@ -238,3 +238,22 @@ def test_progress_exception_stops_the_scan(tmp_path):
         with pytest.raises(_StopScan):
             paramkit.scan(path, backend=backend, progress=boom)
         assert paramkit.scan(path, backend=backend).total_params == 24 * 512 * 1024
+
+
+def test_dir_shows_only_the_public_api(small_checkpoint):
+    """dir(paramkit) lists __all__ and the submodules README documents as paramkit.<name>, even after a scan
+    and a plan imported the internal ones (and no 'annotations' from a __future__ import)."""
+    import importlib.util
+    import re
+    paramkit.scan(small_checkpoint, quant="q8_0")
+    paramkit.plan(small_checkpoint)
+    readme = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")).read()
+    documented = set(re.findall(r"paramkit\.([a-z][a-z_]*)", readme))
+    names = [n for n in dir(paramkit) if not n.startswith("_")]
+    assert "annotations" not in names
+    for n in names:
+        assert n in paramkit.__all__ or (n in documented and importlib.util.find_spec(f"paramkit.{n}")), n
+    for n in paramkit.__all__:
+        assert getattr(paramkit, n) is not None, n
+    assert set(paramkit.__all__) <= set(dir(paramkit))
+    assert paramkit.planning.Plan is type(paramkit.plan(small_checkpoint))

@@ -25,6 +25,8 @@ def test_cuda_backend_reason_is_recorded():
     if p["device_count"] == 0:
         assert not status.available and "no usable CUDA device" in status.reason
         assert p["devices"] == []
+        if p["driver_version"] == 0:   # nvcc but no driver (this CI machine): say so, not "insufficient"
+            assert "no NVIDIA driver" in status.reason and "insufficient" not in status.reason, status.reason
     else:
         assert len(p["devices"]) == p["device_count"]
         assert all(d["total_memory"] > 0 for d in p["devices"])
@@ -42,3 +44,19 @@ def test_ci_builds_the_cuda_emulator(monkeypatch):
         assert _cuda_emu.emulated is True and get_engine("cuda-emu").name == "cuda-emu"
         monkeypatch.delenv("PARAMKIT_BACKEND", raising=False)   # a dry run of gpu_check.sh sets it to cuda-emu
         assert get_engine("auto").name != "cuda-emu"
+
+
+def test_no_driver_reason_says_no_driver():
+    """What paramkit._cuda's probe returns on a machine without an NVIDIA driver (runtime 13.0, driver version
+    0, cudaGetDeviceCount failing with cudaErrorInsufficientDriver) and on one with a driver but no GPU."""
+    from paramkit.backends.cuda_backend import unavailable_reason
+    no_driver = {"runtime_version": 13000, "driver_version": 0, "device_count": 0, "devices": [],
+                 "error": "cudaErrorInsufficientDriver: CUDA driver version is insufficient for CUDA runtime version"}
+    why = unavailable_reason(no_driver)
+    assert "no usable CUDA device" in why and "no NVIDIA driver" in why and "insufficient" not in why
+    no_gpu = dict(no_driver, driver_version=12040, error="cudaErrorNoDevice: no CUDA-capable device is detected")
+    assert unavailable_reason(no_gpu) == ("built, but no usable CUDA device: cudaErrorNoDevice: no CUDA-capable "
+                                          "device is detected")
+    old_driver = dict(no_driver, driver_version=11080)   # a driver older than the runtime: that error is right
+    assert "insufficient" in unavailable_reason(old_driver) and "no NVIDIA driver" not in unavailable_reason(old_driver)
+    assert unavailable_reason(dict(no_gpu, device_count=1, devices=[{"name": "H100"}], error="")) is None

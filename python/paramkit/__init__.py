@@ -1,14 +1,20 @@
 """paramkit: read neural-network weight files at disk speed — exact parameter counts, per-tensor
-statistics, quantization error, what it takes to run a model. Start with paramkit.scan(path)."""
-from __future__ import annotations
+statistics, quantization error, what it takes to run a model. Start with paramkit.scan(path).
+
+The API: scan, scan_many, tensor_stats, fake_quantize, quant_error, fake_quantize_file, plan, backends,
+FormatError, BackendUnavailable, __version__. Public submodules: paramkit.quant (the quantization schemes),
+paramkit.planning (the Plan that plan() returns, its tables and formulas), paramkit.config_params (the
+parameter tensors of an architecture from its config.json). dir(paramkit) lists exactly these."""
 
 __version__ = "0.1.0"
 
 from .errors import BackendUnavailable, FormatError
 from .backends import backends
-from .api import fake_quantize, quant_error, scan, scan_many, tensor_stats
+from .api import fake_quantize, plan, quant_error, scan, scan_many, tensor_stats
 
-__all__ = ["scan", "scan_many", "tensor_stats", "fake_quantize", "quant_error", "fake_quantize_file", "backends", "FormatError", "BackendUnavailable", "__version__"]
+__all__ = ["scan", "scan_many", "tensor_stats", "fake_quantize", "quant_error", "fake_quantize_file", "plan",
+           "backends", "FormatError", "BackendUnavailable", "__version__"]
+_PUBLIC_SUBMODULES = ("quant", "planning", "config_params")
 
 
 def fake_quantize_file(path, scheme, out, **kw):
@@ -16,3 +22,16 @@ def fake_quantize_file(path, scheme, out, **kw):
     in their original dtype (see paramkit.quant.export.fake_quantize_file)."""
     from .quant.export import fake_quantize_file as _f
     return _f(path, scheme, out, **kw)
+
+
+def __dir__():
+    """The public API only: not the internal submodules that imports bind as attributes of the package."""
+    return sorted(__all__ + list(_PUBLIC_SUBMODULES))
+
+
+def __getattr__(name):
+    """The public submodules, imported on first use (paramkit.planning works without an import of its own)."""
+    if name in _PUBLIC_SUBMODULES:
+        import importlib
+        return importlib.import_module(f"{__name__}.{name}")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -277,3 +277,40 @@ def scan_many(paths, **kw) -> Iterator[tuple[str, ScanReport | None, dict | None
                                "tensor": None}
         else:
             yield path, report, None
+
+
+def plan(source, *, context: int = 8192, batch: int = 1, gpus=None, strict: bool = True, **kw):
+    """What it takes to run or train a model, as a paramkit.planning.Plan: weights memory per precision and
+    quantization scheme, KV cache, training memory, GPUs needed, FLOPs, every figure with its formula.
+
+    source: a ScanReport (planned from its counts as they are); a path to a config.json, or a config dict,
+    planned from the architecture alone, no weights needed (paramkit.config_params: Llama, Mistral, Qwen2,
+    Qwen3, Gemma 1-3 decoders, BERT / RoBERTa / XLM-RoBERTa encoders; ValueError for any other); or any path
+    scan() takes (a .safetensors file, an index, a directory), scanned first with stats=False (headers only,
+    no tensor data; strict as for scan). context (tokens) and batch size the KV cache; gpus, kv_dtype,
+    overhead, lora_rank, train_tokens and mfu as for paramkit.planning.plan."""
+    if isinstance(source, ScanReport):
+        return source.plan(context=context, batch=batch, gpus=gpus, **kw)
+    if isinstance(source, dict):
+        return _plan_from_config(source, "<config dict>", context=context, batch=batch, gpus=gpus, **kw)
+    path = os.fspath(source)
+    if isinstance(path, bytes):
+        path = os.fsdecode(path)
+    name = os.path.basename(path)
+    if name.endswith(".json") and not name.endswith(".index.json") and os.path.isfile(path):
+        from .formats.resolver import read_config
+        return _plan_from_config(read_config(path), path, context=context, batch=batch, gpus=gpus, **kw)
+    return scan(path, stats=False, strict=strict).plan(context=context, batch=batch, gpus=gpus, **kw)
+
+
+def _plan_from_config(config: dict, where: str, **kw):
+    """plan() of the tensors that config.json's architecture stores (paramkit.config_params)."""
+    from .config_params import config_dtype, config_table
+    from .counting import count_table
+    from .planning import plan as make_plan
+    counting = count_table(config_table(config, where), tie_check="none")
+    p = make_plan(counting, config, **kw)
+    p.notes.insert(0, f"parameters counted from the architecture in config.json (model_type "
+                      f"{config.get('model_type')}), no weights read; the 'as stored' row assumes "
+                      f"{config_dtype(config)[1]}")
+    return p

@@ -21,6 +21,18 @@ def probe() -> dict | None:
     return dict(_cuda.probe())
 
 
+def unavailable_reason(p: dict) -> str | None:
+    """Why a built paramkit._cuda cannot run, from its probe(); None when it sees a device. Driver version 0
+    means the CUDA runtime found no driver at all: it then reports cudaErrorInsufficientDriver ("driver
+    version is insufficient"), which would send a user to upgrade a driver that is not there."""
+    if p["device_count"]:
+        return None
+    if not p["driver_version"]:
+        return ("built, but no usable CUDA device: no NVIDIA driver (the CUDA runtime finds no libcuda and "
+                "reports driver version 0)")
+    return f"built, but no usable CUDA device: {p['error'] or 'the driver reports 0 devices'}"
+
+
 class CudaEngine(CpuEngine):
     """paramkit._cuda behind the cpu engine's interface (its run() has _core.run's signature plus
     hold_bytes). Statistics and every quantization scheme run on the GPU; tensors that need the
@@ -130,9 +142,9 @@ def load(emulated: bool = False):
             "not built: paramkit._cuda is absent (build with nvcc on PATH and PARAMKIT_CUDA=AUTO or ON)"
             f" [{e}]") from None
     p = probe()
-    if not p["device_count"]:
-        why = p["error"] or "the driver reports 0 devices"
-        raise BackendUnavailable(f"built, but no usable CUDA device: {why}")
+    why = unavailable_reason(p)
+    if why is not None:
+        raise BackendUnavailable(why)
     if not hasattr(_cuda, "dlpack_quant"):
         raise BackendUnavailable("built, but this paramkit._cuda is from an older paramkit (rebuild it)")
     d = p["devices"][0]

@@ -131,14 +131,17 @@ def _read_json_file(path: str, code: str, what: str) -> Any:
     return obj
 
 
+def read_config(path: str) -> dict:
+    """A config.json file as a dict; FormatError config_invalid when it is not a JSON object."""
+    cfg = _read_json_file(path, "config_invalid", "config.json")
+    if type(cfg) is not dict:
+        raise _err("config_invalid", f"config.json holds a JSON {_json_type(cfg)}; expected an object", path)
+    return cfg
+
+
 def _read_config(directory: str) -> dict | None:
     cpath = os.path.join(directory, "config.json")
-    if not os.path.isfile(cpath):
-        return None
-    cfg = _read_json_file(cpath, "config_invalid", "config.json")
-    if type(cfg) is not dict:
-        raise _err("config_invalid", f"config.json holds a JSON {_json_type(cfg)}; expected an object", cpath)
-    return cfg
+    return read_config(cpath) if os.path.isfile(cpath) else None
 
 
 # ---- merging files -------------------------------------------------------------------------------------------
