@@ -329,12 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     s = sub.add_parser(
         "scan", help="count parameters and compute per-tensor statistics",
-        description="Scan a .safetensors file, a model.safetensors.index.json or a directory: a summary, "
+        description="Scan a weight file (.safetensors, PyTorch .bin/.pt/.pth/.ckpt, NumPy .npy/.npz), an index "
+                    "(model.safetensors.index.json, pytorch_model.bin.index.json) or a directory: a summary, "
                     "the stored elements per dtype, parameters per top-level module and a per-tensor table. "
                     "The table fits the terminal (COLUMNS, the terminal's width, 80 when piped): long names "
                     "are shortened in the middle and, when short of width, columns are left out in this "
                     f"order: {drop_order([c for _, c in TENSOR_COLUMNS])} (--wide keeps them all).")
-    s.add_argument("path", help="file, index or directory")
+    s.add_argument("path", help="weight file (safetensors, PyTorch, NumPy), index or directory")
     s.add_argument("--format", default="table", choices=FORMATS,
                    help="table (default; fitted to the terminal), csv (one row per tensor, every statistic "
                         "at full precision), markdown (the table with whole names and every column) or json "

@@ -21,8 +21,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "clipped values) and the worst tensor; by default floating-point parameters with 2 or more "
                     "dimensions are quantized. With --out FILE --scheme S, write FILE: the model with those "
                     "tensors replaced by their fake-quantized values in their original dtype.")
-    p.add_argument("path", help="a .safetensors file, a model.safetensors.index.json or a model directory "
-                                "(--out: one .safetensors file)")
+    p.add_argument("path", help="a weight file (safetensors, PyTorch, NumPy), an index or a model directory "
+                                "(--out: one weight file, written as safetensors)")
     p.add_argument("--schemes", default=None, metavar="A,B,C",
                    help="comma-separated scheme ids (default: the nine default schemes: int8_tensor, int8_channel, "
                         "int8_g128, int4_g128, int4_g128_asym, q8_0, q4_0, nf4, fp8_e4m3; group variants like "

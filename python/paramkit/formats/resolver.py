@@ -255,6 +255,27 @@ def _indexes(directory: str, reader: Reader, names: list[str]) -> list[str]:
     return [n for n in names if n.endswith(reader.index_suffix) and os.path.isfile(os.path.join(directory, n))]
 
 
+def _unsupported_in(directory: str, names: list[str], most: int = 64) -> list[str]:
+    """The known formats paramkit does not read among the first `most` regular files of a directory (by their
+    first bytes and names), for the no_weights message."""
+    from ..sources import open_source
+    from .known_magics import HEAD_BYTES, identify_unsupported
+    found = set()
+    for n in names[:most]:
+        p = os.path.join(directory, n)
+        if not os.path.isfile(p):
+            continue
+        try:
+            with open_source(p) as src:
+                head = src.read_at(0, min(HEAD_BYTES, src.size))
+        except OSError:
+            continue
+        fmt = identify_unsupported(head, n)
+        if fmt:
+            found.add(fmt)
+    return sorted(found)
+
+
 def _open_directory(user_path: str, ap: str, strict: bool) -> TensorTable:
     """The model in a directory: the first format (in precedence order) with an index or weight files wins;
     the other formats' files are listed in ignored_files with the reason."""
@@ -263,8 +284,7 @@ def _open_directory(user_path: str, ap: str, strict: bool) -> TensorTable:
     found = [(r, _indexes(ap, r, names), _weight_files(ap, r, names)) for r in readers]
     chosen = next(((r, idx, files) for r, idx, files in found if idx or files), None)
     if chosen is None:
-        from .known_magics import identify_unsupported
-        other = sorted({fmt for n in names for fmt in [identify_unsupported(b"", n)] if fmt})
+        other = _unsupported_in(ap, names)
         hint = f"; it holds {', '.join(other)} files, which paramkit does not read" if other else ""
         raise _err("no_weights", "directory has no weight file paramkit reads (*.safetensors, *.bin, *.pt, *.pth, "
                    f"*.ckpt, *.npz, *.npy) and no index of them{hint}", ap)

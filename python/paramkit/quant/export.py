@@ -26,7 +26,6 @@ and an existing ``out`` untouched.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -214,7 +213,7 @@ def fake_quantize_file(path, scheme: str | Scheme, out, *, quant_tensors=None, b
     dst = os.fspath(out)
     table = open_table(src)
     if len(table.files) != 1:
-        raise ValueError(f"fake_quantize_file exports one .safetensors file; {src!r} is a sharded model "
+        raise ValueError(f"fake_quantize_file exports one weight file; {src!r} is a sharded model "
                          f"of {len(table.files)} files: export each shard file on its own (every scheme "
                          "works per tensor, so shards quantize independently)")
     infile = table.files[0]
