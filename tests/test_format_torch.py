@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from paramkit.errors import FormatError
 from paramkit.formats import known_magics, torch_pickle
-from paramkit.formats.stored import ParsedArchive, StoredBlob, iter_blob, read_zip_members
+from paramkit.formats.stored import ParsedArchive, StoredBlob, is_contiguous, iter_blob, read_zip_members
 from paramkit.formats.torch_zip import parse_torch
 
 
@@ -274,6 +274,17 @@ def test_zip64_records(tmp_path):
     assert raw.count(b"\x01\x00\x10\x00") >= len(tensors)     # the zip64 extra field in local headers
     parsed = parse(z64)
     assert_matches_torch_load(z64, parsed, tensors)
+
+
+def test_is_contiguous_agrees_with_torch(tmp_path):
+    base = torch.arange(120, dtype=torch.float32).reshape(4, 5, 6)
+    views = {"base": base, "row": base[2], "rows": base[1:3], "cols": base[:, 1:3], "t": base.transpose(0, 2),
+             "step": base[::2], "single": base[:, 2:3, :], "unit": base[1:2, 3:4, 2:5], "scalar": base[1, 2, 3],
+             "empty": base[:, 5:, ::2], "expand": torch.ones(1, 6).expand(3, 6), "flat_one": base.reshape(-1)[7:8]}
+    path = tmp_path / "c.pt"
+    torch.save(views, path)
+    for t in parse(path).tensors:
+        assert is_contiguous(t.shape, t.strides) == views[t.name].is_contiguous(), t.name
 
 
 def test_tied_entries_share_one_descriptor(tmp_path):

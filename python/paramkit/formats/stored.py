@@ -13,7 +13,7 @@ from typing import Iterator, Protocol
 from ..errors import FormatError
 
 __all__ = ["ERROR_CODES", "LONE_TENSOR_NAME", "ParsedArchive", "Source", "StoredBlob", "StoredTensor",
-           "c_strides", "iter_blob", "read_blob", "read_blob_head", "read_zip_members"]
+           "c_strides", "is_contiguous", "iter_blob", "read_blob", "read_blob_head", "read_zip_members"]
 
 # Codes raised here or shared by several container readers (each with a one-line meaning).
 ERROR_CODES: dict[str, str] = {
@@ -98,6 +98,20 @@ def c_strides(shape: tuple[int, ...]) -> tuple[int, ...]:
         strides.append(step)
         step *= max(d, 1)
     return tuple(reversed(strides))
+
+
+def is_contiguous(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
+    """Whether a tensor's elements are row-major and gapless (then they are the numel x itemsize bytes from
+    its element offset): strides of dimensions of size 1 do not matter, and an empty tensor is contiguous."""
+    if 0 in shape:
+        return True
+    step = 1
+    for d, s in zip(reversed(shape), reversed(strides)):
+        if d != 1:
+            if s != step:
+                return False
+            step *= d
+    return True
 
 
 # --- zip member table ---------------------------------------------------------------------------------
