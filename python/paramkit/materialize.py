@@ -55,10 +55,10 @@ def _strided(src, t: TensorInfo, es: int) -> bytes:
 
 
 def _write_plain(f, src, t: TensorInfo) -> None:
-    from .formats.archives import is_row_major
+    from .formats.stored import is_contiguous
     es = DTYPES[t.dtype].bits // 8
     lay = t.layout
-    if is_row_major(t.shape, lay.strides):
+    if is_contiguous(t.shape, lay.strides):
         carry = b""        # pieces of a deflated member need not end on an element boundary
         for piece in _contiguous_pieces(src, t, es):
             data = carry + piece if carry else piece

@@ -12,22 +12,9 @@ import re
 from ..dtypes import DTYPES
 from ..table import TensorInfo, ViewLayout
 from .resolver import FileTable, Reader
-from .stored import ParsedArchive, StoredTensor
+from .stored import ParsedArchive, StoredTensor, is_contiguous
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-
-
-def is_row_major(shape: tuple[int, ...], strides: tuple[int, ...]) -> bool:
-    """True when a view of `shape` with `strides` (elements) walks its elements in row-major order without
-    gaps: the strides of dimensions of size 1 do not matter, and an empty view is trivially row-major."""
-    if any(d == 0 for d in shape):
-        return True
-    step = 1
-    for d, s in zip(reversed(shape), reversed(strides)):
-        if d != 1 and s != step:
-            return False
-        step *= d
-    return True
 
 
 def _tensor_info(st: StoredTensor, arch: ParsedArchive, path: str) -> TensorInfo:
@@ -36,7 +23,7 @@ def _tensor_info(st: StoredTensor, arch: ParsedArchive, path: str) -> TensorInfo
     numel = math.prod(st.shape)
     nbytes = numel * es
     storage = f"{path}::{st.storage}" if arch.format == "pytorch" else None
-    plain = (blob.compression == "stored" and is_row_major(st.shape, st.strides)
+    plain = (blob.compression == "stored" and is_contiguous(st.shape, st.strides)
              and (st.byteorder == "<" or es == 1 or nbytes == 0))
     if plain:
         return TensorInfo(st.name, st.dtype, st.shape, path, blob.offset + st.element_offset * es, nbytes, numel,
