@@ -1,9 +1,11 @@
 """Plain bytes for the data pass: the engines read tensors as contiguous little-endian row-major byte ranges
 of a file. A tensor whose TensorInfo has a ViewLayout (a strided torch view, big-endian data, a member of a
 deflated zip) is written once, in that plain form, to a private temporary file for the duration of the pass;
-plain tensors are read where they are, untouched."""
+plain tensors are read where they are, untouched. A strided view holds its storage in memory while it is
+gathered, and a deflated member that several tensors view is inflated once."""
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import os
@@ -14,6 +16,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from .dtypes import DTYPES
+from .formats.stored import is_contiguous
 from .sources import open_source
 from .table import TensorInfo
 
@@ -44,29 +47,46 @@ def _contiguous_pieces(src, t: TensorInfo, es: int) -> Iterator[bytes]:
             break
 
 
-def _strided(src, t: TensorInfo, es: int) -> bytes:
-    """The elements of a strided view in row-major order; holds its storage in memory while it gathers."""
-    from .formats.stored import read_blob
+class _Storages:
+    """Whole storages in memory, one at a time (tensors are visited storage by storage): a strided view needs
+    random access to its storage, and a deflated member that several tensors view is inflated once."""
+
+    def __init__(self) -> None:
+        self._key = None
+        self._data = b""
+
+    def get(self, src, blob) -> bytes:
+        from .formats.stored import read_blob
+        key = (src.name, blob.key, blob.offset)
+        if key != self._key:
+            self._key, self._data = None, b""   # drop the previous storage before reading the next
+            self._data, self._key = read_blob(src, blob), key
+        return self._data
+
+
+def _gathered(storage: bytes, t: TensorInfo, es: int) -> bytes:
+    """The elements of a view (any strides) of `storage`, in row-major order."""
     lay = t.layout
-    storage = np.frombuffer(read_blob(src, lay.blob), dtype=_UINT[es])
-    view = np.lib.stride_tricks.as_strided(storage[lay.element_offset:], shape=t.shape,
+    elements = np.frombuffer(storage, dtype=_UINT[es])
+    view = np.lib.stride_tricks.as_strided(elements[lay.element_offset:], shape=t.shape,
                                            strides=tuple(s * es for s in lay.strides), writeable=False)
     return np.ascontiguousarray(view).tobytes()
 
 
-def _write_plain(f, src, t: TensorInfo) -> None:
-    from .formats.stored import is_contiguous
+def _write_plain(f, src, t: TensorInfo, storages: _Storages, whole: bool) -> None:
+    """Write tensor t's elements, row-major and little-endian; `whole`: from its storage held in memory,
+    else streamed from the member (a contiguous view)."""
     es = DTYPES[t.dtype].bits // 8
     lay = t.layout
-    if is_contiguous(t.shape, lay.strides):
-        carry = b""        # pieces of a deflated member need not end on an element boundary
-        for piece in _contiguous_pieces(src, t, es):
-            data = carry + piece if carry else piece
-            n = len(data) // es * es
-            f.write(_to_little(data[:n], es, lay.byteorder))
-            carry = data[n:]
-    else:
-        f.write(_to_little(_strided(src, t, es), es, lay.byteorder))
+    if whole:
+        f.write(_to_little(_gathered(storages.get(src, lay.blob), t, es), es, lay.byteorder))
+        return
+    carry = b""        # pieces of a deflated member need not end on an element boundary
+    for piece in _contiguous_pieces(src, t, es):
+        data = carry + piece if carry else piece
+        n = len(data) // es * es
+        f.write(_to_little(data[:n], es, lay.byteorder))
+        carry = data[n:]
 
 
 @contextlib.contextmanager
@@ -81,13 +101,19 @@ def plain_tensors(tensors: Sequence[TensorInfo]) -> Iterator[list[TensorInfo]]:
     path = os.path.join(tmpdir, "tensors.bin")
     out = list(tensors)
     sources: dict[str, object] = {}
+    storages = _Storages()
+    todo.sort(key=lambda i: (tensors[i].file, tensors[i].layout.blob.offset, tensors[i].layout.blob.key))
+    views = collections.Counter((tensors[i].file, tensors[i].layout.blob.key) for i in todo)
     try:
         with open(path, "wb") as f:
             for i in todo:
                 t = tensors[i]
+                lay = t.layout
                 src = sources.get(t.file) or sources.setdefault(t.file, open_source(t.file))
+                whole = not is_contiguous(t.shape, lay.strides) or (
+                    lay.blob.compression != "stored" and views[(t.file, lay.blob.key)] > 1)
                 at = f.tell()
-                _write_plain(f, src, t)
+                _write_plain(f, src, t, storages, whole)
                 if f.tell() - at != t.nbytes:
                     raise OSError(f"{t.file}: tensor {t.name!r} gave {f.tell() - at} bytes, expected {t.nbytes}")
                 out[i] = dataclasses.replace(t, file=path, offset=at, layout=None)
