@@ -24,6 +24,12 @@ class TensorInfo:
     layout: Any = None
     role_hint: str | None = None    # "optimizer": a training checkpoint's optimizer state, never a parameter
 
+    @property
+    def codec(self) -> str:
+        """How the elements are encoded: a plain dtype (the safetensors name) for every format read today;
+        block-quantized types (GGUF) are codecs of their own."""
+        return self.dtype
+
 
 @dataclass(frozen=True)
 class ViewLayout:
