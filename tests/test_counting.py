@@ -393,7 +393,8 @@ def test_gptq_awq_bits_of_empty_tensors(shapes):
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as hs  # noqa: E402
 
-from paramkit import counting as C  # noqa: E402
+from paramkit.counting import roles as R  # noqa: E402
+from paramkit.counting.quant import QSTATE_LEAVES, parse_quant_config  # noqa: E402
 from paramkit.dtypes import DTYPES  # noqa: E402
 
 # Name parts that the rules look at (quantization leaves and suffixes, buffer leaves, attention masks, layer
@@ -412,7 +413,7 @@ _LEAF_FAMILIES = [
     ["weight_packed", "weight_scale", "weight_shape", "weight_global_scale", "scales", "zeros"],
     ["gate_up_proj_blocks", "gate_up_proj_scales", "down_proj_blocks", "down_proj_scales", "_blocks", "_scales"],
     ["bias", "weight", "masked_bias"],
-    sorted(C._BUFFER_LEAVES | C._QSTATE_LEAVES),
+    sorted(R.BUFFER_LEAVES | QSTATE_LEAVES),
     ["weight", "bias", "norm", "7", "", "embed", "k_scale", "v_scale"],
 ]
 _COMMON_DTYPES = ["U8", "I8", "I32", "I64", "BOOL", "F32", "BF16", "F16", "F8_E4M3", "F8_E5M2", "F8_E8M0"]
@@ -458,14 +459,14 @@ def _tables(draw):
 def test_classify_all_equals_classify(table):
     """The fast path (classify_all, which decides plain tensors inline) gives exactly the roles of the rules
     (classify, each role's layer set), and detects the same quantization methods with the same notes."""
-    quant = C._parse_quant_config(table.config)
-    fast_clf = C._Classifier(table, quant)
+    quant = parse_quant_config(table.config)
+    fast_clf = R.Classifier(table, quant)
     fast = fast_clf.classify_all(table.tensors)
-    rules = C._Classifier(table, quant)
+    rules = R.Classifier(table, quant)
     slow = []
     for t in table.tensors:
         r = rules.classify(t)
-        r.layer = C._layer_of(t.name)
+        r.layer = R.layer_of(t.name)
         slow.append(r)
     assert fast == slow
     assert fast_clf.detected == rules.detected and fast_clf.notes == rules.notes
