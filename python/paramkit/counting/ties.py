@@ -2,11 +2,14 @@
 lm_head that config.json ties to the embedding is counted once."""
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ..table import TensorInfo
+from ..table import TensorInfo, TensorTable
 from .config import config_get
 from .roles import TensorRole
+
+if TYPE_CHECKING:
+    from .totals import Counting
 
 _EMBED_PATTERNS = ("embed_tokens.weight", "wte.weight", "word_embeddings.weight",
                    "tok_embeddings.weight", "embed_in.weight", "token_embedding.weight",
@@ -55,32 +58,16 @@ _LMHEAD_SUFFIXES = _LMHEAD_NAMES + (".lm_head.weight",)
 _TIE_SUFFIXES = tuple(dict.fromkeys(_EMBED_PATTERNS + _LMHEAD_SUFFIXES))  # every name the two finders take
 
 
-def _bytes_equal(a: TensorInfo, b: TensorInfo, mode: str) -> bool | None:
-    """Compare the bytes of two tensors: "sample" = three 64 KiB windows, "full" = everything."""
-    if a.nbytes != b.nbytes:
-        return False
-    try:
-        with open(a.file, "rb") as fa, open(b.file, "rb") as fb:
-            n = a.nbytes
-            if mode == "full":
-                windows = [(o, min(1 << 24, n - o)) for o in range(0, n, 1 << 24)]
-            else:
-                w = min(1 << 16, n)
-                windows = sorted({(0, w), (max(0, n // 2 - w // 2), w), (n - w, w)})
-            for off, ln in windows:
-                fa.seek(a.offset + off)
-                fb.seek(b.offset + off)
-                if fa.read(ln) != fb.read(ln):
-                    return False
-        return True
-    except OSError:
-        return None
-
-
 def decide_tie(tensors: list[TensorInfo], roles: list[TensorRole], config: dict | None, notes: list[str],
-               tie_check: str) -> dict[str, Any]:
-    """The report's "ties"; flags the embedding "tied" and, when counted once, the lm_head "tied_duplicate"
-    (counted=False), or "tie_mismatch"; appends what looks wrong to notes."""
+               stats_equal: bool | None = None) -> tuple[dict[str, Any], tuple[int, int] | None]:
+    """(The report's "ties", the indices of the embedding and the lm_head whose values would confirm the tie,
+    or None when nothing awaits them). Flags the embedding "tied" and, when counted once, the lm_head
+    "tied_duplicate" (counted=False), or "tie_mismatch"; appends what looks wrong to notes.
+
+    A present lm_head of the embedding's shape and dtype that config.json ties to it is one tensor when the
+    format says both view the same storage (TensorInfo.storage, offset, nbytes, shape); else stats_equal
+    (statistics_equal of the two, from the data pass) decides: True, counted once; False, counted twice;
+    None (no statistics), config.json is trusted: counted once. No tensor byte is read here."""
     tie_cfg = config_get(config, "tie_word_embeddings")
     if not isinstance(tie_cfg, bool):
         tie_cfg = None
@@ -96,7 +83,8 @@ def decide_tie(tensors: list[TensorInfo], roles: list[TensorRole], config: dict 
     ties: dict[str, Any] = {"tie_word_embeddings": tie_cfg,
                             "embedding": emb.name if emb else None,
                             "lm_head": head.name if head else None,
-                            "status": None, "bytes_compared": None}
+                            "status": None, "compared": None}
+    pending = None
     archs = [str(a) for a in (config or {}).get("architectures") or []]
     has_lm_arch = any(a.endswith(_LM_ARCH_SUFFIXES) for a in archs)
     if emb is not None and head is None:
@@ -112,24 +100,63 @@ def decide_tie(tensors: list[TensorInfo], roles: list[TensorRole], config: dict 
         emb_t, head_t = tensors[where[emb.name]], tensors[where[head.name]]
         same_shape = tuple(emb_t.shape) == tuple(head_t.shape) and emb.dtype == head.dtype
         if tie_cfg is True and same_shape:
-            equal = None
-            if tie_check in ("sample", "full"):
-                equal = _bytes_equal(emb_t, head_t, tie_check)
-                ties["bytes_compared"] = tie_check
+            if same_storage(emb_t, head_t):
+                ties["compared"], equal = "storage", True
+            elif stats_equal is not None:
+                ties["compared"], equal = "statistics", stats_equal
+            else:
+                equal, pending = None, (where[emb.name], where[head.name])
             if equal is False:
-                ties["status"] = "tie_word_embeddings is true but lm_head bytes differ: counted twice"
+                ties["status"] = "tie_word_embeddings is true but lm_head values differ: counted twice"
                 head.flags.append("tie_mismatch")
                 notes.append(ties["status"])
             else:
                 head.counted = False
                 head.flags.append("tied_duplicate")
                 emb.flags.append("tied")
-                ties["status"] = ("lm_head present, identical to the embedding: counted once"
-                                  if equal else
-                                  "lm_head present, tied per config.json (bytes not compared): counted once")
+                ties["status"] = {"storage": "lm_head present, the same storage as the embedding: counted once",
+                                  "statistics": "lm_head present, statistics identical to the embedding's: "
+                                                "counted once",
+                                  None: "lm_head present, tied per config.json (values not compared): counted once",
+                                  }[ties["compared"]]
         elif tie_cfg is True:
             ties["status"] = "tie_word_embeddings is true but lm_head shape/dtype differs: counted twice"
             notes.append(ties["status"])
         else:
             ties["status"] = "untied: lm_head and embedding both counted"
-    return ties
+    return ties, pending
+
+
+def same_storage(a: TensorInfo, b: TensorInfo) -> bool:
+    """Whether the format says a and b view the same bytes: one storage, one offset, length and shape."""
+    return a.storage is not None and a.storage == b.storage and a.offset == b.offset and \
+        a.nbytes == b.nbytes and tuple(a.shape) == tuple(b.shape)
+
+
+def statistics_equal(a: TensorInfo, stats_a: dict, b: TensorInfo, stats_b: dict) -> bool:
+    """Whether two tensors have the same dtype, shape and statistics, every field (quantiles included), a NaN
+    equal to a NaN. Equal statistics do not prove equal values (a permutation has the same ones); different
+    statistics prove different values."""
+    return a.dtype == b.dtype and tuple(a.shape) == tuple(b.shape) and _same(stats_a, stats_b)
+
+
+def _same(x, y) -> bool:
+    if isinstance(x, dict):
+        return isinstance(y, dict) and x.keys() == y.keys() and all(_same(v, y[k]) for k, v in x.items())
+    if isinstance(x, float) and isinstance(y, float) and x != x:
+        return y != y
+    return x == y
+
+
+def confirm_with_statistics(counting: Counting, table: TensorTable, stats: list[dict | None]) -> Counting:
+    """The Counting of `table` once the data pass has computed `stats` (per tensor, table order): unchanged
+    unless a tie awaited the values (Counting.tie_pending), else counted again with the two tensors'
+    statistics compared (statistics_equal): the totals, MoE figures and notes follow from the roles."""
+    if counting.tie_pending is None:
+        return counting
+    i, j = counting.tie_pending
+    if stats[i] is None or stats[j] is None:   # a dtype without statistics: config.json stays trusted
+        return counting
+    from .totals import count_table    # totals imports this module
+    t = table.tensors
+    return count_table(table, tie_stats_equal=statistics_equal(t[i], stats[i], t[j], stats[j]))

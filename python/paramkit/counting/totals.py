@@ -36,6 +36,9 @@ class Counting:
     active_params: int | None
     active_params_reason: str
     notes: list[str] = field(default_factory=list)
+    # (embedding, lm_head) indices in roles / table.tensors when config.json ties a present lm_head and nothing
+    # compared their values yet: scan() compares their statistics after the data pass (ties.confirm_with_statistics)
+    tie_pending: tuple[int, int] | None = field(default=None, repr=False)
 
     @property
     def stored_elements_by_dtype(self) -> dict[str, int]:
@@ -98,8 +101,8 @@ def _add_grp(bucket: dict[str, dict[str, int]], key: str, params: int, elements:
     g["tensors"] += tensors
 
 
-def count_table(table: TensorTable, *, tie_check: str = "sample") -> Counting:
-    """Count a model from its TensorTable (and ``table.config``).
+def count_table(table: TensorTable, *, tie_stats_equal: bool | None = None) -> Counting:
+    """Count a model from its TensorTable (and ``table.config``); reads no tensor data.
 
     Rules (formats.md "What counts as a parameter", issue 5), in the order they are applied:
 
@@ -108,7 +111,8 @@ def count_table(table: TensorTable, *, tie_check: str = "sample") -> Counting:
        without one, from name patterns (``.qweight`` + ``.scales``/``.qzeros``/``.g_idx`` = GPTQ/AWQ,
        ``.weight`` U8 + ``.weight.absmax``/``.quant_state.bitsandbytes__*`` = bitsandbytes 4-bit,
        ``.weight`` I8 + ``.SCB`` = bitsandbytes 8-bit, ``weight_packed`` = compressed-tensors,
-       ``*_blocks`` U8 + ``*_scales`` = MXFP4, U8 ``weight`` + F8 ``weight_scale`` = NVFP4).  Packed weights count ``stored bits / logical bits``
+       ``*_blocks`` U8 + ``*_scales`` = MXFP4, U8 ``weight`` + F8 ``weight_scale`` = NVFP4): one detector
+       per method, counting.quant.DETECTORS.  Packed weights count ``stored bits / logical bits``
        logical parameters (GPTQ/AWQ I32 ``qweight`` = 32/bits per element, bnb 4-bit and MXFP4 U8 = 2).
        Scales, zero points, ``g_idx``, ``absmax``, ``quant_map``, ``nested_*``, ``SCB``,
        ``weight_scale*``, ``input_scale``, ``weight_shape`` and E8M0 tensors are ``quant_state``.
@@ -119,28 +123,26 @@ def count_table(table: TensorTable, *, tie_check: str = "sample") -> Counting:
     3. Otherwise integer / bool tensors are buffers, floating-point (and complex) ones parameters.
 
     Then ties (``tie_word_embeddings``: an absent lm_head is normal; a present one with the
-    embedding's shape is counted once), and MoE (routed experts by ``experts.N.`` names or as
-    stacked tensors under an ``experts`` module; shared experts and routers always active).
+    embedding's shape is counted once unless its values are known to differ, see ties.decide_tie),
+    and MoE (routed experts by ``experts.N.`` names or as stacked tensors under an ``experts``
+    module; shared experts and routers always active).
 
-    ``tie_check`` decides how a present lm_head that config.json says is tied to the embedding
-    is confirmed: ``"none"`` reads nothing (trust config.json), ``"sample"`` (default) compares
-    three 64 KiB windows of the two tensors, ``"full"`` compares all bytes. This is the only
-    tensor data counting ever reads, and only in that case.
+    ``tie_stats_equal``: whether the statistics of the embedding and the lm_head that config.json ties
+    are equal (ties.statistics_equal); scan() passes it after its data pass through
+    ties.confirm_with_statistics. None (the default): not compared, config.json is trusted.
     """
-    if tie_check not in ("none", "sample", "full"):
-        raise ValueError(f"tie_check must be 'none', 'sample' or 'full', not {tie_check!r}")
     with gc_paused():   # a few acyclic objects per tensor, 100k tensors in MoE headers
-        return _count_table(table, tie_check)
+        return _count_table(table, tie_stats_equal)
 
 
-def _count_table(table: TensorTable, tie_check: str) -> Counting:
+def _count_table(table: TensorTable, tie_stats_equal: bool | None) -> Counting:
     config = table.config if isinstance(table.config, dict) else None
     quant = parse_quant_config(config)
     clf = Classifier(table, quant)
     roles = clf.classify_all(table.tensors)
     notes = list(clf.notes)
     qsum = quant_summary(quant, clf.detected, roles, notes)
-    ties = decide_tie(table.tensors, roles, config, notes, tie_check)
+    ties, tie_pending = decide_tie(table.tensors, roles, config, notes, tie_stats_equal)
     moe = moe_of(roles, config, notes)
 
     # totals -----------------------------------------------------------------------------
@@ -271,7 +273,8 @@ def _count_table(table: TensorTable, tie_check: str) -> Counting:
         elements_by_dtype=elements_by_dtype, params_by_dtype=params_by_dtype,
         bytes_total=bytes_total, bytes_by_role=bytes_by_role,
         groups={"modules": modules, "layers": layers}, declared=declared, quantization=qsum,
-        ties=ties, moe=moe, active_params=active, active_params_reason=reason, notes=notes)
+        ties=ties, moe=moe, active_params=active, active_params_reason=reason, notes=notes,
+        tie_pending=tie_pending)
 
 
 def human(n: float, unit: str = "") -> str:
