@@ -14,6 +14,9 @@ class TensorInfo:
     offset: int             # absolute byte offset of the first byte in `file`
     nbytes: int
     numel: int
+    # identity of the storage whose bytes the tensor views (torch checkpoints; None where the format has none):
+    # two tensors with the same storage, offset, shape and strides are one tensor
+    storage: str | None = None
 
 
 @dataclass

@@ -168,7 +168,7 @@ def _finite_absmax(f, t, step: int) -> float:
 def _policy_and_plan(table, scheme: Scheme, quant_tensors):
     from ..counting import count_table
     from .plan import make_plan
-    roles = [r.role for r in count_table(table, tie_check="none").roles]
+    roles = [r.role for r in count_table(table).roles]
     return make_plan(table.tensors, roles, [scheme], quant_tensors), roles
 
 
