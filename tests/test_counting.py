@@ -45,8 +45,8 @@ def test_llama32_1b_tied():
     assert c.total_params == 1_235_814_400
     assert "tied" in role(c, "model.embed_tokens.weight").flags
     assert c.ties["lm_head"] is None and c.ties["tie_word_embeddings"] is True
-    # a checkpoint that also stores lm_head (same bytes): counted once; header-only trusts config
-    c2 = count(sm.llama32_1b(with_lm_head=True), tie_check="none")
+    # a checkpoint that also stores lm_head: counted once, config.json trusted (tests/test_ties.py: the values)
+    c2 = count(sm.llama32_1b(with_lm_head=True))
     assert c2.total_params == 1_235_814_400
     assert sum(t.numel for t in sm.table_of(sm.llama32_1b(with_lm_head=True)).tensors) == 1_498_482_688
     head = role(c2, "lm_head.weight")
@@ -282,22 +282,6 @@ def test_to_dict_keys_and_json():
     json.dumps(d)
 
 
-def test_tied_lm_head_bytes_compared(tmp_path):
-    """A present lm_head with tie_word_embeddings: counted once when the bytes match."""
-    cfg = {"architectures": ["LlamaForCausalLM"], "tie_word_embeddings": True}
-    spec = [("model.embed_tokens.weight", "F32", (8, 4)), ("model.norm.weight", "F32", (4,)),
-            ("lm_head.weight", "F32", (8, 4))]
-    same = bytes(range(128))
-    for head, counted, total in ((same, False, 36), (bytes(127) + b"\x01", True, 68)):
-        d = tmp_path / ("same" if not counted else "diff")
-        sm.write_model(str(d), sm.Model("t", spec, cfg),
-                       data={"model.embed_tokens.weight": same, "lm_head.weight": head})
-        c = count_table(sm.open_table(str(d)))
-        assert c.total_params == total
-        assert role(c, "lm_head.weight").counted is counted
-        assert c.ties["bytes_compared"] == "sample"
-
-
 # --------------------------------------------------------------------------- end to end, sparse files
 
 def _blocks_used(directory) -> int:
@@ -393,7 +377,8 @@ def test_gptq_awq_bits_of_empty_tensors(shapes):
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as hs  # noqa: E402
 
-from paramkit import counting as C  # noqa: E402
+from paramkit.counting import roles as R  # noqa: E402
+from paramkit.counting.quant import QSTATE_LEAVES, parse_quant_config  # noqa: E402
 from paramkit.dtypes import DTYPES  # noqa: E402
 
 # Name parts that the rules look at (quantization leaves and suffixes, buffer leaves, attention masks, layer
@@ -412,7 +397,7 @@ _LEAF_FAMILIES = [
     ["weight_packed", "weight_scale", "weight_shape", "weight_global_scale", "scales", "zeros"],
     ["gate_up_proj_blocks", "gate_up_proj_scales", "down_proj_blocks", "down_proj_scales", "_blocks", "_scales"],
     ["bias", "weight", "masked_bias"],
-    sorted(C._BUFFER_LEAVES | C._QSTATE_LEAVES),
+    sorted(R.BUFFER_LEAVES | QSTATE_LEAVES),
     ["weight", "bias", "norm", "7", "", "embed", "k_scale", "v_scale"],
 ]
 _COMMON_DTYPES = ["U8", "I8", "I32", "I64", "BOOL", "F32", "BF16", "F16", "F8_E4M3", "F8_E5M2", "F8_E8M0"]
@@ -458,14 +443,14 @@ def _tables(draw):
 def test_classify_all_equals_classify(table):
     """The fast path (classify_all, which decides plain tensors inline) gives exactly the roles of the rules
     (classify, each role's layer set), and detects the same quantization methods with the same notes."""
-    quant = C._parse_quant_config(table.config)
-    fast_clf = C._Classifier(table, quant)
+    quant = parse_quant_config(table.config)
+    fast_clf = R.Classifier(table, quant)
     fast = fast_clf.classify_all(table.tensors)
-    rules = C._Classifier(table, quant)
+    rules = R.Classifier(table, quant)
     slow = []
     for t in table.tensors:
         r = rules.classify(t)
-        r.layer = C._layer_of(t.name)
+        r.layer = R.layer_of(t.name)
         slow.append(r)
     assert fast == slow
     assert fast_clf.detected == rules.detected and fast_clf.notes == rules.notes

@@ -37,6 +37,7 @@ def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "au
     Raises FormatError (with .code) on malformed input, OSError on I/O errors.
     """
     from .counting import count_table
+    from .counting.ties import confirm_with_statistics
     from .formats import open_table
 
     t0 = time.perf_counter()
@@ -73,6 +74,8 @@ def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "au
                 close()
             engine_info = dict(getattr(engine, "last_run", {}) or {})
         t_stats = time.perf_counter()
+        if stats:   # a tie that config.json claims, checked against the statistics (counting read no values)
+            counting = confirm_with_statistics(counting, table, results)
         TR = TensorReport   # positional: name, dtype, shape, numel, nbytes, role, logical_numel, file, stats, quant
         if plan is None:
             tensors = [TR(info.name, info.dtype, tuple(info.shape), info.numel, info.nbytes, role.role,

@@ -43,7 +43,7 @@ def cmd_plan(args) -> int:
     from .planning import plan
 
     table = open_table(args.path, strict=not args.lenient)
-    counting = count_table(table, tie_check="none")
+    counting = count_table(table)
     try:
         pl = plan(counting, table.config, context=args.context, batch=args.batch,
                   kv_dtype=args.kv_dtype, gpus=args.gpu, overhead=args.overhead,

@@ -148,7 +148,7 @@ def _stored_sums(w: np.ndarray, v: np.ndarray) -> dict:
 def _policy_and_plan(table, scheme: Scheme, quant_tensors):
     from ..counting import count_table
     from .plan import make_plan
-    roles = [r.role for r in count_table(table, tie_check="none").roles]
+    roles = [r.role for r in count_table(table).roles]
     return make_plan(table.tensors, roles, [scheme], quant_tensors), roles
 
 
