@@ -280,3 +280,43 @@ def test_unsafe_pickle_never_runs(tmp_path):
         paramkit.scan(p)
     assert e.value.code == "unsafe_pickle" and "system" in e.value.message
     assert not marker.exists()
+
+
+def test_training_checkpoint_counts_the_model_and_keeps_optimizer_state_apart(tmp_path):
+    """A {"model", "optimizer", "epoch"} checkpoint with tied modules: the tied weight is one view saved under
+    two names (counted once, flagged), Adam's state is the optimizer role (never parameters), the epoch is
+    metadata. Expected numbers from the module's own sizes."""
+    emb = torch.nn.Embedding(10, 4)
+    head = torch.nn.Linear(4, 10, bias=False)
+    head.weight = emb.weight                           # tied: one storage, the same view
+    norm = torch.nn.LayerNorm(4)
+    m = torch.nn.ModuleDict({"emb": emb, "norm": norm, "head": head})
+    opt = torch.optim.Adam(m.parameters())
+    x = m["head"](m["norm"](m["emb"](torch.tensor([1, 2]))))
+    x.sum().backward()
+    opt.step()
+    p = tmp_path / "ckpt.pt"
+    torch.save({"model": m.state_dict(), "optimizer": opt.state_dict(), "epoch": 3}, p)
+    r = paramkit.scan(p)
+    n_params = 10 * 4 + 4 + 4                           # embedding (= head) + LayerNorm weight and bias
+    n_state = sum(v.numel() for s in opt.state_dict()["state"].values() for v in s.values())
+    assert r.total_params == n_params
+    assert r.counting.optimizer_elements == n_state
+    roles = {t.name: t.role for t in r.tensors}
+    assert roles["emb.weight"] == roles["head.weight"] == "parameter"
+    assert {n for n, role in roles.items() if role == "optimizer"} == \
+        {n for n in roles if n.startswith("optimizer.state.")}
+    by_name = {x.name: x for x in r.counting.roles}
+    assert "tied_duplicate" in by_name["head.weight"].flags and not by_name["head.weight"].counted
+    assert "tied" in by_name["emb.weight"].flags
+    assert r.counting.ties["same_view"] == ["head.weight"]
+    assert r.metadata["epoch"] == "3" and "optimizer.param_groups" in r.metadata
+    assert r.aggregates["numel"] == 10 * 4 * 2 + 8     # statistics: the parameter tensors as stored
+    assert r.to_dict()["optimizer_elements"] == n_state
+
+
+def test_different_views_of_one_storage_are_each_counted(tmp_path):
+    base = torch.randn(6, 8)
+    torch.save({"even": base[::2], "odd": base[1::2], "all": base}, tmp_path / "v.pt")
+    r = paramkit.scan(tmp_path / "v.pt", stats=False)
+    assert r.total_params == 24 + 24 + 48 and "same_view" not in r.counting.ties

@@ -162,6 +162,8 @@ def render_scan(r, console, rows=None, *, wide: bool = False, more_hint: str = "
     head.append(("buffers", f"{r.buffer_elements:,} elements"))
     if getattr(c, "quant_state_elements", 0):
         head.append(("quantization state", f"{c.quant_state_elements:,} elements"))
+    if getattr(c, "optimizer_elements", 0):
+        head.append(("optimizer state", f"{c.optimizer_elements:,} elements (not parameters)"))
     head += [("tensors", f"{len(r.tensors):,}"), ("size", fmt_bytes(r.bytes_total))]
     for k, v in (c.declared or {}).items():
         head.append((f"declared {k}", _declared(v)))

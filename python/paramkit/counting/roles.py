@@ -11,7 +11,7 @@ from ..dtypes import DTYPES
 from ..table import TensorInfo, TensorTable
 from .quant import DETECTORS, INT_KINDS, Detector, QuantConfig
 
-ROLES = ("parameter", "buffer", "quant_state", "packed_parameter")
+ROLES = ("parameter", "buffer", "quant_state", "packed_parameter", "optimizer")
 
 
 @dataclass
@@ -171,7 +171,7 @@ class Classifier:
             if d is _UNSEEN:
                 d = decided[key] = None if quant_rules_may_apply(dtype, key[1]) else \
                     unquantized_role(DTYPES[dtype].kind, key[1], key[2])
-            if d is None or ".quant_state." in name:
+            if d is None or ".quant_state." in name or t.role_hint is not None:
                 r = classify(t)
                 r.layer = layer
             else:
@@ -186,6 +186,9 @@ class Classifier:
     def classify(self, t: TensorInfo) -> TensorRole:
         """Rule 1, quantized checkpoints: the first detector of quant.DETECTORS that claims the tensor; rules 2
         and 3 otherwise (unquantized_role), annotated by the detectors (FP8 weights)."""
+        if t.role_hint == "optimizer":
+            return TensorRole(t.name, "optimizer", t.dtype, tuple(t.shape), t.numel, 0, 1, None, None,
+                              "optimizer state of a training checkpoint (the format says so): never a parameter")
         base, leaf = split_name(t.name)
         dt = DTYPES.get(t.dtype)
         if dt is None:

@@ -160,3 +160,26 @@ def confirm_with_statistics(counting: Counting, table: TensorTable, stats: list[
     from .totals import count_table    # totals imports this module
     t = table.tensors
     return count_table(table, tie_stats_equal=statistics_equal(t[i], stats[i], t[j], stats[j]))
+
+
+def same_view_duplicates(tensors: list[TensorInfo], roles: list[TensorRole]) -> list[str]:
+    """Tensors the format says are one view saved under two names (torch.save of tied modules: the same
+    storage, offset, shape and layout): every one after the first is counted once, flagged "tied_duplicate",
+    the first "tied". Returns the duplicate names. Different views of one storage are different tensors."""
+    first: dict[tuple, int] = {}
+    dups = []
+    for i, t in enumerate(tensors):
+        if t.storage is None:
+            continue
+        lay = t.layout
+        key = (t.storage, t.offset, t.nbytes, tuple(t.shape), t.dtype,
+               None if lay is None else (lay.element_offset, lay.strides))
+        j = first.setdefault(key, i)
+        if j != i:
+            roles[i].counted = False
+            roles[i].flags.append("tied_duplicate")
+            roles[i].reason += f"; the same view as {tensors[j].name} (one storage, offset, shape, strides)"
+            if "tied" not in roles[j].flags:
+                roles[j].flags.append("tied")
+            dups.append(t.name)
+    return dups

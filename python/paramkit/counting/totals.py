@@ -9,7 +9,7 @@ from ..table import TensorTable
 from .moe import moe_of
 from .quant import parse_quant_config, quant_summary
 from .roles import ROLES, Classifier, TensorRole
-from .ties import decide_tie
+from .ties import decide_tie, same_view_duplicates
 
 
 @dataclass
@@ -35,6 +35,7 @@ class Counting:
     moe: dict
     active_params: int | None
     active_params_reason: str
+    optimizer_elements: int = 0      # elements of a training checkpoint's optimizer state (never parameters)
     notes: list[str] = field(default_factory=list)
     # (embedding, lm_head) indices in roles / table.tensors when config.json ties a present lm_head and nothing
     # compared their values yet: scan() compares their statistics after the data pass (ties.confirm_with_statistics)
@@ -68,6 +69,7 @@ class Counting:
             "packed_logical_params": self.packed_logical_params,
             "buffer_elements": self.buffer_elements,
             "quant_state_elements": self.quant_state_elements,
+            "optimizer_elements": self.optimizer_elements,
             "elements_by_dtype": dict(self.elements_by_dtype),
             "stored_elements_by_dtype": dict(self.elements_by_dtype),
             "params_by_dtype": dict(self.params_by_dtype),
@@ -143,6 +145,11 @@ def _count_table(table: TensorTable, tie_stats_equal: bool | None) -> Counting:
     notes = list(clf.notes)
     qsum = quant_summary(quant, clf.detected, roles, notes)
     ties, tie_pending = decide_tie(table.tensors, roles, config, notes, tie_stats_equal)
+    views = same_view_duplicates(table.tensors, roles)
+    if views:
+        ties["same_view"] = views
+        notes.append(f"{len(views)} tensor(s) are the same view of a storage as another name (tied modules): "
+                     "counted once")
     moe = moe_of(roles, config, notes)
 
     # totals -----------------------------------------------------------------------------
@@ -153,8 +160,8 @@ def _count_table(table: TensorTable, tie_stats_equal: bool | None) -> Counting:
     # a few dict operations per run instead of per tensor (tensors come in file order: long runs).
     # A layer is a prefix of whole name components, so the same layer means the same module.
     total_params = 0
-    parameter_elements = packed_stored = packed_logical = buffer_el = qstate_el = 0
-    b_param = b_packed = b_buffer = b_qstate = 0
+    parameter_elements = packed_stored = packed_logical = buffer_el = qstate_el = optim_el = 0
+    b_param = b_packed = b_buffer = b_qstate = b_optim = 0
     elements_by_dtype: dict[str, int] = {}
     params_by_dtype: dict[str, int] = {}
     modules: dict[str, dict[str, int]] = {}
@@ -203,6 +210,10 @@ def _count_table(table: TensorTable, tie_stats_equal: bool | None) -> Counting:
             b_buffer += nbytes
             buffer_el += numel
             counted = 0
+        elif role == "optimizer":
+            b_optim += nbytes
+            optim_el += numel
+            counted = 0
         else:
             b_qstate += nbytes
             qstate_el += numel
@@ -232,7 +243,9 @@ def _count_table(table: TensorTable, tie_stats_equal: bool | None) -> Counting:
             _add_grp(layers, s_lay, s_p, s_e, s_b, s_n)
     bytes_by_role = {"parameter": b_param, "buffer": b_buffer, "quant_state": b_qstate,
                      "packed_parameter": b_packed}
-    bytes_total = b_param + b_buffer + b_qstate + b_packed         # each tensor is in one role
+    if optim_el or b_optim:
+        bytes_by_role["optimizer"] = b_optim
+    bytes_total = b_param + b_buffer + b_qstate + b_packed + b_optim   # each tensor is in one role
     total_elements = sum(elements_by_dtype.values())                # and has one dtype
     elements_by_dtype = dict(sorted(elements_by_dtype.items(), key=lambda kv: (-kv[1], kv[0])))
     params_by_dtype = dict(sorted(params_by_dtype.items(), key=lambda kv: (-kv[1], kv[0])))
@@ -269,7 +282,7 @@ def _count_table(table: TensorTable, tie_stats_equal: bool | None) -> Counting:
         path=table.path, format=table.format, roles=roles, total_params=total_params,
         total_elements=total_elements, parameter_elements=parameter_elements,
         packed_stored_elements=packed_stored, packed_logical_params=packed_logical,
-        buffer_elements=buffer_el, quant_state_elements=qstate_el,
+        buffer_elements=buffer_el, quant_state_elements=qstate_el, optimizer_elements=optim_el,
         elements_by_dtype=elements_by_dtype, params_by_dtype=params_by_dtype,
         bytes_total=bytes_total, bytes_by_role=bytes_by_role,
         groups={"modules": modules, "layers": layers}, declared=declared, quantization=qsum,
