@@ -311,7 +311,7 @@ def _plan_from_config(config: dict, where: str, **kw):
     from .config_params import config_dtype, config_table
     from .counting import count_table
     from .planning import plan as make_plan
-    counting = count_table(config_table(config, where), tie_check="none")
+    counting = count_table(config_table(config, where))
     p = make_plan(counting, config, **kw)
     p.notes.insert(0, f"parameters counted from the architecture in config.json (model_type "
                       f"{config.get('model_type')}), no weights read; the 'as stored' row assumes "
