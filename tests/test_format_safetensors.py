@@ -15,6 +15,7 @@ import pytest
 from paramkit.dtypes import DTYPES
 from paramkit.errors import FormatError
 from paramkit.formats import ERROR_CODES, open_table
+from paramkit.formats import resolver
 from paramkit.formats import safetensors as st
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -340,7 +341,9 @@ def test_corpus_covers_every_single_file_code():
     single_file = {c[4] for c in CORPUS} | {"file_too_short"}
     multi = {"no_weights", "index_ambiguous", "index_invalid", "shard_missing", "tensor_missing_from_shard",
              "tensor_duplicate", "tensor_not_in_index", "config_invalid"}
-    assert single_file | multi == set(ERROR_CODES)
+    # every code of the safetensors reader and of the resolver (shards_mixed: tests/test_formats_resolver.py)
+    assert single_file | multi == (set(st.ERROR_CODES) | set(resolver.ERROR_CODES)) - {"shards_mixed"}
+    assert set(st.ERROR_CODES) <= set(ERROR_CODES) and set(resolver.ERROR_CODES) <= set(ERROR_CODES)
     assert all(isinstance(v, str) and v for v in ERROR_CODES.values())
 
 
@@ -620,8 +623,11 @@ def test_directory_several_files_without_index(tmp_path):
 
 def test_directory_without_weights(tmp_path):
     (tmp_path / "config.json").write_text("{}")
-    (tmp_path / "pytorch_model.bin").write_bytes(b"PK\x03\x04")
+    (tmp_path / "README.md").write_text("# a model card, no weights")
     expect("no_weights", tmp_path)
+    # a .bin is a PyTorch checkpoint now (it used to be ignored: no_weights); a broken one says what is wrong
+    (tmp_path / "pytorch_model.bin").write_bytes(b"PK\x03\x04")
+    expect("zip_invalid", tmp_path / "pytorch_model.bin", target=tmp_path)
 
 
 def test_config_invalid(tmp_path):
