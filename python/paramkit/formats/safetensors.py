@@ -523,22 +523,22 @@ def _merge_meta(into: dict[str, str], meta: dict[str, str]) -> None:
 
 
 def _open_files(user_path: str, files: list[str], directory: str, strict: bool) -> TensorTable:
-    tensors: list[TensorInfo] = []
+    parts: list[TensorColumns] = []
     metadata: dict[str, str] = {}
     header_bytes = 0
     where: dict[str, str] = {}
     for fp in files:
-        ts, meta, hb = read_file(fp, strict=strict)
+        cols, meta, hb = read_columns(fp, strict=strict)
         if len(files) > 1:
-            for t in ts:
-                prev = where.setdefault(t.name, fp)
+            for name in cols.names:
+                prev = where.setdefault(name, fp)
                 if prev != fp:
                     raise _err("tensor_duplicate", f"tensor is stored both here and in {prev}; a model's "
-                               "files must not repeat a tensor", fp, t.name)
-        tensors.extend(ts)
+                               "files must not repeat a tensor", fp, name)
+        parts.append(cols)
         _merge_meta(metadata, meta)
         header_bytes += hb
-    return TensorTable(path=user_path, format="safetensors", files=list(files), tensors=tensors,
+    return TensorTable(path=user_path, format="safetensors", files=list(files), columns=TensorColumns.concat(parts),
                        metadata=metadata, config=_read_config(directory), header_bytes=header_bytes)
 
 
@@ -571,31 +571,32 @@ def _open_index(user_path: str, index_path: str, strict: bool) -> TensorTable:
             raise _err("shard_missing", f"shard file does not exist (or is not a file); the index "
                        f"{os.path.basename(index_path)} assigns tensors to it, e.g. {example!r}", sp)
 
-    tensors: list[TensorInfo] = []
+    parts: list[TensorColumns] = []
     metadata: dict[str, str] = {}
     header_bytes = 0
     where: dict[str, str] = {}
     for sp in shards:
-        ts, meta, hb = read_file(sp, strict=strict)
-        for t in ts:
-            prev = where.setdefault(t.name, sp)
+        cols, meta, hb = read_columns(sp, strict=strict)
+        for name in cols.names:
+            prev = where.setdefault(name, sp)
             if prev != sp:
                 raise _err("tensor_duplicate", f"tensor is stored both here and in shard {prev}",
-                           sp, t.name)
-        tensors.extend(ts)
+                           sp, name)
+        parts.append(cols)
         _merge_meta(metadata, meta)
         header_bytes += hb
     # Design choice: a shard tensor the index does not list is an error (tensor_not_in_index): the
     # index is the model's table of contents, and a loader going by it would silently skip the tensor.
-    for t in tensors:
-        v = wm.get(t.name)
-        if v is None:
-            raise _err("tensor_not_in_index", f"shard contains a tensor that the index "
-                       f"{os.path.basename(index_path)} does not list", t.file, t.name)
-        assigned = shard_of_value[v]
-        if assigned != t.file:
-            raise _err("tensor_duplicate", f"tensor is stored in this shard, but the index assigns it to "
-                       f"{v}", t.file, t.name)
+    for sp, cols in zip(shards, parts):
+        for name in cols.names:
+            v = wm.get(name)
+            if v is None:
+                raise _err("tensor_not_in_index", f"shard contains a tensor that the index "
+                           f"{os.path.basename(index_path)} does not list", sp, name)
+            assigned = shard_of_value[v]
+            if assigned != sp:
+                raise _err("tensor_duplicate", f"tensor is stored in this shard, but the index assigns it to "
+                           f"{v}", sp, name)
     if len(where) != len(wm):
         for name, v in wm.items():
             if name not in where:
@@ -604,7 +605,8 @@ def _open_index(user_path: str, index_path: str, strict: bool) -> TensorTable:
 
     referenced = set(shards)
     unreferenced = [p for p in _safetensors_in(base) if os.path.normpath(p) not in referenced]
-    return TensorTable(path=user_path, format="safetensors", files=shards, tensors=tensors, metadata=metadata,
+    return TensorTable(path=user_path, format="safetensors", files=shards, columns=TensorColumns.concat(parts),
+                       metadata=metadata,
                        index_metadata=index_meta, config=_read_config(base), unreferenced_files=unreferenced,
                        header_bytes=header_bytes)
 
