@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
+
+from .table import TensorColumns, record_maker
 
 SCHEMA_VERSION = 1
 
@@ -29,6 +32,20 @@ class TensorReport:
         if self.logical_numel != self.numel:
             d["logical_numel"] = self.logical_numel
         return d
+
+
+_make_reports = record_maker(TensorReport, ("name", "dtype", "shape", "numel", "nbytes", "role", "logical_numel", "file",
+                                            "stats", "quant"))
+
+
+def tensor_reports(columns: TensorColumns, roles: list, stats: list, quant: list | None = None) -> list[TensorReport]:
+    """One TensorReport per tensor of `columns` (a TensorTable's), with its counting role (TensorRole), its
+    statistics and its quantization records (None: none for any tensor), built from the columns in bulk."""
+    n = len(columns)
+    return _make_reports(columns.names, columns.dtypes(), columns.shapes(), columns.numel.tolist(),
+                         columns.nbytes.tolist(), list(map(attrgetter("role"), roles)),
+                         list(map(attrgetter("logical_numel"), roles)), columns.files(), stats,
+                         [None] * n if quant is None else quant)
 
 
 def aggregate(tensors: list[TensorReport]) -> dict | None:

@@ -36,41 +36,39 @@ def record_maker(cls: type, fields: Sequence[str]) -> Callable[..., list]:
     """make(*columns) -> [cls(*row) for row in zip(*columns)], where `fields` name the columns: the first
     len(fields) fields of the dataclass `cls`, the rest left at their defaults.
 
-    A dataclass __init__ costs one setattr per field (frozen: object.__setattr__ calls), which dominates
-    for 100k-tensor headers; when `cls` is a plain dict-backed dataclass (no __slots__, __post_init__ or
-    default_factory) the instances get their __dict__ filled directly (2-3x faster), checked once against
-    the constructor on a probe row. Otherwise the constructor is used: a change to `cls` can make this
-    slower, never wrong."""
+    The loop is generated for the field count (no per-row argument unpacking). A frozen dataclass's __init__
+    costs one object.__setattr__ call per field, which dominates for 100k-tensor headers: when `cls` is a
+    plain dict-backed frozen dataclass (no __slots__, __post_init__ or default_factory) the instances get
+    their __dict__ filled directly instead (about 2x faster), checked once against the constructor on a
+    probe row; a change to `cls` can make this slower, never wrong. Other dataclasses keep their
+    __init__ (plain attribute stores, which CPython 3.11+ makes faster than a __dict__ of their own)."""
     fs = dataclasses.fields(cls)
     fields = tuple(fields)
-    if tuple(f.name for f in fs[:len(fields)]) != fields:
+    if tuple(f.name for f in fs[:len(fields)]) != fields or not all(f.isidentifier() for f in fields):
         raise ValueError(f"{cls.__name__}'s first fields are not {fields}")
     rest = fs[len(fields):]
-
-    def by_constructor(*cols):
-        return [cls(*row) for row in zip(*cols)]
-
-    if ("__slots__" in cls.__dict__ or hasattr(cls, "__post_init__")
-            or any(f.default is dataclasses.MISSING or not f.init for f in rest)
-            or not all(f.isidentifier() for f in fields)):
-        return by_constructor
     args = ", ".join(f"c{i}" for i in range(len(fields)))
     row = ", ".join(f"a{i}" for i in range(len(fields)))
-    items = ", ".join([f"{f!r}: a{i}" for i, f in enumerate(fields)] + [f"{f.name!r}: _d{i}" for i, f in enumerate(rest)])
-    src = (f"def make({args}):\n"
-           f"    out = [new(cls) for _ in range(len(c0))]\n"
-           f"    for t, {row}, in zip(out, {args}):\n"
-           f"        setd(t, '__dict__', {{{items}}})\n"
-           f"    return out\n")
     scope = {"new": object.__new__, "setd": object.__setattr__, "cls": cls,
              **{f"_d{i}": f.default for i, f in enumerate(rest)}}
-    exec(src, scope)   # noqa: S102 - generated from dataclass field names checked to be identifiers
-    make = scope["make"]
+    exec(f"def by_constructor({args}):\n"   # noqa: S102 - generated from field names checked to be identifiers
+         f"    return [cls({row}) for {row}, in zip({args})]\n", scope)
+    by_constructor = scope["by_constructor"]
+    if (not cls.__dataclass_params__.frozen or "__slots__" in cls.__dict__ or hasattr(cls, "__post_init__")
+            or any(f.default is dataclasses.MISSING or not f.init for f in rest)):
+        return by_constructor
+    items = ", ".join([f"{f!r}: a{i}" for i, f in enumerate(fields)] + [f"{f.name!r}: _d{i}" for i, f in enumerate(rest)])
+    exec(f"def by_dict({args}):\n"   # noqa: S102
+         f"    out = [new(cls) for _ in range(len(c0))]\n"
+         f"    for t, {row}, in zip(out, {args}):\n"
+         f"        setd(t, '__dict__', {{{items}}})\n"
+         f"    return out\n", scope)
+    by_dict = scope["by_dict"]
     try:
         probe = tuple([i] for i in range(len(fields)))
-        a, b = make(*probe)[0], by_constructor(*probe)[0]
+        a, b = by_dict(*probe)[0], by_constructor(*probe)[0]
         if a == b and vars(a) == vars(b):
-            return make
+            return by_dict
     except Exception:  # pragma: no cover - defensive
         pass
     return by_constructor  # pragma: no cover - only if cls changes shape
@@ -99,7 +97,7 @@ class TensorColumns:
     Columns are read-only views of what the reader found: build a new table to change them."""
 
     __slots__ = ("names", "dtype_names", "dtype", "file_names", "file", "offset", "nbytes", "numel", "ndim",
-                 "dims", "_starts")
+                 "dims", "_starts", "_shapes")
 
     def __init__(self, names: list[str], dtype_names: Sequence[str], dtype, file_names: Sequence[str], file,
                  offset, nbytes, numel, ndim, dims):
@@ -114,6 +112,7 @@ class TensorColumns:
         self.ndim = np.asarray(ndim, dtype=np.uint32)
         self.dims = u64_column(dims)
         self._starts = None
+        self._shapes = None
         n = len(names)
         if not all(len(c) == n for c in (self.dtype, self.file, self.offset, self.nbytes, self.numel, self.ndim)):
             raise ValueError("columns of different lengths")
@@ -140,7 +139,24 @@ class TensorColumns:
         return tuple(self.dims[s:s + int(self.ndim[i])].tolist())
 
     def shapes(self) -> list[tuple[int, ...]]:
-        """Every tensor's shape as a tuple of Python ints, built per distinct ndim by zip (C speed)."""
+        """Every tensor's shape as a tuple of Python ints (built once; TensorInfo and TensorReport objects share
+        the tuples)."""
+        if self._shapes is None:
+            self._shapes = self._build_shapes()
+        return self._shapes
+
+    def dtypes(self) -> list[str]:
+        """Every tensor's dtype name."""
+        dn = self.dtype_names
+        return [dn[0]] * len(self) if len(dn) == 1 else list(map(dn.__getitem__, self.dtype.tolist()))
+
+    def files(self) -> list[str]:
+        """Every tensor's file."""
+        fn = self.file_names
+        return [fn[0]] * len(self) if len(fn) == 1 else list(map(fn.__getitem__, self.file.tolist()))
+
+    def _build_shapes(self) -> list[tuple[int, ...]]:
+        """Per distinct ndim, the tuples made by zip over the dims columns (C speed)."""
         n = len(self)
         if n == 0:
             return []
@@ -169,12 +185,8 @@ class TensorColumns:
 
     def infos(self) -> list[TensorInfo]:
         """One TensorInfo per tensor (Python ints and strs throughout)."""
-        n = len(self)
-        dn, fn = self.dtype_names, self.file_names
-        dtypes = [dn[0]] * n if len(dn) == 1 else list(map(dn.__getitem__, self.dtype.tolist()))
-        files = [fn[0]] * n if len(fn) == 1 else list(map(fn.__getitem__, self.file.tolist()))
         with gc_paused():   # 2 acyclic objects per tensor: generational passes would double the time
-            return _make_infos(self.names, dtypes, self.shapes(), files, self.offset.tolist(),
+            return _make_infos(self.names, self.dtypes(), self.shapes(), self.files(), self.offset.tolist(),
                                self.nbytes.tolist(), self.numel.tolist())
 
     def info(self, i: int) -> TensorInfo:
