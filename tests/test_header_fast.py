@@ -419,7 +419,8 @@ def test_columns_from_tensorinfo_list_round_trip():
         TensorTable(path="/m", format="gguf", files=[])
 
 
-def test_record_maker_keeps_defaults_of_later_fields():
+@pytest.mark.parametrize("native", [True, False])
+def test_record_maker_builds_what_the_constructor_builds(native, monkeypatch):
     from dataclasses import dataclass
 
     @dataclass(frozen=True)
@@ -428,9 +429,75 @@ def test_record_maker_keeps_defaults_of_later_fields():
         b: str
         storage: str | None = None
 
+    if not native:
+        monkeypatch.setattr(table_mod, "_native_make_instances", lambda: None)
+    elif table_mod._native_make_instances() is None:
+        pytest.skip("paramkit._core is not built")
     make = table_mod.record_maker(Row, ("a", "b"))
-    assert make([1, 2], ["x", "y"]) == [Row(1, "x"), Row(2, "y")]
-    assert vars(make([1], ["x"])[0]) == vars(Row(1, "x"))
+    assert make.__name__ == ("by_native" if native else "by_dict")
+    rows = make([1, 2**70, -3], ["x", "y", "\u00e9"])
+    assert rows == [Row(1, "x"), Row(2**70, "y"), Row(-3, "\u00e9")]
+    assert [vars(r) for r in rows] == [vars(Row(1, "x")), vars(Row(2**70, "y")), vars(Row(-3, "\u00e9"))]
+    assert hash(rows[0]) == hash(Row(1, "x")) and make([], []) == []
+
+
+def test_record_maker_keeps_the_constructor_where_it_must():
+    from dataclasses import dataclass, field
+
+    @dataclass(frozen=True)
+    class Checked:
+        a: int
+
+        def __post_init__(self):
+            object.__setattr__(self, "a", self.a * 2)
+
+    @dataclass(frozen=True)
+    class Listed:
+        a: int
+        tags: list = field(default_factory=list)
+
+    @dataclass
+    class Plain:
+        a: int
+
+    for cls in (Checked, Listed, Plain):
+        make = table_mod.record_maker(cls, ("a",))
+        assert make.__name__ == "by_constructor" and make([3]) == [cls(3)]
+    with pytest.raises(ValueError):
+        table_mod.record_maker(Plain, ("b",))
+
+
+@needs_native
+def test_make_instances_rejects_what_it_cannot_build():
+    make = table_mod._native_make_instances()
+
+    class WithNew:
+        def __new__(cls):
+            return super().__new__(cls)
+
+    with pytest.raises(TypeError):
+        make(WithNew, ("a",), ([1],))
+    with pytest.raises(ValueError):
+        make(TensorInfo, ("name", "dtype"), (["a"], []))
+    with pytest.raises(TypeError):
+        make(TensorInfo, ("name",), (("a",),))
+    with pytest.raises(ValueError):
+        make(TensorInfo, ("name",), ())
+
+
+def test_to_json_is_to_dict_made_strict(small_checkpoint, tmp_path):
+    """to_json skips the non-finite-float rewrite when there is nothing to rewrite: the same text either way."""
+    from paramkit.report import _json_safe
+    from safetensors.numpy import save_file
+    nan_file = str(tmp_path / "nan.safetensors")
+    save_file({"w": np.array([[np.nan, 1.0], [np.inf, -np.inf]], dtype=np.float32)}, nan_file)
+    for path, stats in ((small_checkpoint, False), (small_checkpoint, True), (nan_file, True)):
+        r = paramkit.scan(path, stats=stats, backend="numpy")
+        d = r.to_dict()
+        d["timing"] = r.timing = {}
+        want = json.dumps(_json_safe(d), indent=1, allow_nan=False)
+        assert r.to_json(indent=1) == want
+    assert '"Infinity"' in want   # the last file did need the rewrite
 
 
 def test_pure_python_install_reads_headers(small_checkpoint):

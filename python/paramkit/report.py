@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from typing import Any
 
+from ._gcpause import gc_paused
 from .table import TensorColumns, record_maker
 
 SCHEMA_VERSION = 1
@@ -205,12 +206,17 @@ class ScanReport:
         d["unreferenced_files"] = list(self.unreferenced_files)
         d["timing"] = dict(self.timing)
         d["engine"] = dict(self.engine_info)
-        d["tensors"] = [t.to_dict() for t in self.tensors]
+        with gc_paused():   # 100k acyclic dicts for an MoE header: generational passes would double the time
+            d["tensors"] = [t.to_dict() for t in self.tensors]
         return d
 
     def to_json(self, indent: int | None = None) -> str:
         """Strict JSON (non-finite floats as "NaN"/"Infinity"/"-Infinity" strings)."""
-        return json.dumps(_json_safe(self.to_dict()), indent=indent, allow_nan=False)
+        d = self.to_dict()
+        try:   # most reports hold no non-finite float: then _json_safe (a Python walk of every value) changes nothing
+            return json.dumps(d, indent=indent, allow_nan=False)
+        except ValueError:
+            return json.dumps(_json_safe(d), indent=indent, allow_nan=False)
 
     def to_dataframe(self):
         """One row per tensor, statistics flattened into columns (quantiles as q0.001 ...)."""
