@@ -92,11 +92,17 @@ def approaches(path: Path):
         finally:
             gc.enable()
 
+    def built(q):
+        table = open_table(q)
+        table.tensors   # noqa: B018 - TensorInfo objects made here, untimed
+        return table
+
     return [("json.loads(header bytes)", lambda: raw, json.loads),
             ("json.loads(header bytes), gc paused", lambda: raw, loads_gc_paused),
             ("safetensors.safe_open(...).keys()", lambda: None, st_keys),
             ("paramkit.formats.open_table", lambda: p, open_table),
-            ("paramkit.counting.count_table (table fresh from open_table)", lambda: open_table(p), count_table),
+            ("table.tensors, first access (TensorInfo objects)", lambda: open_table(p), lambda t: t.tensors),
+            ("paramkit.counting.count_table (table.tensors built)", lambda: built(p), count_table),
             ("paramkit.scan(path, stats=False)", lambda: p, lambda q: paramkit.scan(q, stats=False))]
 
 
@@ -152,6 +158,23 @@ def table(results: dict, label: str) -> list[str]:
     return lines
 
 
+def summary(runs) -> list[str]:
+    """Targets of perf.md / issue 13 on the last run, and before -> after where a --before run exists."""
+    def ms(run, n, approach):
+        return next(r["median_ms"] for r in run["results"][n]["rows"] if r["approach"] == approach)
+    last = runs[-1][1]
+    out = []
+    for n, limit in (("1000", 2.0), ("100000", 100.0)):
+        if n not in last["results"]:
+            continue
+        for approach in ("paramkit.formats.open_table", "paramkit.scan(path, stats=False)"):
+            got = ms(last, n, approach)
+            verdict = "PASS" if got < limit else "MISS"
+            before = f" (before: {ms(runs[0][1], n, approach):.2f} ms)" if len(runs) > 1 else ""
+            out.append(f"{verdict}  {int(n):,} tensors, {approach} < {limit:g} ms: {got:.2f} ms{before}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", default="1000,100000", help="tensor counts of the files (default 1000,100000)")
@@ -180,6 +203,7 @@ def main() -> None:
     for label, run in runs:
         print(f"\n{label}: {run['build']}\n")
         print("\n".join(table(run["results"], label)))
+    print("\n" + "\n".join(summary(runs)))
     if args.json:
         Path(args.json).write_text(json.dumps(dict(runs), indent=1))
 
