@@ -81,9 +81,10 @@ uint64_t hash_bytes(const char* p, size_t len) {
 }
 
 // Index of the first byte of s[i..n) that a string scan must look at ('"', '\\', < 0x20 or >= 0x80),
-// 8 bytes at a time; n when there is none. Borrows in the per-byte tests only run upwards, so the
-// lowest flagged byte is exact.
+// 8 bytes at a time (little-endian: the lowest flagged byte is the first; borrows in the per-byte tests
+// only run upwards, so it is exact); n when there is none.
 inline size_t string_stop(const unsigned char* s, size_t i, size_t n) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
   constexpr uint64_t k01 = 0x0101010101010101ull, k80 = 0x8080808080808080ull;
   for (; i + 8 <= n; i += 8) {
     uint64_t w;
@@ -92,6 +93,7 @@ inline size_t string_stop(const unsigned char* s, size_t i, size_t n) {
     uint64_t m = (w | ((w - k01 * 0x20) & ~w) | ((q - k01) & ~q) | ((b - k01) & ~b)) & k80;
     if (m) return i + size_t(__builtin_ctzll(m) >> 3);
   }
+#endif
   while (i < n && s[i] != '"' && s[i] != '\\' && s[i] >= 0x20 && s[i] < 0x80) ++i;
   return i;
 }
@@ -328,7 +330,6 @@ class Parser {
     ws();
     if (i_ + 4 <= n_ && std::memcmp(s_ + i_, "null", 4) == 0) { i_ += 4; return true; }
     if (!punct('{', "__metadata__ is not an object")) return false;
-    out_.metadata_present = true;
     if (peek('}')) { ++i_; return true; }
     while (true) {
       HeaderString k, v;

@@ -27,7 +27,6 @@ struct HeaderColumns {
   std::vector<uint32_t> ndim;           // len(shape)
   std::vector<uint64_t> dims;           // the shapes, concatenated
   std::vector<uint64_t> numel;          // product of the shape (1 for a scalar)
-  bool metadata_present = false;        // "__metadata__" held an object (null or absent: false)
   std::vector<HeaderString> metadata;   // key, value, key, value, ... in header order
   std::string decoded;                  // storage of the strings that had escapes
 };
