@@ -18,7 +18,9 @@ using namespace paramkit;
 
 #include "result_records.hpp"
 
-void register_quant(py::module_& m);  // quant_bindings.cpp
+void register_quant(py::module_& m);   // quant_bindings.cpp
+void register_header(py::module_& m);  // header_bindings.cpp
+void register_records(py::module_& m);  // records_bindings.cpp
 
 namespace {
 
@@ -96,6 +98,8 @@ PYBIND11_MODULE(_core, m) {
         },
         py::arg("buffer"), py::arg("dtype"), py::arg("quantiles"), py::arg("chunk_bytes"), py::arg("levels"));
   register_quant(m);
+  register_header(m);
+  register_records(m);
   // DLPack input, zero-copy: the capsule is read, never consumed, and stays the array's base (keeping the
   // producer's memory alive); host memory only (kDLCPU, kDLCUDAHost)
   m.def("dlpack_host_view", [](const py::capsule& cap) {

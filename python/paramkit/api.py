@@ -16,7 +16,7 @@ from .dtypes import DTYPES, from_numpy
 from .errors import BackendUnavailable, FormatError
 from .materialize import plain_tensors
 from .progress import make_progress
-from .report import ScanReport, TensorReport, aggregate
+from .report import ScanReport, aggregate, tensor_reports
 
 
 def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "auto", threads: int | None = None,
@@ -48,8 +48,8 @@ def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "au
         t_header = time.perf_counter()
         counting = count_table(table)
         t_count = time.perf_counter()
-        results: list = [None] * len(table.tensors)
-        qsums: list = [None] * len(table.tensors)
+        results: list = [None] * len(table)
+        qsums: list = [None] * len(table)
         engine_name = None
         engine_info: dict = {}
         if threads is not None and (not isinstance(threads, int) or threads < 1):
@@ -76,15 +76,9 @@ def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "au
         t_stats = time.perf_counter()
         if stats:   # a tie that config.json claims, checked against the statistics (counting read no values)
             counting = confirm_with_statistics(counting, table, results)
-        TR = TensorReport   # positional: name, dtype, shape, numel, nbytes, role, logical_numel, file, stats, quant
-        if plan is None:
-            tensors = [TR(info.name, info.dtype, tuple(info.shape), info.numel, info.nbytes, role.role,
-                          role.logical_numel, info.file, st, None)
-                       for info, role, st in zip(table.tensors, counting.roles, results)]
-        else:
-            tensors = [TR(info.name, info.dtype, tuple(info.shape), info.numel, info.nbytes, role.role,
-                          role.logical_numel, info.file, st, _quant_records(plan, i, qsums[i], info))
-                       for i, (info, role, st) in enumerate(zip(table.tensors, counting.roles, results))]
+        quant_records = None if plan is None else [_quant_records(plan, i, qsums[i], info)
+                                                   for i, info in enumerate(table.tensors)]
+        tensors = tensor_reports(table.columns, counting.roles, results, quant_records)
         data_s = t_stats - t_count
         timing = {"header_s": t_header - t0, "count_s": t_count - t_header, "stats_s": data_s if stats else 0.0,
                   "total_s": t_stats - t0,

@@ -5,7 +5,11 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any
+
+from ._gcpause import gc_paused
+from .table import TensorColumns, record_maker
 
 SCHEMA_VERSION = 1
 
@@ -29,6 +33,20 @@ class TensorReport:
         if self.logical_numel != self.numel:
             d["logical_numel"] = self.logical_numel
         return d
+
+
+_make_reports = record_maker(TensorReport, ("name", "dtype", "shape", "numel", "nbytes", "role", "logical_numel", "file",
+                                            "stats", "quant"))
+
+
+def tensor_reports(columns: TensorColumns, roles: list, stats: list, quant: list | None = None) -> list[TensorReport]:
+    """One TensorReport per tensor of `columns` (a TensorTable's), with its counting role (TensorRole), its
+    statistics and its quantization records (None: none for any tensor), built from the columns in bulk."""
+    n = len(columns)
+    return _make_reports(columns.names, columns.dtypes(), columns.shapes(), columns.numel.tolist(),
+                         columns.nbytes.tolist(), list(map(attrgetter("role"), roles)),
+                         list(map(attrgetter("logical_numel"), roles)), columns.files(), stats,
+                         [None] * n if quant is None else quant)
 
 
 def aggregate(tensors: list[TensorReport]) -> dict | None:
@@ -190,12 +208,17 @@ class ScanReport:
         d["ignored_files"] = [dict(f) for f in self.ignored_files]
         d["timing"] = dict(self.timing)
         d["engine"] = dict(self.engine_info)
-        d["tensors"] = [t.to_dict() for t in self.tensors]
+        with gc_paused():   # 100k acyclic dicts for an MoE header: generational passes would double the time
+            d["tensors"] = [t.to_dict() for t in self.tensors]
         return d
 
     def to_json(self, indent: int | None = None) -> str:
         """Strict JSON (non-finite floats as "NaN"/"Infinity"/"-Infinity" strings)."""
-        return json.dumps(_json_safe(self.to_dict()), indent=indent, allow_nan=False)
+        d = self.to_dict()
+        try:   # most reports hold no non-finite float: then _json_safe (a Python walk of every value) changes nothing
+            return json.dumps(d, indent=indent, allow_nan=False)
+        except ValueError:
+            return json.dumps(_json_safe(d), indent=indent, allow_nan=False)
 
     def to_dataframe(self):
         """One row per tensor, statistics flattened into columns (quantiles as q0.001 ...)."""

@@ -10,7 +10,7 @@ import os
 import re
 
 from ..dtypes import DTYPES
-from ..table import TensorInfo, ViewLayout
+from ..table import TensorColumns, TensorInfo, ViewLayout
 from .resolver import FileTable, Reader
 from .stored import ParsedArchive, StoredTensor, is_contiguous
 
@@ -38,7 +38,8 @@ def file_table(arch: ParsedArchive, path: str, size: int) -> FileTable:
     """A parsed archive as the resolver's FileTable; header_bytes = the bytes that are not tensor storage."""
     tensors = [_tensor_info(st, arch, path) for st in arch.tensors]
     stored = sum(b.compressed_size for b in arch.blobs.values())
-    return FileTable(arch.format, tensors, dict(arch.metadata), max(size - stored, 0))
+    return FileTable(arch.format, TensorColumns.from_infos(tensors, [path]), dict(arch.metadata),
+                     max(size - stored, 0), tensors)
 
 
 def _read_with(parse):

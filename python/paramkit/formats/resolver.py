@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import FormatError
-from ..table import TensorInfo, TensorTable
+from ..table import TensorColumns, TensorInfo, TensorTable
 
 # Codes raised here (formats.ERROR_CODES merges them with the readers' codes; the README prints them).
 ERROR_CODES: dict[str, str] = {
@@ -55,11 +55,14 @@ def _json_type(v: Any) -> str:
 # ---- the format registry -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class FileTable:
-    """One weight file read by its format's reader."""
+    """One weight file read by its format's reader: its tensors as columns, and, for formats whose tensors
+    carry more than the columns hold (storage identity, view layout, role hints: PyTorch, NumPy), as the
+    TensorInfo list too."""
     format: str
-    tensors: list[TensorInfo]
+    columns: TensorColumns
     metadata: dict[str, str]
     header_bytes: int
+    tensors: list[TensorInfo] | None = None
 
 
 @dataclass(frozen=True)
@@ -150,10 +153,10 @@ def _merge_meta(into: dict[str, str], meta: dict[str, str]) -> None:
         into.setdefault(k, v)  # first file wins
 
 
-def _read_files(files: list[str], strict: bool) -> tuple[str, list[TensorInfo], dict, int]:
-    """(format, tensors, merged metadata, header bytes) of the weight files of one model; a tensor name in
-    two files is tensor_duplicate; files of different formats are shards_mixed."""
-    tensors: list[TensorInfo] = []
+def _read_files(files: list[str], strict: bool) -> tuple[str, list[FileTable], dict, int]:
+    """(format, the files' tables, merged metadata, header bytes) of the weight files of one model; a tensor
+    name in two files is tensor_duplicate; files of different formats are shards_mixed."""
+    parts: list[FileTable] = []
     metadata: dict[str, str] = {}
     header_bytes = 0
     where: dict[str, str] = {}
@@ -166,22 +169,32 @@ def _read_files(files: list[str], strict: bool) -> tuple[str, list[TensorInfo], 
             raise _err("shards_mixed", f"this file is {ft.format}, the model's first file {files[0]} is {fmt}: "
                        "one model's files must be of one format", fp)
         if len(files) > 1:
-            for t in ft.tensors:
-                prev = where.setdefault(t.name, fp)
+            for name in ft.columns.names:
+                prev = where.setdefault(name, fp)
                 if prev != fp:
                     raise _err("tensor_duplicate", f"tensor is stored both here and in {prev}; a model's "
-                               "files must not repeat a tensor", fp, t.name)
-        tensors.extend(ft.tensors)
+                               "files must not repeat a tensor", fp, name)
+        parts.append(ft)
         _merge_meta(metadata, ft.metadata)
         header_bytes += ft.header_bytes
-    return fmt or "safetensors", tensors, metadata, header_bytes
+    return fmt or "safetensors", parts, metadata, header_bytes
+
+
+def _table(user_path: str, fmt: str, files: list[str], parts: list[FileTable], **kw) -> TensorTable:
+    """The model's TensorTable: from the files' columns, or (for formats with per-tensor layouts) from their
+    TensorInfo lists."""
+    if all(ft.tensors is None for ft in parts):
+        return TensorTable(path=user_path, format=fmt, files=list(files),
+                           columns=TensorColumns.concat([ft.columns for ft in parts]), **kw)
+    tensors = [t for ft in parts for t in (ft.tensors if ft.tensors is not None else ft.columns.infos())]
+    return TensorTable(path=user_path, format=fmt, files=list(files), tensors=tensors, **kw)
 
 
 def _open_files(user_path: str, files: list[str], directory: str, strict: bool,
                 ignored: list[dict]) -> TensorTable:
-    fmt, tensors, metadata, header_bytes = _read_files(files, strict)
-    return TensorTable(path=user_path, format=fmt, files=list(files), tensors=tensors, metadata=metadata,
-                       config=_read_config(directory), ignored_files=ignored, header_bytes=header_bytes)
+    fmt, parts, metadata, header_bytes = _read_files(files, strict)
+    return _table(user_path, fmt, files, parts, metadata=metadata, config=_read_config(directory),
+                  ignored_files=ignored, header_bytes=header_bytes)
 
 
 def _open_index(user_path: str, index_path: str, strict: bool, ignored: list[dict] | None = None) -> TensorTable:
@@ -213,19 +226,22 @@ def _open_index(user_path: str, index_path: str, strict: bool, ignored: list[dic
             raise _err("shard_missing", f"shard file does not exist (or is not a file); the index "
                        f"{os.path.basename(index_path)} assigns tensors to it, e.g. {example!r}", sp)
 
-    fmt, tensors, metadata, header_bytes = _read_files(shards, strict)
-    where = {t.name: t.file for t in tensors}
+    fmt, parts, metadata, header_bytes = _read_files(shards, strict)
     # Design choice: a shard tensor the index does not list is an error (tensor_not_in_index): the
     # index is the model's table of contents, and a loader going by it would silently skip the tensor.
-    for t in tensors:
-        v = wm.get(t.name)
-        if v is None:
-            raise _err("tensor_not_in_index", f"shard contains a tensor that the index "
-                       f"{os.path.basename(index_path)} does not list", t.file, t.name)
-        if shard_of_value[v] != t.file:
-            raise _err("tensor_duplicate", f"tensor is stored in this shard, but the index assigns it to "
-                       f"{v}", t.file, t.name)
-    if len(where) != len(wm):
+    found = 0
+    for sp, ft in zip(shards, parts):
+        for name in ft.columns.names:
+            v = wm.get(name)
+            if v is None:
+                raise _err("tensor_not_in_index", f"shard contains a tensor that the index "
+                           f"{os.path.basename(index_path)} does not list", sp, name)
+            if shard_of_value[v] != sp:
+                raise _err("tensor_duplicate", f"tensor is stored in this shard, but the index assigns it to "
+                           f"{v}", sp, name)
+        found += len(ft.columns)
+    if found != len(wm):
+        where = {name for ft in parts for name in ft.columns.names}
         for name, v in wm.items():
             if name not in where:
                 raise _err("tensor_missing_from_shard", f"the index assigns this tensor to {v}, but that "
@@ -234,9 +250,9 @@ def _open_index(user_path: str, index_path: str, strict: bool, ignored: list[dic
     reader = next(r for r in _readers() if r.format == fmt)
     referenced = set(shards)
     unreferenced = [p for p in _weight_files(base, reader) if os.path.normpath(p) not in referenced]
-    return TensorTable(path=user_path, format=fmt, files=shards, tensors=tensors, metadata=metadata,
-                       index_metadata=index_meta, config=_read_config(base), unreferenced_files=unreferenced,
-                       ignored_files=list(ignored or []), header_bytes=header_bytes)
+    return _table(user_path, fmt, shards, parts, metadata=metadata, index_metadata=index_meta,
+                  config=_read_config(base), unreferenced_files=unreferenced, ignored_files=list(ignored or []),
+                  header_bytes=header_bytes)
 
 
 # ---- directories ---------------------------------------------------------------------------------------------

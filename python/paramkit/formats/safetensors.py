@@ -1,5 +1,6 @@
-"""Strict safetensors reader: one .safetensors file's header into TensorInfo records, rejecting every
-malformed file with a stable code (formats.resolver turns files, indexes and directories into a model)."""
+"""Strict safetensors reader: one .safetensors file's header into columns (paramkit.table.TensorColumns),
+rejecting every malformed file with a stable code (formats.resolver turns files, indexes and directories
+into a model)."""
 from __future__ import annotations
 
 import json
@@ -8,12 +9,14 @@ import re
 import reprlib
 from typing import Any
 
+import numpy as np
+
 from .._gcpause import gc_paused
 from ..dtypes import DTYPES
 from ..errors import FormatError
-from ..table import TensorInfo
+from ..table import DTYPE_NAMES, TensorColumns, TensorInfo, u64_column
 
-__all__ = ["ERROR_CODES", "MAX_HEADER_SIZE", "READER", "read_file", "sniff"]
+__all__ = ["ERROR_CODES", "MAX_HEADER_SIZE", "READER", "read_columns", "read_file", "sniff"]
 
 # The largest header the reference implementation accepts (its MAX_HEADER_SIZE).
 MAX_HEADER_SIZE = 100_000_000
@@ -52,9 +55,10 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")     # left in a decoded str only by an unpaired escape
 _REQUIRED = ("dtype", "shape", "data_offsets")
 _BITS: dict[str, int] = {name: d.bits for name, d in DTYPES.items()}
-# dtype -> (bits, the DTYPES key itself): every TensorInfo.dtype shares one str object per dtype
-# (json.loads makes a new one per tensor)
-_DTYPE_BITS: dict[str, tuple[int, str]] = {name: (d.bits, name) for name, d in DTYPES.items()}
+# dtype -> (bits, its code in the table's columns: an index into table.DTYPE_NAMES)
+_DTYPE_CODE: dict[str, tuple[int, int]] = {name: (DTYPES[name].bits, code) for code, name in enumerate(DTYPE_NAMES)}
+# what the native fast path gets told about the dtypes: (name, bits) in code order
+_NATIVE_DTYPES = tuple((name, DTYPES[name].bits) for name in DTYPE_NAMES)
 _DTYPE_LIST = ", ".join(DTYPES)
 _short = reprlib.Repr()
 _short.maxstring = 60
@@ -66,31 +70,18 @@ def _err(code: str, message: str, path: str, tensor: str | None = None) -> Forma
     return FormatError(code, message, path=path, tensor=tensor)
 
 
-# --- TensorInfo construction ------------------------------------------------------------------
-# TensorInfo is a frozen dataclass; its generated __init__ costs ~7 object.__setattr__ calls, which
-# dominates for 100k-tensor MoE headers. When TensorInfo is a plain (dict-backed, no __post_init__)
-# dataclass with the expected fields, fill its __dict__ directly (~35% faster); otherwise use the
-# constructor, so a change to table.py can only make this slower, never wrong.
-_FIELDS = ("name", "dtype", "shape", "file", "offset", "nbytes", "numel")
-
-
-def _fast_tensorinfo_ok() -> bool:
+def _native_parser():
+    """paramkit._core's header fast path (cpp/src/safetensors_header.cpp), None in a pure-Python install or
+    with an older _core. It returns the columns of a header it accepts, a str (why not) otherwise."""
     try:
-        import dataclasses
-        names = tuple(f.name for f in dataclasses.fields(TensorInfo))
-        # the later fields (storage, layout) have defaults: class attributes that a plain __dict__ falls back to
-        if names[:len(_FIELDS)] != _FIELDS or "__slots__" in TensorInfo.__dict__ or \
-                hasattr(TensorInfo, "__post_init__"):
-            return False
-        probe = object.__new__(TensorInfo)
-        object.__setattr__(probe, "__dict__", {"name": "x", "dtype": "F32", "shape": (1,), "file": "f",
-                                               "offset": 8, "nbytes": 4, "numel": 1})
-        return probe == TensorInfo("x", "F32", (1,), "f", 8, 4, 1)
-    except Exception:  # pragma: no cover - defensive
-        return False
+        from .. import _core
+    except ImportError:
+        return None
+    return getattr(_core, "parse_safetensors_header", None)
 
 
-_FAST_TI = _fast_tensorinfo_ok()
+# The tests set this to None to run the pure-Python reader (json.loads) on the same files.
+_native_parse = _native_parser()
 
 
 # --- reading ----------------------------------------------------------------------------------
@@ -170,11 +161,20 @@ def _raise_if_duplicate(text: str, path: str) -> None:
 
 
 def read_file(path: str, *, strict: bool = True) -> tuple[list[TensorInfo], dict[str, str], int]:
+    """read_columns with the tensors as TensorInfo objects: (tensors sorted by byte offset, __metadata__,
+    header bytes = 8 + N)."""
+    columns, metadata, header_bytes = read_columns(path, strict=strict)
+    return columns.infos(), metadata, header_bytes
+
+
+def read_columns(path: str, *, strict: bool = True) -> tuple[TensorColumns, dict[str, str], int]:
     """Parse and validate one safetensors file's header.
 
-    Returns (tensors sorted by byte offset, __metadata__ as str->str, header bytes = 8 + N).
-    `path` should be absolute: it is stored in every TensorInfo.file and FormatError.path.
-    Raises FormatError for malformed files, OSError for I/O problems.
+    Returns (its tensors sorted by byte offset, as columns whose one file is `path`; __metadata__ as
+    str->str; header bytes = 8 + N). `path` should be absolute: it is the tensors' file and FormatError.path.
+    Raises FormatError for malformed files, OSError for I/O problems. The native fast path parses headers
+    it can; any other header (an error, or JSON it does not handle) goes through json.loads and the checks
+    below, so the result or error is the same either way.
     """
     with open(path, "rb", buffering=0) as f:
         size = os.fstat(f.fileno()).st_size
@@ -208,13 +208,18 @@ def read_file(path: str, *, strict: bool = True) -> tuple[list[TensorInfo], dict
         raise _err("unknown_format",
                    f"not a safetensors file: the declared {n}-byte header is empty or blank, "
                    "expected a JSON object", path)
+    parsed = _native_parse(header, _NATIVE_DTYPES) if _native_parse is not None else None
+    if type(parsed) is tuple:
+        names, dtype, begin, end, ndim, dims, numel, metadata = parsed
+        return _in_offset_order(names, dtype, begin, end, ndim, dims, numel, path, n, size), metadata, 8 + n
     try:
         text = header.decode("utf-8")
     except UnicodeDecodeError as e:
         raise _err("header_not_utf8",
                    f"header byte {e.start} (file offset {8 + e.start}) is not valid UTF-8: {e.reason}",
                    path) from None
-    return _parse_header(text, header, path, n, size, strict)
+    columns, metadata = _parse_header(text, header, path, n, size, strict)
+    return columns, metadata, 8 + n
 
 
 def _lone_surrogate(obj: Any) -> tuple[str, str | None] | None:
@@ -345,31 +350,23 @@ def _validate(obj: dict, text: str, raw: bytes, path: str, n: int, size: int, st
                        "an object of string to string (pass strict=False to tolerate)", path)
         # strict=False and not an object: dropped (there are no string pairs to keep)
 
-    base = 8 + n
-    data_len = size - 8 - n
-    dtype_bits = _DTYPE_BITS
+    dtype_code = _DTYPE_CODE
     U64 = _U64_MAX
-    fast = _FAST_TI
-    new = object.__new__
-    setattr_ = object.__setattr__
-    TI = TensorInfo
-    tensors: list[TensorInfo] = []
-    append = tensors.append
-    # Hot loop, run 100k times for MoE headers, fused into one pass: detect (only detect) that an
-    # entry is bad with as few operations as possible -- _entry_error() then re-checks that entry in
-    # the documented rule order and builds the precise error -- and build its TensorInfo. `pos`
-    # tracks whether the entries, in header order, tile the data buffer with strictly increasing
-    # (BEGIN, END): the case of every file safetensors writes. Anything else (other order,
-    # zero-byte tensors, gaps, overlaps) goes through the sort and the exact checks below, after the
-    # duplicate-key test, so the error raised is the same as with a separate sort-then-check pass.
-    pos = 0
-    tiled = True
+    codes: list[int] = []
+    begins: list[int] = []
+    ends: list[int] = []
+    ndims: list[int] = []
+    dims: list[int] = []
+    numels: list[int] = []
+    # Hot loop, run 100k times for MoE headers: detect (only detect) that an entry is bad with as few
+    # operations as possible -- _entry_error() then re-checks that entry in the documented rule order and
+    # builds the precise error -- and append its columns.
     for name, e in obj.items():
         try:
             dtype = e["dtype"]
             shape = e["shape"]
             begin, end = e["data_offsets"]
-            bits, dtype = dtype_bits[dtype]
+            bits, code = dtype_code[dtype]
         except Exception:
             raise _entry_error(name, e, path) from None
         if type(shape) is not list or type(begin) is not int or type(end) is not int or begin < 0:
@@ -380,19 +377,14 @@ def _validate(obj: dict, text: str, raw: bytes, path: str, n: int, size: int, st
                 raise _entry_error(name, e, path)
             numel *= d
         nbits = numel * bits
-        nbytes = nbits >> 3
-        if numel > U64 or nbits & 7 or end - begin != nbytes or (not numel and shape and max(shape) > U64):
+        if numel > U64 or nbits & 7 or end - begin != nbits >> 3 or (not numel and shape and max(shape) > U64):
             raise _entry_error(name, e, path)
-        if begin != pos or end == pos:
-            tiled = False
-        pos = end
-        if fast:
-            t = new(TI)
-            setattr_(t, "__dict__", {"name": name, "dtype": dtype, "shape": tuple(shape), "file": path,
-                                     "offset": base + begin, "nbytes": nbytes, "numel": numel})
-            append(t)
-        else:  # pragma: no cover - only if table.TensorInfo changes shape
-            append(TI(name, dtype, tuple(shape), path, base + begin, nbytes, numel))
+        codes.append(code)
+        begins.append(begin)
+        ends.append(end)
+        ndims.append(len(shape))
+        dims.extend(shape)
+        numels.append(numel)
 
     # Duplicate keys: json keeps the last value silently. Every key/value pair of every object costs
     # one ':' outside strings, so when the raw ':' count equals the pairs we hold, nothing was shadowed
@@ -400,33 +392,77 @@ def _validate(obj: dict, text: str, raw: bytes, path: str, n: int, size: int, st
     if raw.count(b":") != expected_colons + sum(map(len, obj.values())):
         _raise_if_duplicate(text, path)
 
-    if tiled and pos == data_len:
-        return tensors, metadata, base   # in (BEGIN, END) order, no gap, overlap or trailing byte
+    columns = _in_offset_order(list(obj), codes, u64_column(begins), u64_column(ends), ndims, dims, numels,
+                               path, n, size)
+    return columns, metadata
 
-    # by (BEGIN, END, name); names are unique, so the order is total
-    tensors.sort(key=lambda t: (t.offset, t.nbytes, t.name))
+
+def _offset_order(begin: np.ndarray, end: np.ndarray, names: list[str]) -> np.ndarray | None:
+    """Indices of the tensors sorted by (BEGIN, END, name) (END orders like END - BEGIN for equal BEGIN), or
+    None when that is their order already (as in every file safetensors writes)."""
+    order = None
+    if len(begin) > 1:
+        b0, b1 = begin[:-1], begin[1:]
+        if not ((b1 > b0) | ((b1 == b0) & (end[1:] >= end[:-1]))).all():
+            order = np.lexsort((end, begin))
+    b, e = (begin, end) if order is None else (begin[order], end[order])
+    tie = np.flatnonzero((b[1:] == b[:-1]) & (e[1:] == e[:-1]))   # tensors k, k + 1 share (BEGIN, END)
+    if len(tie):   # runs of equal (BEGIN, END): by name
+        out = np.arange(len(begin)) if order is None else order
+        changed = order is not None
+        cut = np.flatnonzero(np.diff(tie) != 1)
+        for first, last in zip(tie[np.r_[0, cut + 1]].tolist(), tie[np.r_[cut, len(tie) - 1]].tolist()):
+            run = out[first:last + 2].tolist()
+            by_name = sorted(run, key=names.__getitem__)
+            if by_name != run:
+                out[first:last + 2] = by_name
+                changed = True
+        order = out if changed else None
+    return order
+
+
+def _in_offset_order(names: list[str], dtype, begin: np.ndarray, end: np.ndarray, ndim, dims, numel, path: str,
+                     n: int, size: int) -> TensorColumns:
+    """The columns of one file's tensors sorted by (BEGIN, END, name), once they are known to tile the data
+    buffer: first BEGIN = 0, each BEGIN = the previous END, the last END = the end of the file. Raises the
+    FormatError of the first tensor in that order that breaks the rule (data_gap, data_overlap,
+    data_beyond_eof), else trailing_bytes. Entries are valid (END - BEGIN is their byte size)."""
+    data_len = size - 8 - n
+    count = len(names)
+    order = _offset_order(begin, end, names)
+    b, e = (begin, end) if order is None else (begin[order], end[order])
     pos = 0
-    for t in tensors:
-        begin = t.offset - base
-        if begin != pos:
-            prev = f"the previous tensor ends at {pos}" if pos else "the data buffer starts at 0"
-            if begin > pos:
-                raise _err("data_gap", f"data_offsets begin at {begin}, but {prev}: {begin - pos} bytes "
-                           "belong to no tensor", path, t.name)
-            raise _err("data_overlap", f"data_offsets begin at {begin}, before the previous tensor ends at "
-                       f"{pos}: {pos - begin} bytes overlap", path, t.name)
-        pos = begin + t.nbytes
-        if pos > data_len:
+    if count:
+        prev_end = np.empty_like(e)
+        prev_end[0] = 0
+        prev_end[1:] = e[:-1]
+        bad = (b != prev_end) | (e > data_len)
+        if bad.any():
+            i = int(np.argmax(bad))
+            name = names[i if order is None else int(order[i])]
+            begin_i, pos = int(b[i]), int(prev_end[i])
+            if begin_i != pos:
+                prev = f"the previous tensor ends at {pos}" if pos else "the data buffer starts at 0"
+                if begin_i > pos:
+                    raise _err("data_gap", f"data_offsets begin at {begin_i}, but {prev}: {begin_i - pos} bytes "
+                               "belong to no tensor", path, name)
+                raise _err("data_overlap", f"data_offsets begin at {begin_i}, before the previous tensor ends at "
+                           f"{pos}: {pos - begin_i} bytes overlap", path, name)
+            pos = int(e[i])
             raise _err("data_beyond_eof",
                        f"data ends at buffer offset {pos} (file offset {8 + n + pos}), but the file "
-                       f"is {size} bytes (data buffer {data_len} bytes); truncated file?", path, t.name)
+                       f"is {size} bytes (data buffer {data_len} bytes); truncated file?", path, name)
+        pos = int(e[-1])
     if pos != data_len:
         raise _err("trailing_bytes", f"the tensors' data ends at file offset {8 + n + pos}, but the file has "
                    f"{data_len - pos} more bytes (file is {size} bytes)", path)
-    return tensors, metadata, base
+    base = np.uint64(8 + n)
+    columns = TensorColumns(names, DTYPE_NAMES, dtype, (path,), np.zeros(count, dtype=np.uint32), begin + base,
+                            end - begin, numel, ndim, dims)
+    return columns if order is None else columns.take(order)
 
 
-# --- models: files, indexes, directories --------------------------------------------------------
+# --- the format registry's entry ----------------------------------------------------------------
 def sniff(head: bytes, name: str) -> bool:
     """A safetensors file by its first bytes: an 8-byte header length, then (after JSON blanks) '{'."""
     if len(head) < 9 or int.from_bytes(head[:8], "little") > MAX_HEADER_SIZE:
@@ -437,8 +473,8 @@ def sniff(head: bytes, name: str) -> bool:
 
 def _read(path: str, strict: bool):
     from .resolver import FileTable
-    tensors, metadata, header_bytes = read_file(path, strict=strict)
-    return FileTable("safetensors", tensors, metadata, header_bytes)
+    columns, metadata, header_bytes = read_columns(path, strict=strict)
+    return FileTable("safetensors", columns, metadata, header_bytes)
 
 
 def _reader():

@@ -1,0 +1,81 @@
+// pybind11 glue of the safetensors header fast path (cpp/src/safetensors_header.cpp): header bytes in,
+// columns out (numpy arrays, a list of names, the __metadata__ dict), or the reason it declined.
+// python/paramkit/formats/safetensors.py decides what to do with either.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "../src/safetensors_header.hpp"
+
+namespace py = pybind11;
+using namespace paramkit;
+
+namespace {
+
+// The vector's buffer as a numpy array that owns it (no copy).
+template <typename T>
+py::array_t<T> to_array(std::vector<T>&& v) {
+  auto* owned = new std::vector<T>(std::move(v));
+  py::capsule base(owned, [](void* p) { delete static_cast<std::vector<T>*>(p); });
+  return py::array_t<T>({py::ssize_t(owned->size())}, {py::ssize_t(sizeof(T))}, owned->data(), base);
+}
+
+// A new str of the decoded (valid UTF-8) string; nullptr with a Python error set on failure.
+PyObject* to_str(const HeaderColumns& c, const char* raw, const HeaderString& h) {
+  const char* p = h.decoded ? c.decoded.data() + h.off : raw + h.off;
+  if (!h.ascii) return PyUnicode_DecodeUTF8(p, Py_ssize_t(h.len), "strict");
+  PyObject* s = PyUnicode_New(Py_ssize_t(h.len), 127);
+  if (s) std::memcpy(PyUnicode_1BYTE_DATA(s), p, h.len);
+  return s;
+}
+
+py::str checked_str(const HeaderColumns& c, const char* raw, const HeaderString& h) {
+  PyObject* s = to_str(c, raw, h);
+  if (!s) throw py::error_already_set();
+  return py::reinterpret_steal<py::str>(s);
+}
+
+// (names, dtype codes uint8, begin uint64, end uint64, ndim uint32, dims uint64, numel uint64, metadata dict)
+// or, when the fast path declines the header, a str saying why and where.
+py::object parse_header(const py::bytes& header, const py::sequence& dtypes) {
+  std::vector<HeaderDtype> table;
+  table.reserve(py::len(dtypes));
+  for (py::handle d : dtypes) {
+    auto pair = py::reinterpret_borrow<py::tuple>(d);
+    table.push_back(HeaderDtype{pair[0].cast<std::string>(), pair[1].cast<unsigned>()});
+  }
+  char* raw = nullptr;
+  Py_ssize_t n = 0;
+  if (PyBytes_AsStringAndSize(header.ptr(), &raw, &n) != 0) throw py::error_already_set();
+  HeaderColumns c;
+  HeaderDecline r;
+  {
+    py::gil_scoped_release nogil;   // bytes are immutable and `header` holds a reference
+    r = parse_safetensors_header(raw, size_t(n), table, c);
+  }
+  if (!r.reason.empty()) return py::str(r.reason + " at header byte " + std::to_string(r.pos));
+  py::list names(c.names.size());
+  for (size_t k = 0; k < c.names.size(); ++k) {
+    PyObject* s = to_str(c, raw, c.names[k]);
+    if (!s) throw py::error_already_set();
+    PyList_SET_ITEM(names.ptr(), Py_ssize_t(k), s);
+  }
+  py::dict metadata;
+  for (size_t k = 0; k < c.metadata.size(); k += 2)
+    metadata[checked_str(c, raw, c.metadata[k])] = checked_str(c, raw, c.metadata[k + 1]);
+  return py::make_tuple(names, to_array(std::move(c.dtype)), to_array(std::move(c.begin)), to_array(std::move(c.end)),
+                        to_array(std::move(c.ndim)), to_array(std::move(c.dims)), to_array(std::move(c.numel)),
+                        metadata);
+}
+
+}  // namespace
+
+void register_header(py::module_& m) {
+  m.def("parse_safetensors_header", &parse_header, py::arg("header"), py::arg("dtypes"),
+        "Columns of a safetensors header (the JSON bytes after the 8-byte length) whose entries all pass the "
+        "reader's per-tensor rules, or a str saying why the fast path declined it. dtypes: (name, bits) pairs; "
+        "the codes index them.");
+}
