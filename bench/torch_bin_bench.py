@@ -48,14 +48,18 @@ def torch_baseline(path: Path) -> None:
         (x.min(), x.max(), x.mean(), x.std(), x.abs().max(), (x == 0).sum(), x.isnan().sum(), x.isinf().sum())
 
 
-def timed(fn, repeat: int) -> float:
-    fn()   # warm the page cache and the imports
-    runs = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
+def timed_interleaved(fns: dict, repeat: int) -> dict:
+    """Median seconds of each callable over `repeat` rounds, the callables taking turns within a round (so a
+    busy spell of the machine hits them alike); one warm-up call each first."""
+    for fn in fns.values():
         fn()
-        runs.append(time.perf_counter() - t0)
-    return statistics.median(runs)
+    runs = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            runs[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in runs.items()}
 
 
 def main(argv=None) -> int:
@@ -66,12 +70,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     st, pt = build(Path(args.cache_dir), args.size_gb)
     size = os.path.getsize(st)
-    rows = [
-        ("paramkit scan, model.safetensors", timed(lambda: paramkit.scan(st, quantiles=False), args.repeat)),
-        ("paramkit scan, pytorch_model.bin", timed(lambda: paramkit.scan(pt, quantiles=False), args.repeat)),
-        ("paramkit header only, pytorch_model.bin", timed(lambda: paramkit.scan(pt, stats=False), args.repeat)),
-        ("torch.load(mmap, weights_only) + reductions", timed(lambda: torch_baseline(pt), max(1, args.repeat // 2))),
-    ]
+    rows = list(timed_interleaved({
+        "paramkit scan, model.safetensors": lambda: paramkit.scan(st, quantiles=False),
+        "paramkit scan, pytorch_model.bin": lambda: paramkit.scan(pt, quantiles=False),
+        "paramkit header only, pytorch_model.bin": lambda: paramkit.scan(pt, stats=False),
+        "torch.load(mmap, weights_only) + reductions": lambda: torch_baseline(pt),
+    }, args.repeat).items())
     base = dict(rows)
     r = paramkit.scan(pt, quantiles=False)
     print(f"file: {size / 1e9:.2f} GB bf16, {len(r.tensors)} tensors; backend {r.backend}; "
