@@ -14,9 +14,12 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
+import paramkit
+
 from conftest import NATIVE_BACKENDS
 
-PYTHON_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "python")
+# the child imports the paramkit this test imported (an installed wheel in CI, python/ in a source checkout)
+PYTHON_DIR = os.path.dirname(os.path.dirname(os.path.abspath(paramkit.__file__)))
 
 # The child prints one JSON line: {"errno": e.errno, "message": str(e), "type": ...} or {"completed": true}.
 CHILD_PRELUDE = """
