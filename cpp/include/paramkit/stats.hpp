@@ -129,11 +129,15 @@ PK_HD void finalize_small(int dt, const Bin* bins, int nbins, const double* qs, 
     double v = dt == BOOL ? (raw ? 1.0 : 0.0) : decode_to_double(dt, raw);
     if (v != v) { p.nan += c; continue; }
     p.nonnan += c;
+    // the integer extremes only for integer dtypes: a float value (+-Inf, bf16 up to 3.4e38) need not
+    // fit in int64/uint64, and converting it would be undefined behaviour
     if (first) {
       first = false;
-      p.fmin = v; p.imin = int64_t(v); p.umin = uint64_t(v < 0 ? 0 : v);
+      p.fmin = v;
+      if (!is_float) { p.imin = int64_t(v); p.umin = uint64_t(v < 0 ? 0 : v); }
     }
-    p.fmax = v; p.imax = int64_t(v); p.umax = uint64_t(v < 0 ? 0 : v);
+    p.fmax = v;
+    if (!is_float) { p.imax = int64_t(v); p.umax = uint64_t(v < 0 ? 0 : v); }
     if (is_float && !(v - v == 0)) { if (v > 0) p.posinf += c; else p.neginf += c; continue; }
     if (v == 0) p.zeros += c;
     if (raw_is_subnormal(dt, raw)) p.subnormal += c;
