@@ -285,6 +285,7 @@ def doctor_info() -> dict:
 
 
 def cmd_doctor(args) -> int:
+    from .backends.cuda_backend import no_device_reason
     info = doctor_info()
     if args.json:
         print(json.dumps(info, indent=2))
@@ -306,7 +307,8 @@ def cmd_doctor(args) -> int:
         rows.append(("CUDA build", f"runtime {cu['runtime_version']}, driver {cu['driver_version'] or 'none'}, "
                                    f"archs {cu['archs']}"))
         devs = ", ".join(f"{d['name']} (sm_{d['compute_capability'].replace('.', '')}, "
-                         f"{d['total_memory'] / 2**30:.0f} GiB)" for d in cu["devices"]) or (cu["error"] or "none")
+                         f"{d['total_memory'] / 2**30:.0f} GiB)" for d in cu["devices"]) or \
+            f"none: {no_device_reason(cu) or 'the driver lists no device'}"
         rows.append(("CUDA devices", devs))
     if info["PARAMKIT_BACKEND"]:
         rows.append(("PARAMKIT_BACKEND", info["PARAMKIT_BACKEND"]))
