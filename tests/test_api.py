@@ -257,3 +257,55 @@ def test_dir_shows_only_the_public_api(small_checkpoint):
         assert getattr(paramkit, n) is not None, n
     assert set(paramkit.__all__) <= set(dir(paramkit))
     assert paramkit.planning.Plan is type(paramkit.plan(small_checkpoint))
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_scan_reads_only_the_chosen_tensors(small_checkpoint, backend):
+    """scan(tensors=REGEX): only the matching tensors are read (the progress total is their bytes), they get
+    the statistics a full scan gives them, the others none; aggregates are of the chosen parameters (checked
+    against the values loaded here); counting is the whole model's."""
+    import torch
+    from safetensors.torch import load_file as tload
+    ref = tload(small_checkpoint)
+    full = paramkit.scan(small_checkpoint, backend=backend)
+    seen = []
+    r = paramkit.scan(small_checkpoint, backend=backend, tensors=r"layers\.\d\.mlp",
+                      progress=lambda done, total: seen.append((done, total)))
+    chosen = {"model.layers.0.mlp.up_proj.weight", "model.layers.1.mlp.up_proj.weight"}
+    assert seen[-1] == (128 * 64 * 2 + 128 * 64 * 8,) * 2
+    assert r.timing["data_bytes"] == 128 * 64 * 2 + 128 * 64 * 8
+    for t, f in zip(r.tensors, full.tensors):
+        assert t.name == f.name
+        assert (t.stats == f.stats) if t.name in chosen else t.stats is None
+    vals = np.concatenate([ref[n].to(torch.float64).numpy().ravel() for n in sorted(chosen)])
+    a = r.aggregates
+    assert a["tensors"] == 2 and a["numel"] == vals.size
+    assert a["min"] == vals.min() and a["max"] == vals.max() and a["absmax"] == np.abs(vals).max()
+    assert math.isclose(a["mean"], vals.mean(), rel_tol=1e-9, abs_tol=1e-12)
+    assert r.counting.to_dict() == full.counting.to_dict()
+    assert r.options["tensors"] == r"layers\.\d\.mlp" and "tensors" not in full.options
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_scan_chosen_tensors_with_quant(small_checkpoint, backend):
+    """With quant: error records for the chosen tensors equal the full scan's, none for the others; a callable
+    chooses by (name, dtype, shape, role)."""
+    full = paramkit.scan(small_checkpoint, backend=backend, quant="int8_channel,int4_g32", quant_tensors="mlp")
+    pick = lambda name, dtype, shape, role: dtype == "F16" and role == "parameter"   # noqa: E731
+    r = paramkit.scan(small_checkpoint, backend=backend, quant="int8_channel,int4_g32", quant_tensors="mlp",
+                      tensors=pick)
+    for t, f in zip(r.tensors, full.tensors):
+        if t.name == "model.layers.0.mlp.up_proj.weight":
+            assert t.quant is not None and t.quant == f.quant and t.stats == f.stats
+        else:
+            assert t.stats is None and t.quant is None
+    assert r.options["tensors"].startswith("custom: ")
+
+
+def test_scan_chosen_tensors_errors(small_checkpoint):
+    with pytest.raises(ValueError, match="matches none of the 8 tensors"):
+        paramkit.scan(small_checkpoint, tensors="nothing-like-this")
+    with pytest.raises(ValueError, match="not a valid regular expression"):
+        paramkit.scan(small_checkpoint, tensors="(")
+    with pytest.raises(TypeError):
+        paramkit.scan(small_checkpoint, tensors=3)

@@ -44,6 +44,20 @@ def test_doctor(capsys):
     assert "backends" in capsys.readouterr().out
 
 
+def test_doctor_devices_row_names_a_missing_driver(monkeypatch, capsys):
+    """With no NVIDIA driver the CUDA runtime says "driver version is insufficient"; doctor's devices row
+    says what the backend list says instead: there is no driver (not: upgrade it)."""
+    from paramkit.backends import cuda_backend as cb
+    probe = {"built": True, "runtime_version": 12040, "driver_version": 0, "archs": "90", "device_count": 0,
+             "devices": [], "error": "CUDA driver version is insufficient for CUDA runtime version"}
+    monkeypatch.setattr(cb, "probe", lambda: dict(probe))
+    monkeypatch.setenv("COLUMNS", "200")
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "CUDA devices" in line)
+    assert "no NVIDIA driver" in row and "insufficient" not in row
+
+
 def test_demo_and_python_m(tmp_path):
     out = subprocess.run([sys.executable, "-m", "paramkit", "demo", "--dir", str(tmp_path), "--json"],
                          capture_output=True, text=True, check=True).stdout

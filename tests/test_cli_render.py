@@ -326,6 +326,11 @@ def test_filter_every_format(minilm_path, monkeypatch, capsys):
                      monkeypatch, capsys)
     d = json.loads(out)
     assert [t["name"] for t in d["tensors"]] == names and d["total_params"] == 22_713_216
+    # only the matching tensors were read, and the model-wide statistics are theirs
+    vals, infos = values(minilm_path), {t.name: t for t in tensor_infos(minilm_path)}
+    assert d["timing"]["data_bytes"] == sum(infos[n].nbytes for n in names)
+    assert d["aggregates"]["numel"] == sum(vals[n][2].size for n in names)
+    assert d["aggregates"]["max"] == max(float(vals[n][2].max()) for n in names)
     rc, out, _ = run(["scan", minilm_path, "--filter", r"attention\.self\.query", "--top", "3"],
                      monkeypatch, capsys, 120)
     check_tensor_table(out, minilm_path, 120, expect_names=names[:3])

@@ -119,6 +119,32 @@ def test_torch_views_are_read_as_their_values(tmp_path, backend, deflated):
     assert layouts["plain"] is deflated and layouts["tail"] is deflated   # stored contiguous: read in place
 
 
+def test_contiguous_views_of_a_deflated_storage_stream_with_bounded_memory(tmp_path):
+    """Four contiguous views of one 64 MiB deflated storage are made plain with a few MiB of memory (the member
+    is inflated as it is read, once for all four, not held whole), and their bytes are the views' values."""
+    import tracemalloc
+    from paramkit.materialize import plain_tensors
+    base = torch.arange(16 << 20, dtype=torch.float32) % 1013
+    parts = {f"part{k}": base[k * (4 << 20):(k + 1) * (4 << 20)] for k in range(4)}
+    p = str(tmp_path / "quarters.pt")
+    torch.save(parts, p)
+    p = _deflated_copy(p, str(tmp_path / "quarters_deflated.pt"))
+    table = open_table(p)
+    assert all(t.layout is not None and t.layout.blob.compression == "deflate" for t in table.tensors)
+    tracemalloc.start()
+    try:
+        with plain_tensors(table.tensors) as plain:
+            peak = tracemalloc.get_traced_memory()[1]
+            for t in plain:
+                with open(t.file, "rb") as f:
+                    f.seek(t.offset)
+                    got = np.frombuffer(f.read(t.nbytes), "<f4")
+                assert np.array_equal(got, parts[t.name].numpy()), t.name
+    finally:
+        tracemalloc.stop()
+    assert peak < 24 << 20, f"{peak / 2**20:.1f} MiB"
+
+
 def test_torch_views_quantize_as_their_values(tmp_path):
     p = str(tmp_path / "views.pt")
     ref = _views_checkpoint(p)

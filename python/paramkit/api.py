@@ -20,7 +20,7 @@ from .report import ScanReport, aggregate, tensor_reports
 
 
 def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "auto", threads: int | None = None,
-         progress=None, strict: bool = True, quant=None, quant_tensors=None) -> ScanReport:
+         progress=None, strict: bool = True, quant=None, quant_tensors=None, tensors=None) -> ScanReport:
     """Read a weight file (safetensors, PyTorch .bin/.pt/.pth/.ckpt, NumPy .npy/.npz), an index
     (``model.safetensors.index.json``, ``pytorch_model.bin.index.json``) or a directory and report what is in it.
 
@@ -34,6 +34,9 @@ def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "au
     schemes), a comma-separated string or a list of scheme ids (see paramkit.quant.SCHEMES);
     quant_tensors overrides which tensors are quantized (default: floating-point parameters with
     2+ dimensions): a regex on names or a callable(name, dtype, shape, role) -> bool.
+    tensors: only these tensors are read for statistics and quantization (a regex on names, re.search,
+    or a callable(name, dtype, shape, role) -> bool; matching none is a ValueError): the others get no
+    statistics, and the aggregates are of the chosen ones; the counts are always of the whole model.
     Raises FormatError (with .code) on malformed input, OSError on I/O errors.
     """
     from .counting import count_table
@@ -54,45 +57,82 @@ def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "au
         engine_info: dict = {}
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError("threads must be a positive integer or None")
+        chosen = _chosen_tensors(table, counting, tensors)     # None: every tensor
+        chosen_option = {} if chosen is None else {"tensors": _describe(tensors)}
         plan = None
         if quant:
             from .quant import resolve_schemes
             from .quant.plan import make_plan
             plan = make_plan(table.tensors, [r.role for r in counting.roles], resolve_schemes(quant), quant_tensors)
+            if chosen is not None:
+                plan = plan.only(chosen)
+        read = table.tensors if chosen is None else [table.tensors[i] for i in chosen]
+        data_bytes = table.data_bytes if chosen is None else sum(t.nbytes for t in read)
         if stats or plan is not None:
             engine = get_engine(backend)
             engine_name = engine.name
-            total = table.data_bytes if stats or plan is not None else 0
+            run_plan = plan if plan is None or chosen is None else plan.take(chosen)
+            total = data_bytes
             if plan is not None and plan.second_pass_bits:
                 total += sum(t.nbytes for t, m in zip(table.tensors, plan.masks) if m & plan.second_pass_bits)
             cb, close = make_progress(progress, total)
             try:
-                with pause.resumed(), plain_tensors(table.tensors) as tensors:   # the data pass: gc as the caller had it
-                    results, qsums = engine.run(tensors, stats=stats, quantiles=quantiles, threads=threads,
-                                                progress=cb, quant=plan)
+                with pause.resumed(), plain_tensors(read) as plain:   # the data pass: gc as the caller had it
+                    got, qgot = engine.run(plain, stats=stats, quantiles=quantiles, threads=threads,
+                                           progress=cb, quant=run_plan)
             finally:
                 close()
+            if chosen is None:
+                results, qsums = got, qgot
+            else:
+                for k, i in enumerate(chosen):
+                    results[i], qsums[i] = got[k], qgot[k]
             engine_info = dict(getattr(engine, "last_run", {}) or {})
         t_stats = time.perf_counter()
         if stats:   # a tie that config.json claims, checked against the statistics (counting read no values)
             counting = confirm_with_statistics(counting, table, results)
         quant_records = None if plan is None else [_quant_records(plan, i, qsums[i], info)
                                                    for i, info in enumerate(table.tensors)]
-        tensors = tensor_reports(table.columns, counting.roles, results, quant_records)
+        reports = tensor_reports(table.columns, counting.roles, results, quant_records)
         data_s = t_stats - t_count
         timing = {"header_s": t_header - t0, "count_s": t_count - t_header, "stats_s": data_s if stats else 0.0,
                   "total_s": t_stats - t0,
-                  "data_bytes": table.data_bytes if stats else 0,
-                  "gb_per_s": (table.data_bytes / data_s / 1e9) if stats and data_s > 0 else None}
+                  "data_bytes": data_bytes if stats else 0,
+                  "gb_per_s": (data_bytes / data_s / 1e9) if stats and data_s > 0 else None}
         return ScanReport(path=os.fspath(path), format=table.format, backend=engine_name, files=list(table.files),
-                          counting=counting, tensors=tensors, metadata=dict(table.metadata),
+                          counting=counting, tensors=reports, metadata=dict(table.metadata),
                           index_metadata=table.index_metadata, config=table.config,
                           unreferenced_files=list(table.unreferenced_files),
                           ignored_files=[dict(f) for f in table.ignored_files],
                           options={"stats": stats, "quantiles": quantiles if stats else None, "threads": threads,
-                                   "strict": strict},
-                          timing=timing, aggregates=aggregate(tensors) if stats else None, engine_info=engine_info,
+                                   "strict": strict, **chosen_option},
+                          timing=timing, aggregates=aggregate(reports) if stats else None, engine_info=engine_info,
                           quant_plan=plan)
+
+
+def _chosen_tensors(table, counting, tensors) -> list[int] | None:
+    """Indices (table order) of the tensors scan(tensors=...) reads; None for all of them."""
+    if tensors is None:
+        return None
+    import re
+    if isinstance(tensors, str):
+        try:
+            rx = re.compile(tensors)
+        except re.error as e:
+            raise ValueError(f"tensors: {tensors!r} is not a valid regular expression ({e})") from None
+        chosen = [i for i, name in enumerate(table.columns.names) if rx.search(name)]
+    elif callable(tensors):
+        chosen = [i for i, (t, r) in enumerate(zip(table.tensors, counting.roles))
+                  if tensors(t.name, t.dtype, tuple(t.shape), r.role)]
+    else:
+        raise TypeError("tensors must be None, a regex string or a callable(name, dtype, shape, role)")
+    if not chosen:
+        raise ValueError(f"tensors={_describe(tensors)!r} matches none of the {len(table):,} tensors")
+    return chosen
+
+
+def _describe(tensors) -> str:
+    return tensors if isinstance(tensors, str) else f"custom: {getattr(tensors, '__qualname__', repr(tensors))}"
 
 
 def _quant_records(plan, i: int, sums: dict | None, info) -> dict | None:

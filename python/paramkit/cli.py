@@ -195,8 +195,9 @@ def render_scan(r, console, rows=None, *, wide: bool = False, more_hint: str = "
                            "the first N, --format csv every value)", style="dim"))
     if r.aggregates:
         a = r.aggregates
+        chosen = r.options.get("tensors")
         console.print(Text.assemble(
-            ("all parameters", "bold"),
+            ("all parameters" if chosen is None else f"parameters matching /{chosen}/", "bold"),
             f": min {fmt_value(a['min'])}  max {fmt_value(a['max'])}  mean {fmt_value(a['mean'])}"
             f"  std {fmt_value(a['std'])}  absmax {fmt_value(a['absmax'])}  l2 {fmt_value(a['l2'])}"
             f"  zeros {a['zeros']:,} ({percent(a['zeros'], a['numel'])})  NaN {a['nan']:,}"
@@ -223,7 +224,7 @@ def cmd_scan(args) -> int:
             raise ValueError(f"--filter {args.filter!r} matches none of the {len(names):,} tensors")
     r = scan(args.path, stats=not args.no_stats, quantiles=not args.no_quantiles, backend=args.backend,
              threads=args.threads, progress=fmt == "table" and sys.stderr.isatty() or args.progress,
-             strict=not args.lenient)
+             strict=not args.lenient, tensors=args.filter)   # only the matching tensors are read
     top = args.top
     if fmt == "table" and top is None and not args.all:
         top = DEFAULT_TABLE_ROWS
@@ -285,6 +286,7 @@ def doctor_info() -> dict:
 
 
 def cmd_doctor(args) -> int:
+    from .backends.cuda_backend import no_device_reason
     info = doctor_info()
     if args.json:
         print(json.dumps(info, indent=2))
@@ -306,7 +308,8 @@ def cmd_doctor(args) -> int:
         rows.append(("CUDA build", f"runtime {cu['runtime_version']}, driver {cu['driver_version'] or 'none'}, "
                                    f"archs {cu['archs']}"))
         devs = ", ".join(f"{d['name']} (sm_{d['compute_capability'].replace('.', '')}, "
-                         f"{d['total_memory'] / 2**30:.0f} GiB)" for d in cu["devices"]) or (cu["error"] or "none")
+                         f"{d['total_memory'] / 2**30:.0f} GiB)" for d in cu["devices"]) or \
+            f"none: {no_device_reason(cu) or 'the driver lists no device'}"
         rows.append(("CUDA devices", devs))
     if info["PARAMKIT_BACKEND"]:
         rows.append(("PARAMKIT_BACKEND", info["PARAMKIT_BACKEND"]))
@@ -348,7 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "name A to Z; the others largest first, min most negative first; tensors without "
                         "the statistic last)")
     s.add_argument("--filter", default=None, metavar="REGEX",
-                   help="only the tensors whose name matches REGEX (re.search); matching none is an error")
+                   help="only the tensors whose name matches REGEX (re.search): only they are read, and the "
+                        "model-wide statistics are theirs (the counts are the whole model's); matching none is "
+                        "an error")
     rows = s.add_mutually_exclusive_group()
     rows.add_argument("--top", type=int, default=None, metavar="N",
                       help="only the first N tensors (after --filter and --sort); every format")

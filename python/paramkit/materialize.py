@@ -2,10 +2,10 @@
 of a file. A tensor whose TensorInfo has a ViewLayout (a strided torch view, big-endian data, a member of a
 deflated zip) is written once, in that plain form, to a private temporary file for the duration of the pass;
 plain tensors are read where they are, untouched. A strided view holds its storage in memory while it is
-gathered, and a deflated member that several tensors view is inflated once."""
+gathered; contiguous views stream from their member (paramkit.sources.ZipMember) with bounded memory, and
+the contiguous views of one deflated member, visited in offset order, share one inflation."""
 from __future__ import annotations
 
-import collections
 import contextlib
 import dataclasses
 import os
@@ -17,10 +17,10 @@ import numpy as np
 
 from .dtypes import DTYPES
 from .formats.stored import is_contiguous
-from .sources import open_source
+from .sources import ZipMember, open_source
 from .table import TensorInfo
 
-CHUNK_BYTES = 16 << 20          # streaming piece for contiguous views of a member
+CHUNK_BYTES = 4 << 20           # streaming piece for contiguous views of a member
 _UINT = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}
 
 
@@ -31,36 +31,28 @@ def _to_little(raw: bytes | np.ndarray, es: int, byteorder: str) -> np.ndarray:
     return a.view(np.dtype(_UINT[es]).newbyteorder(">")).astype(_UINT[es]).view(np.uint8)
 
 
-def _contiguous_pieces(src, t: TensorInfo, es: int) -> Iterator[bytes]:
-    """The bytes of a row-major view (element_offset.., nbytes) of its storage, streamed from the member with
-    bounded memory (deflated members are inflated piece by piece)."""
-    from .formats.stored import iter_blob
-    lay = t.layout
-    start, end = lay.element_offset * es, lay.element_offset * es + t.nbytes
-    pos = 0
-    for piece in iter_blob(src, lay.blob, CHUNK_BYTES):
-        a, b = max(start - pos, 0), min(end - pos, len(piece))
-        if a < b:
-            yield piece[a:b]
-        pos += len(piece)
-        if pos >= end:
-            break
+def _contiguous_pieces(member: ZipMember, t: TensorInfo, es: int) -> Iterator[bytes]:
+    """The bytes of a row-major view (element_offset.., nbytes) of its storage, read from the member source in
+    pieces of CHUNK_BYTES: a deflated member is inflated as it is read, and views visited in offset order
+    continue one inflation instead of starting it again (ZipMember.read_at)."""
+    start = t.layout.element_offset * es
+    for at in range(start, start + t.nbytes, CHUNK_BYTES):
+        yield member.read_at(at, min(CHUNK_BYTES, start + t.nbytes - at))
 
 
 class _Storages:
     """Whole storages in memory, one at a time (tensors are visited storage by storage): a strided view needs
-    random access to its storage, and a deflated member that several tensors view is inflated once."""
+    random access to its storage."""
 
     def __init__(self) -> None:
         self._key = None
         self._data = b""
 
-    def get(self, src, blob) -> bytes:
-        from .formats.stored import read_blob
-        key = (src.name, blob.key, blob.offset)
+    def get(self, member: ZipMember) -> bytes:
+        key = member.identity
         if key != self._key:
             self._key, self._data = None, b""   # drop the previous storage before reading the next
-            self._data, self._key = read_blob(src, blob), key
+            self._data, self._key = member.read_all(), key
         return self._data
 
 
@@ -73,16 +65,16 @@ def _gathered(storage: bytes, t: TensorInfo, es: int) -> bytes:
     return np.ascontiguousarray(view).tobytes()
 
 
-def _write_plain(f, src, t: TensorInfo, storages: _Storages, whole: bool) -> None:
-    """Write tensor t's elements, row-major and little-endian; `whole`: from its storage held in memory,
-    else streamed from the member (a contiguous view)."""
+def _write_plain(f, member: ZipMember, t: TensorInfo, storages: _Storages) -> None:
+    """Write tensor t's elements, row-major and little-endian: a strided view from its storage held in memory,
+    a contiguous one streamed from the member."""
     es = DTYPES[t.dtype].bits // 8
     lay = t.layout
-    if whole:
-        f.write(_to_little(_gathered(storages.get(src, lay.blob), t, es), es, lay.byteorder))
+    if not is_contiguous(t.shape, lay.strides):
+        f.write(_to_little(_gathered(storages.get(member), t, es), es, lay.byteorder))
         return
-    carry = b""        # pieces of a deflated member need not end on an element boundary
-    for piece in _contiguous_pieces(src, t, es):
+    carry = b""        # pieces need not end on an element boundary
+    for piece in _contiguous_pieces(member, t, es):
         data = carry + piece if carry else piece
         n = len(data) // es * es
         f.write(_to_little(data[:n], es, lay.byteorder))
@@ -101,19 +93,23 @@ def plain_tensors(tensors: Sequence[TensorInfo]) -> Iterator[list[TensorInfo]]:
     path = os.path.join(tmpdir, "tensors.bin")
     out = list(tensors)
     sources: dict[str, object] = {}
+    members: dict[tuple, ZipMember] = {}
     storages = _Storages()
-    todo.sort(key=lambda i: (tensors[i].file, tensors[i].layout.blob.offset, tensors[i].layout.blob.key))
-    views = collections.Counter((tensors[i].file, tensors[i].layout.blob.key) for i in todo)
+    # storage by storage, each in offset order: a deflated member is inflated once for its contiguous views
+    todo.sort(key=lambda i: (tensors[i].file, tensors[i].layout.blob.offset, tensors[i].layout.blob.key,
+                             tensors[i].layout.element_offset))
     try:
         with open(path, "wb") as f:
             for i in todo:
                 t = tensors[i]
                 lay = t.layout
                 src = sources.get(t.file) or sources.setdefault(t.file, open_source(t.file))
-                whole = not is_contiguous(t.shape, lay.strides) or (
-                    lay.blob.compression != "stored" and views[(t.file, lay.blob.key)] > 1)
+                key = (t.file, lay.blob.key, lay.blob.offset)
+                if key not in members:
+                    members.clear()      # the previous storage's inflation state goes
+                    members[key] = ZipMember(src, lay.blob)
                 at = f.tell()
-                _write_plain(f, src, t, storages, whole)
+                _write_plain(f, members[key], t, storages)
                 if f.tell() - at != t.nbytes:
                     raise OSError(f"{t.file}: tensor {t.name!r} gave {f.tell() - at} bytes, expected {t.nbytes}")
                 out[i] = dataclasses.replace(t, file=path, offset=at, layout=None)

@@ -21,16 +21,21 @@ def probe() -> dict | None:
     return dict(_cuda.probe())
 
 
-def unavailable_reason(p: dict) -> str | None:
-    """Why a built paramkit._cuda cannot run, from its probe(); None when it sees a device. Driver version 0
+def no_device_reason(p: dict) -> str | None:
+    """Why a built paramkit._cuda sees no device, from its probe(); None when it sees one. Driver version 0
     means the CUDA runtime found no driver at all: it then reports cudaErrorInsufficientDriver ("driver
     version is insufficient"), which would send a user to upgrade a driver that is not there."""
     if p["device_count"]:
         return None
     if not p["driver_version"]:
-        return ("built, but no usable CUDA device: no NVIDIA driver (the CUDA runtime finds no libcuda and "
-                "reports driver version 0)")
-    return f"built, but no usable CUDA device: {p['error'] or 'the driver reports 0 devices'}"
+        return "no NVIDIA driver (the CUDA runtime finds no libcuda and reports driver version 0)"
+    return p["error"] or "the driver reports 0 devices"
+
+
+def unavailable_reason(p: dict) -> str | None:
+    """Why a built paramkit._cuda cannot run (no_device_reason, as the backend list says it); None when it can."""
+    why = no_device_reason(p)
+    return None if why is None else f"built, but no usable CUDA device: {why}"
 
 
 class CudaEngine(CpuEngine):

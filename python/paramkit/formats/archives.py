@@ -42,12 +42,13 @@ def file_table(arch: ParsedArchive, path: str, size: int) -> FileTable:
                      max(size - stored, 0), tensors)
 
 
-def _read_with(parse):
-    def read(path: str, strict: bool) -> FileTable:
-        from ..sources import open_source
-        with open_source(path) as src:
-            return file_table(parse(src), src.name, src.size)
-    return read
+def _open_with(parse):
+    def open_archive(source, strict: bool) -> FileTable:
+        if source.path is None or source.path != source.name or source.file_offset:
+            raise ValueError(f"{source.name}: the {parse.__name__} reader takes a whole local file "
+                             "(the engines read its members at their offsets in it)")
+        return file_table(parse(source), source.name, source.size)
+    return open_archive
 
 
 def _sniff_torch(head: bytes, name: str) -> bool:
@@ -90,6 +91,6 @@ def _pick_torch(files: list[str]) -> tuple[list[str], list[dict]]:
 
 TORCH_READER = Reader(format="pytorch", extensions=(".bin", ".pt", ".pth", ".ckpt"),
                       index_suffix=".bin.index.json", standard_index="pytorch_model.bin.index.json",
-                      sniff=_sniff_torch, read=_read_with(_parse_torch), pick=_pick_torch)
+                      sniff=_sniff_torch, open=_open_with(_parse_torch), pick=_pick_torch)
 NUMPY_READER = Reader(format="numpy", extensions=(".npz", ".npy"), index_suffix=".npz.index.json",
-                      standard_index="model.npz.index.json", sniff=_sniff_numpy, read=_read_with(_parse_numpy))
+                      standard_index="model.npz.index.json", sniff=_sniff_numpy, open=_open_with(_parse_numpy))

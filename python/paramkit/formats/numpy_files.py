@@ -15,8 +15,8 @@ from numpy.lib import format as npy_format
 from ..dtypes import from_numpy
 from ..errors import FormatError
 from .known_magics import HEAD_BYTES, identify_unsupported, unsupported_format_error
-from .stored import (LONE_TENSOR_NAME, ParsedArchive, Source, StoredBlob, StoredTensor, c_strides,
-                     read_blob_head, read_zip_members)
+from ..sources import Source, ZipMember
+from .stored import LONE_TENSOR_NAME, ParsedArchive, StoredBlob, StoredTensor, c_strides, read_zip_members
 
 __all__ = ["ERROR_CODES", "NPY_MAGIC", "parse_numpy"]
 
@@ -126,7 +126,7 @@ def _parse_npz(source: Source) -> ParsedArchive:
             raise _error("npz_member_invalid", f"member {member!r} is not an .npy file{hint}; np.savez writes "
                          "only <name>.npy members", source)
         name = member[:-len(".npy")]
-        head = read_blob_head(source, blob, _HEAD_WINDOW)
+        head = ZipMember(source, blob).read_at(0, min(_HEAD_WINDOW, blob.nbytes))
         tensor, header_len = _array(head, blob.nbytes, source, name, member)
         nbytes = blob.nbytes - header_len
         if blob.compression == "stored":

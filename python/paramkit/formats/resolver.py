@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..errors import FormatError
+from ..sources import Source
 from ..table import TensorColumns, TensorInfo, TensorTable
 
 # Codes raised here (formats.ERROR_CODES merges them with the readers' codes; the README prints them).
@@ -74,7 +75,7 @@ class Reader:
     index_suffix: str                          # "<weights>.index.json" files that list its shards
     standard_index: str                        # the index name that wins when a directory has several
     sniff: Callable[[bytes, str], bool]        # (first bytes, file name) -> is it one of ours
-    read: Callable[[str, bool], FileTable]     # (absolute path, strict) -> FileTable
+    open: Callable[[Source, bool], FileTable]  # (an open paramkit.sources Source, strict) -> FileTable
     # which of a directory's files of this format are the model (the rest: ignored, with the reason)
     pick: Callable[[list[str]], tuple[list[str], list[dict]]] = lambda files: (files, [])
 
@@ -105,23 +106,29 @@ def _reader_for_file(path: str, head: bytes, readers: list[Reader]) -> Reader:
     return readers[0]
 
 
-def read_weight_file(path: str, strict: bool = True) -> FileTable:
-    """Read one weight file (any format paramkit reads) into a FileTable."""
-    from ..sources import open_source
+def read_source(src: Source, strict: bool = True) -> FileTable:
+    """Read one weight file (any format paramkit reads), given as an open Source, into a FileTable: its
+    first bytes (and name) choose the reader."""
     from .known_magics import HEAD_BYTES
+    head = src.read_at(0, min(HEAD_BYTES, src.size))
+    return _reader_for_file(src.name, head, _readers()).open(src, strict)
+
+
+def read_weight_file(path: str, strict: bool = True) -> FileTable:
+    """Read one local weight file (any format paramkit reads) into a FileTable."""
+    from ..sources import open_source
     with open_source(path) as src:
-        head = src.read_at(0, min(HEAD_BYTES, src.size))
-    return _reader_for_file(path, head, _readers()).read(path, strict)
+        return read_source(src, strict)
 
 
 # ---- JSON side files -----------------------------------------------------------------------------------------
 def _read_json_file(path: str, code: str, what: str) -> Any:
+    from ..sources import open_source
     from .safetensors import _raise_if_lone_surrogate, _reject_constant
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        if size > _INDEX_MAX_SIZE:
-            raise _err(code, f"{what} is {size:,} bytes, more than the {_INDEX_MAX_SIZE:,} accepted", path)
-        raw = f.read()
+    with open_source(path) as src:
+        if src.size > _INDEX_MAX_SIZE:
+            raise _err(code, f"{what} is {src.size:,} bytes, more than the {_INDEX_MAX_SIZE:,} accepted", path)
+        raw = src.read_at(0, src.size)
     try:
         obj = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError as e:

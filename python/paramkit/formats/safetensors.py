@@ -85,22 +85,6 @@ _native_parse = _native_parser()
 
 
 # --- reading ----------------------------------------------------------------------------------
-def _read_exact(f, n: int) -> bytes:
-    """Read exactly n bytes (fewer only at end of file); n has been checked against the file size."""
-    data = f.read(n)
-    if len(data) == n or not data:
-        return data
-    parts = [data]
-    got = len(data)
-    while got < n:
-        chunk = f.read(n - got)
-        if not chunk:
-            break
-        parts.append(chunk)
-        got += len(chunk)
-    return b"".join(parts)
-
-
 def _reject_constant(name: str):
     raise ValueError(f"non-standard JSON constant {name} (NaN/Infinity are not JSON)")
 
@@ -160,35 +144,45 @@ def _raise_if_duplicate(text: str, path: str) -> None:
     raise _err("duplicate_key", msg, path, tensor)
 
 
-def read_file(path: str, *, strict: bool = True) -> tuple[list[TensorInfo], dict[str, str], int]:
+def read_file(path, *, strict: bool = True) -> tuple[list[TensorInfo], dict[str, str], int]:
     """read_columns with the tensors as TensorInfo objects: (tensors sorted by byte offset, __metadata__,
     header bytes = 8 + N)."""
     columns, metadata, header_bytes = read_columns(path, strict=strict)
     return columns.infos(), metadata, header_bytes
 
 
-def read_columns(path: str, *, strict: bool = True) -> tuple[TensorColumns, dict[str, str], int]:
+def read_columns(source, *, strict: bool = True) -> tuple[TensorColumns, dict[str, str], int]:
     """Parse and validate one safetensors file's header.
 
-    Returns (its tensors sorted by byte offset, as columns whose one file is `path`; __metadata__ as
-    str->str; header bytes = 8 + N). `path` should be absolute: it is the tensors' file and FormatError.path.
-    Raises FormatError for malformed files, OSError for I/O problems. The native fast path parses headers
-    it can; any other header (an error, or JSON it does not handle) goes through json.loads and the checks
-    below, so the result or error is the same either way.
+    `source`: a paramkit.sources Source (or a path, opened as one). Returns (its tensors sorted by byte
+    offset, as columns whose one file is the source's local path, offsets in that file; __metadata__ as
+    str->str; header bytes = 8 + N). FormatError.path is the source's name. Raises FormatError for
+    malformed files, OSError for I/O problems. The native fast path parses headers it can; any other header
+    (an error, or JSON it does not handle) goes through json.loads and the checks below, so the result or
+    error is the same either way.
     """
-    with open(path, "rb", buffering=0) as f:
-        size = os.fstat(f.fileno()).st_size
-        if size < 8:
-            raise _err("file_too_short",
-                       f"file is {size} bytes; a safetensors file starts with an 8-byte header length",
-                       path)
-        head = _read_exact(f, 8)
-        if len(head) < 8:  # pragma: no cover - file shrank while reading
-            raise _err("file_too_short", "file ended inside the 8-byte header length", path)
-        n = int.from_bytes(head, "little")
-        plausible = n <= MAX_HEADER_SIZE and 8 + n <= size
-        # Never allocate from an untrusted N: read N bytes only once N is known to fit in the file.
-        header = _read_exact(f, n) if plausible else _read_exact(f, min(size - 8, n, _PEEK))
+    if isinstance(source, (str, bytes, os.PathLike)):
+        from ..sources import open_source
+        with open_source(source) as src:
+            return read_columns(src, strict=strict)
+    columns, metadata, header_bytes = _read_columns(source, strict)
+    if source.path != source.name or source.file_offset:   # a part of another file (a stored zip member)
+        columns = TensorColumns(columns.names, columns.dtype_names, columns.dtype, (source.path,), columns.file,
+                                columns.offset + np.uint64(source.file_offset), columns.nbytes, columns.numel,
+                                columns.ndim, columns.dims)
+    return columns, metadata, header_bytes
+
+
+def _read_columns(src, strict: bool) -> tuple[TensorColumns, dict[str, str], int]:
+    path, size = src.name, src.size
+    if size < 8:
+        raise _err("file_too_short",
+                   f"file is {size} bytes; a safetensors file starts with an 8-byte header length",
+                   path)
+    n = int.from_bytes(src.read_at(0, 8), "little")
+    plausible = n <= MAX_HEADER_SIZE and 8 + n <= size
+    # Never allocate from an untrusted N: read N bytes only once N is known to fit in the file.
+    header = src.read_at(8, n if plausible else min(size - 8, n, _PEEK))
     m = _NON_WS.search(header)
     if m is not None and header[m.start()] != 0x7B:  # '{'
         raise _err("unknown_format",
@@ -202,8 +196,6 @@ def read_columns(path: str, *, strict: bool = True) -> tuple[TensorColumns, dict
         raise _err("header_beyond_eof",
                    f"declared header of {n:,} bytes needs a file of at least {8 + n:,} bytes, "
                    f"but the file has {size:,} (truncated?)", path)
-    if len(header) != n:  # pragma: no cover - file shrank while reading
-        raise _err("header_beyond_eof", f"file ended after {len(header)} of {n} header bytes", path)
     if m is None:
         raise _err("unknown_format",
                    f"not a safetensors file: the declared {n}-byte header is empty or blank, "
@@ -471,16 +463,16 @@ def sniff(head: bytes, name: str) -> bool:
     return m is not None and head[m.start()] == 0x7B
 
 
-def _read(path: str, strict: bool):
+def _open(source, strict: bool):
     from .resolver import FileTable
-    columns, metadata, header_bytes = read_columns(path, strict=strict)
+    columns, metadata, header_bytes = read_columns(source, strict=strict)
     return FileTable("safetensors", columns, metadata, header_bytes)
 
 
 def _reader():
     from .resolver import Reader
     return Reader(format="safetensors", extensions=(".safetensors",), index_suffix=".safetensors.index.json",
-                  standard_index="model.safetensors.index.json", sniff=sniff, read=_read)
+                  standard_index="model.safetensors.index.json", sniff=sniff, open=_open)
 
 
 READER = _reader()

@@ -8,12 +8,13 @@ import struct
 import zipfile
 import zlib
 from dataclasses import dataclass, field
-from typing import Iterator, Protocol
+from typing import Iterator
 
 from ..errors import FormatError
+from ..sources import Source
 
 __all__ = ["ERROR_CODES", "LONE_TENSOR_NAME", "ParsedArchive", "Source", "StoredBlob", "StoredTensor",
-           "c_strides", "is_contiguous", "iter_blob", "read_blob", "read_blob_head", "read_zip_members"]
+           "c_strides", "is_contiguous", "iter_blob", "read_blob", "read_zip_members"]
 
 # Codes raised here or shared by several container readers (each with a one-line meaning).
 ERROR_CODES: dict[str, str] = {
@@ -41,14 +42,6 @@ _LOCAL_HEADER = struct.Struct("<4s5H3L2H")   # signature .. extra length, 30 byt
 _LOCAL_SIGNATURE = b"PK\x03\x04"
 _MIN_MEMBER_BYTES = 30 + 46                  # a local header plus a central-directory entry, names empty
 _DEFAULT_CHUNK = 1 << 20
-
-
-class Source(Protocol):
-    """A byte source: its size, a name for messages, and exact range reads (OSError otherwise)."""
-    size: int
-    name: str
-
-    def read_at(self, offset: int, length: int) -> bytes: ...
 
 
 @dataclass(frozen=True)
@@ -316,21 +309,3 @@ def iter_blob(source: Source, blob: StoredBlob, chunk: int = _DEFAULT_CHUNK) -> 
 def read_blob(source: Source, blob: StoredBlob) -> bytes:
     """The whole blob in memory (for small members: data.pkl, byteorder); see iter_blob."""
     return b"".join(iter_blob(source, blob))
-
-
-def read_blob_head(source: Source, blob: StoredBlob, n: int) -> bytes:
-    """The first min(n, uncompressed size) bytes of a zip member (the skipped prefix included), inflating
-    only what that takes; the member's size and CRC are not checked."""
-    if blob.compression == "stored":
-        n = min(n, blob.skip + blob.nbytes)
-        if blob.offset + n > source.size:
-            raise _corrupt(source, blob, f"lies outside the {source.size:,}-byte file")
-        return source.read_at(blob.offset, n)
-    parts = []
-    got = 0
-    for piece in _inflated(source, blob, max(n, 1 << 16)):
-        parts.append(piece)
-        got += len(piece)
-        if got >= n:
-            break
-    return b"".join(parts)[:n]

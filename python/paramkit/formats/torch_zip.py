@@ -20,8 +20,8 @@ from ..dtypes import DTYPES
 from ..errors import FormatError
 from . import torch_pickle
 from .known_magics import HEAD_BYTES, identify_unsupported, identify_unsupported_zip, unsupported_format_error
-from .stored import (LONE_TENSOR_NAME, ParsedArchive, Source, StoredBlob, StoredTensor, read_blob,
-                     read_zip_members)
+from ..sources import Source, ZipMember
+from .stored import LONE_TENSOR_NAME, ParsedArchive, StoredBlob, StoredTensor, read_zip_members
 from .torch_pickle import TORCH_DTYPES, StorageRef, TensorRef, TorchGlobal
 
 __all__ = ["ERROR_CODES", "MAX_PICKLE_BYTES", "OPTIMIZER_KEYS", "WRAPPER_KEYS", "parse_torch"]
@@ -82,7 +82,7 @@ def _byteorder(members: dict[str, StoredBlob], prefix: str, source: Source) -> s
     blob = members.get(f"{prefix}/byteorder")
     if blob is None:
         return "<"    # no record (older torch, _disable_byteorder_record): little, as torch.load assumes
-    raw = read_blob(source, blob) if blob.nbytes <= 16 else b"(too long)"
+    raw = ZipMember(source, blob).read_all() if blob.nbytes <= 16 else b"(too long)"
     order = {b"little": "<", b"big": ">"}.get(raw)
     if order is None:
         raise _error("byteorder_invalid", f"the byteorder record holds {raw[:16]!r}, expected b'little' or "
@@ -95,7 +95,7 @@ def _load_pickle(members: dict[str, StoredBlob], prefix: str, source: Source) ->
     if blob.nbytes > MAX_PICKLE_BYTES:
         raise FormatError("pickle_invalid", f"data.pkl is {blob.nbytes:,} bytes, more than the "
                           f"{MAX_PICKLE_BYTES:,} a state dict's pickle can plausibly need", path=source.name)
-    return torch_pickle.load(read_blob(source, blob), source.name)
+    return torch_pickle.load(ZipMember(source, blob).read_all(), source.name)
 
 
 # --- flattening the checkpoint's containers ------------------------------------------------------------------

@@ -42,6 +42,19 @@ class QuantPlan:
         """Schemes whose scale needs the whole tensor's absmax (a second, cached read)."""
         return sum(1 << k for k, s in enumerate(self.schemes) if s.needs_tensor_absmax)
 
+    def only(self, chosen: Sequence[int]) -> "QuantPlan":
+        """The plan with every tensor but those at the indices `chosen` left unquantized."""
+        keep = set(chosen)
+        return QuantPlan(self.schemes, [m if i in keep else 0 for i, m in enumerate(self.masks)], self.policy,
+                         {i: na for i, na in self.not_applicable.items() if i in keep})
+
+    def take(self, chosen: Sequence[int]) -> "QuantPlan":
+        """The plan of the tensors at the indices `chosen`, renumbered 0.. in that order (what an engine run
+        over just those tensors gets)."""
+        where = {i: k for k, i in enumerate(chosen)}
+        return QuantPlan(self.schemes, [self.masks[i] for i in chosen], self.policy,
+                         {where[i]: na for i, na in self.not_applicable.items() if i in where})
+
     def piece_multiple(self, shape: Sequence[int], mask: int) -> int:
         m = 1
         for k, s in enumerate(self.schemes):
