@@ -98,7 +98,8 @@ py::dict merge_sums(const py::dict& a, const py::dict& b) {
 
 // The float32 values of whole GGML blocks of type `ggml_type` (raw: their bytes, a uint8 array).
 py::array_t<float> ggml_dequantize(const py::array_t<uint8_t, py::array::c_style>& raw, int ggml_type) {
-  const int be = ggml_block_elements(ggml_type), bb = ggml_block_bytes(ggml_type);
+  const GgmlBlock blk = ggml_block(ggml_type);
+  const int be = blk.elements, bb = blk.bytes;
   if (be == 0) throw py::value_error("GGML type " + std::to_string(ggml_type) + " has no native dequantizer");
   const uint64_t n = uint64_t(raw.size());
   if (n % uint64_t(bb)) throw py::value_error(std::to_string(n) + " bytes are not whole " + std::to_string(bb) +

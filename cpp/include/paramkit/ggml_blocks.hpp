@@ -155,26 +155,20 @@ PK_HD PK_INLINE void mxfp4(const uint8_t* b, float* y) {   // e (E8M0) qs[16]
 
 }  // namespace ggml
 
-// Elements and bytes per block of a GGML type this file dequantizes; 0 for any other type.
-PK_HD PK_INLINE int ggml_block_elements(int t) {
+// Elements and bytes per block of a GGML type this file dequantizes; {0, 0} for any other type.
+struct GgmlBlock { int elements, bytes; };
+PK_HD PK_INLINE GgmlBlock ggml_block(int t) {
   switch (t) {
-    case GGML_Q4_0: case GGML_Q4_1: case GGML_Q5_0: case GGML_Q5_1: case GGML_Q8_0: case GGML_IQ4_NL:
-    case GGML_MXFP4: return 32;
-    case GGML_Q2_K: case GGML_Q3_K: case GGML_Q4_K: case GGML_Q5_K: case GGML_Q6_K: case GGML_IQ4_XS: return 256;
-    default: return 0;
-  }
-}
-PK_HD PK_INLINE int ggml_block_bytes(int t) {
-  switch (t) {
-    case GGML_Q4_0: return 18;  case GGML_Q4_1: return 20;  case GGML_Q5_0: return 22;  case GGML_Q5_1: return 24;
-    case GGML_Q8_0: return 34;  case GGML_Q2_K: return 84;  case GGML_Q3_K: return 110; case GGML_Q4_K: return 144;
-    case GGML_Q5_K: return 176; case GGML_Q6_K: return 210; case GGML_IQ4_NL: return 18; case GGML_IQ4_XS: return 136;
-    case GGML_MXFP4: return 17;
-    default: return 0;
+    case GGML_Q4_0: return {32, 18};   case GGML_Q4_1: return {32, 20};   case GGML_Q5_0: return {32, 22};
+    case GGML_Q5_1: return {32, 24};   case GGML_Q8_0: return {32, 34};   case GGML_IQ4_NL: return {32, 18};
+    case GGML_MXFP4: return {32, 17};  case GGML_Q2_K: return {256, 84};  case GGML_Q3_K: return {256, 110};
+    case GGML_Q4_K: return {256, 144}; case GGML_Q5_K: return {256, 176}; case GGML_Q6_K: return {256, 210};
+    case GGML_IQ4_XS: return {256, 136};
+    default: return {0, 0};
   }
 }
 
-// One block of type t at `block` -> ggml_block_elements(t) floats at y (t must be one of the above).
+// One block of type t at `block` -> ggml_block(t).elements floats at y (t must be one of the above).
 PK_HD PK_INLINE void ggml_dequantize_block(int t, const uint8_t* block, float* y) {
   switch (t) {
     case GGML_Q4_0: ggml::q4_0(block, y); break;
