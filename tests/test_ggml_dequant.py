@@ -103,3 +103,25 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="no native dequantizer"):
         core.ggml_dequantize(np.zeros(66, np.uint8), int(T.IQ2_XXS))
     assert core.ggml_dequantize(np.zeros(0, np.uint8), int(T.Q4_K)).size == 0
+
+
+def test_real_blocks_of_a_llama_cpp_model(gemma_gguf_path):
+    """Blocks of every quantized type in a real llama.cpp conversion (Gemma-3 270M Q4_K_M): up to 4,096 blocks of
+    the first tensor of each type, read at the offsets the header reader found."""
+    from paramkit.formats.gguf_file import parse_gguf
+    from paramkit.sources import open_source
+    with open_source(gemma_gguf_path) as src:
+        h = parse_gguf(src)
+        first = {}
+        for t in h.tensors:
+            first.setdefault(t.type_name, t)
+        assert {"Q8_0", "Q5_0", "Q4_K", "Q6_K"} <= set(first)
+        for name in ("Q8_0", "Q5_0", "Q4_K", "Q6_K"):
+            t = first[name]
+            qt = T[name]
+            _, size = gguf.GGML_QUANT_SIZES[qt]
+            n = min(t.nbytes // size, 4096)
+            raw = np.frombuffer(src.read_at(t.offset, n * size), np.uint8).reshape(n, size)
+            got = _core().ggml_dequantize(raw.reshape(-1), int(qt))
+            assert _same_bits(got, _oracle(raw, qt)), name
+            assert np.isfinite(got).all() and np.abs(got).max() > 0, name
