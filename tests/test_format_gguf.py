@@ -267,3 +267,46 @@ def test_byte_mutations_raise_only_format_errors(edits):
         parse_gguf(BytesSource(bytes(raw), "fuzz.gguf"))
     except FormatError as e:
         assert e.code in ERROR_CODES or e.code == "unknown_format"
+
+
+def test_config_from_the_metadata_of_a_real_model(gemma_gguf_path):
+    """Gemma-3 270M: the config.json keys planning reads, from the GGUF metadata (read here with GGUFReader)."""
+    from paramkit.formats.gguf_config import config_from_gguf
+    r = gguf.GGUFReader(gemma_gguf_path)
+    meta = {k: f.contents() for k, f in r.fields.items() if not k.startswith("tokenizer.")}
+    h = _parse(gemma_gguf_path)
+    cfg = config_from_gguf(h.metadata, [t.name for t in h.tensors])
+    assert cfg["model_type"] == "gemma3"
+    assert cfg["num_hidden_layers"] == meta["gemma3.block_count"] == 18
+    assert cfg["hidden_size"] == meta["gemma3.embedding_length"]
+    assert cfg["num_attention_heads"] == meta["gemma3.attention.head_count"]
+    assert cfg["num_key_value_heads"] == meta["gemma3.attention.head_count_kv"]
+    assert cfg["head_dim"] == meta["gemma3.attention.key_length"]
+    assert cfg["max_position_embeddings"] == meta["gemma3.context_length"]
+    assert cfg["sliding_window"] == meta["gemma3.attention.sliding_window"] and cfg["sliding_window_pattern"] == 6
+    assert cfg["vocab_size"] == len(r.fields["tokenizer.ggml.tokens"].data)
+    assert cfg["tie_word_embeddings"] is ("output.weight" not in {t.name for t in r.tensors})
+
+
+def test_config_of_a_moe_and_per_layer_heads(tmp_path):
+    from paramkit.formats.gguf_config import config_from_gguf
+    w = gguf.GGUFWriter(str(tmp_path / "moe.gguf"), "qwen2moe")
+    w.add_block_count(3)
+    w.add_expert_count(60)
+    w.add_expert_used_count(4)
+    w.add_expert_shared_count(1)
+    w.add_head_count([16, 16, 8])
+    w.add_head_count_kv([4, 2, 2])
+    w.add_tensor("token_embd.weight", np.zeros((8, 32), np.float32))
+    w.add_tensor("output.weight", np.zeros((8, 32), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    h = _parse(tmp_path / "moe.gguf")
+    cfg = config_from_gguf(h.metadata, [t.name for t in h.tensors])
+    assert (cfg["num_local_experts"], cfg["num_experts_per_tok"], cfg["n_shared_experts"]) == (60, 4, 1)
+    assert cfg["num_attention_heads"] == 16 and cfg["num_key_value_heads"] == 4
+    assert cfg["num_key_value_heads_per_layer"] == [4, 2, 2]
+    assert cfg["tie_word_embeddings"] is False
+    assert config_from_gguf({}, []) is None
