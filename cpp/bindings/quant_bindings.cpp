@@ -1,5 +1,6 @@
 // pybind11 glue for the quantization math of cpp/include/paramkit/quant.hpp (array-level entry
-// points used by paramkit.fake_quantize / quant_error on the cpu backend and by the tests).
+// points used by paramkit.fake_quantize / quant_error on the cpu backend and by the tests), and the GGML
+// block dequantizers of cpp/include/paramkit/ggml_blocks.hpp (array in, float32 values out).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -8,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "paramkit/ggml_blocks.hpp"
 #include "paramkit/quant.hpp"
 #include "kernels.hpp"
 #include "result_records.hpp"   // sums_dict, checked_array_quant
@@ -94,7 +96,29 @@ py::dict merge_sums(const py::dict& a, const py::dict& b) {
 
 }  // namespace
 
+// The float32 values of whole GGML blocks of type `ggml_type` (raw: their bytes, a uint8 array).
+py::array_t<float> ggml_dequantize(const py::array_t<uint8_t, py::array::c_style>& raw, int ggml_type) {
+  const GgmlBlock blk = ggml_block(ggml_type);
+  const int be = blk.elements, bb = blk.bytes;
+  if (be == 0) throw py::value_error("GGML type " + std::to_string(ggml_type) + " has no native dequantizer");
+  const uint64_t n = uint64_t(raw.size());
+  if (n % uint64_t(bb)) throw py::value_error(std::to_string(n) + " bytes are not whole " + std::to_string(bb) +
+                                              "-byte blocks");
+  const uint64_t blocks = n / uint64_t(bb);
+  py::array_t<float> out(py::ssize_t(blocks * uint64_t(be)));
+  const uint8_t* src = raw.data();
+  float* dst = out.mutable_data();
+  {
+    py::gil_scoped_release nogil;
+    for (uint64_t b = 0; b < blocks; ++b) ggml_dequantize_block(ggml_type, src + b * bb, dst + b * be);
+  }
+  return out;
+}
+
 void register_quant(py::module_& m) {
+  m.def("ggml_dequantize", &ggml_dequantize, py::arg("raw"), py::arg("ggml_type"),
+        "float32 values of whole GGML blocks (raw: uint8 array of their bytes) of a type with a native "
+        "dequantizer (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K..Q6_K, IQ4_NL, IQ4_XS, MXFP4); ValueError otherwise.");
   const char* args_doc =
       "x: float32 C-contiguous array of rows*row_len values (any shape, kept for the output). "
       "kind: QUANT_KINDS value. group: elements per group (32 for q8_0/q4_0, 64 for nf4, N for "

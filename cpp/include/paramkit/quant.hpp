@@ -6,6 +6,7 @@
 
 #include "config.hpp"
 #include "dtype.hpp"
+#include "exact_ops.hpp"
 
 // Numerics (see ../../../python/paramkit/quant/numpy_quant.py, the oracle, and
 // shared/quant-schemes.md): every float step is ONE correctly rounded float32 operation; nothing
@@ -52,56 +53,14 @@ PK_HD PK_INLINE QuantSums quant_sums_zero() {
 
 namespace qdetail {
 
-// ---- one correctly rounded operation each, never contracted into an FMA ----------------------
-PK_HD PK_INLINE float fmul(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-PK_HD PK_INLINE float fadd(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-PK_HD PK_INLINE float fsub(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fsub_rn(a, b);
-#else
-  return a - b;
-#endif
-}
-PK_HD PK_INLINE float fdiv(float a, float b) {
-#ifdef __CUDA_ARCH__
-  return __fdiv_rn(a, b);
-#else
-  return a / b;
-#endif
-}
-PK_HD PK_INLINE double dmul(double a, double b) {
-#ifdef __CUDA_ARCH__
-  return __dmul_rn(a, b);
-#else
-  return a * b;
-#endif
-}
-PK_HD PK_INLINE double dadd(double a, double b) {
-#ifdef __CUDA_ARCH__
-  return __dadd_rn(a, b);
-#else
-  return a + b;
-#endif
-}
-PK_HD PK_INLINE double dsub(double a, double b) {
-#ifdef __CUDA_ARCH__
-  return __dsub_rn(a, b);
-#else
-  return a - b;
-#endif
-}
+// one correctly rounded operation each (exact_ops.hpp)
+using exact::dadd;
+using exact::dmul;
+using exact::dsub;
+using exact::fadd;
+using exact::fdiv;
+using exact::fmul;
+using exact::fsub;
 
 // ---- classification and sign by bits (immune to -ffast-math) ---------------------------------
 PK_HD PK_INLINE bool is_nan(float x) { return (f32_to_bits(x) & 0x7FFFFFFFu) > 0x7F800000u; }
