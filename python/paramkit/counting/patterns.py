@@ -1,0 +1,229 @@
+"""Tensor names grouped by pattern -- the name with each decimal digit masked (NUL) -- so that counting decides
+what depends on a name's words once per pattern (a 100,000-tensor MoE header has ~100 patterns) and reads what
+depends on its digits (layers, expert indices, siblings) with NumPy from the names' bytes.
+
+A pattern keeps a name's length and every non-digit character, so a regex whose only digit-sensitive part is
+``\\d`` finds, on the pattern with ``\\d`` written ``[\\d\\x00]``, the same spans as on every name of the
+pattern. Names that are not all ASCII (or hold NUL or newline characters) are their own patterns, digits
+literal; so are names with more than MAX_MASKED digits, and a leaf (last component) keeps its digits."""
+from __future__ import annotations
+
+import numpy as np
+
+import re
+
+MAX_MASKED = 18    # masked digits a pattern keeps: their value fits an int64
+_MASK = bytes.maketrans(b"0123456789", b"\0" * 10)
+_NUL = "\0"
+
+
+class _Codes(dict):
+    """key -> dense code in order of first lookup (dict.__getitem__ at C speed, __missing__ once per key)."""
+
+    def __missing__(self, key):
+        v = self[key] = len(self)
+        return v
+
+
+def factorize(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(codes, first) of non-negative int64 keys: codes[i] the rank of keys[i] among the distinct keys in order
+    of first appearance, first[c] the index where code c first appears. Without a sort when the keys are
+    small (a table of them), else by np.unique."""
+    n = len(keys)
+    if not n:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    top = int(keys.max())
+    if top < 4 * n + 1024:
+        first_of = np.full(top + 1, n, dtype=np.int64)
+        np.minimum.at(first_of, keys, np.arange(n, dtype=np.int64))
+        present = np.flatnonzero(first_of < n)
+        order = np.argsort(first_of[present], kind="stable")
+        rank = np.empty(top + 1, dtype=np.int64)
+        rank[present[order]] = np.arange(len(present))
+        return rank[keys], first_of[present[order]]
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return rank[inverse.reshape(-1)], first[order]
+
+
+def digit_regex(pattern: str) -> tuple[re.Pattern, re.Pattern]:
+    """`pattern` compiled for names (as written) and for masked patterns (each ``\\d`` also matching NUL)."""
+    return re.compile(pattern), re.compile(pattern.replace(r"\d", r"[\d\x00]"))
+
+
+class NamePatterns:
+    """The patterns of `names` (a list of str): ``code[i]`` the pattern of names[i], ``patterns[c]`` its
+    string, ``members(c)`` its tensors (ascending)."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        n = len(names)
+        joined = "\n".join(names)
+        self._codes = codes = _Codes()
+        self._refined: dict[int, int] = {}      # a pattern whose names got their own patterns -> digits kept from
+        newlines = None
+        if n and joined.isascii() and _NUL not in joined:
+            raw = joined.encode("ascii")
+            buf = np.frombuffer(raw, dtype=np.uint8)
+            newlines = np.flatnonzero(buf == 10)
+        if newlines is not None and len(newlines) == n - 1:     # no name holds a newline
+            self._buf = buf
+            self._starts = np.concatenate(([0], newlines + 1))
+            code = list(map(codes.__getitem__, raw.translate(_MASK).split(b"\n")))
+        else:
+            self._buf = self._starts = None
+            code = list(map(codes.__getitem__, names))
+        self.code = np.array(code, dtype=np.int64)
+        self.patterns: list[str] = [k.decode("ascii") if type(k) is bytes else k for k in codes]
+        if self._buf is not None:
+            self._refine()
+        small = self.code.astype(np.int16) if len(self.patterns) < (1 << 15) else self.code
+        self._order = np.argsort(small, kind="stable")     # a radix sort for int16
+        counts = np.bincount(self.code, minlength=len(self.patterns))
+        self._bounds = np.concatenate(([0], np.cumsum(counts)))
+        self.masked = self._buf is not None        # False: every pattern is a name (digits literal)
+        self._values: dict[tuple[int, int], np.ndarray] = {}
+        self._index: dict[str, int] | None = None
+
+    def _refine(self) -> None:
+        """Patterns with a masked digit in their leaf, or more than MAX_MASKED, get one pattern per distinct
+        name prefix: the leaf's digits (all digits) literal."""
+        cuts = {}
+        for p, pat in enumerate(self.patterns):
+            if _NUL in pat:
+                cut = pat.rfind(".") + 1
+                if pat.count(_NUL, 0, cut) > MAX_MASKED:
+                    cuts[p] = 0
+                elif _NUL in pat[cut:]:
+                    cuts[p] = cut
+        if not cuts:
+            return
+        order = np.argsort(self.code, kind="stable")
+        bounds = np.concatenate(([0], np.cumsum(np.bincount(self.code, minlength=len(self.patterns)))))
+        names, codes = self.names, self._codes
+        for p, cut in cuts.items():
+            idx = order[bounds[p]:bounds[p + 1]]
+            head = self.patterns[p][:cut]
+            self.code[idx] = [codes[(head + names[i][cut:]).encode("ascii")] for i in idx.tolist()]
+        self._refined = cuts
+        self.patterns = [k.decode("ascii") for k in codes]
+
+    def __len__(self) -> int:
+        return len(self.patterns)
+
+    def members(self, p: int) -> np.ndarray:
+        b = self._bounds
+        return self._order[b[p]:b[p + 1]]
+
+    def values(self, p: int, end: int) -> np.ndarray:
+        """Per member of p, the masked digits of the pattern's first `end` characters as one base-10 int64 (0
+        without any): with the pattern's first `end` characters, this identifies name[:end]."""
+        key = (p, end)
+        v = self._values.get(key)
+        if v is None:
+            pat = self.patterns[p]
+            pos = [k for k in range(end) if pat[k] == _NUL]
+            m = self.members(p)
+            if not pos:
+                v = np.zeros(len(m), dtype=np.int64)
+            else:
+                digits = self._buf[self._starts[m][:, None] + np.array(pos)].astype(np.int64) - 48
+                v = digits @ (10 ** np.arange(len(pos) - 1, -1, -1, dtype=np.int64))
+            self._values[key] = v
+        return v
+
+    def search(self, regexes: tuple[re.Pattern, re.Pattern], p: int):
+        """regexes[1] (from digit_regex) matched on pattern p where digits are masked, else regexes[0]."""
+        return regexes[self.masked].search(self.patterns[p])
+
+    def ints(self, p: int, a: int, b: int) -> np.ndarray | int:
+        """Per member of p, int(name[a:b]) of a span of decimal digits."""
+        pat = self.patterns[p]
+        if _NUL not in pat[a:b]:
+            return int(pat[a:b])
+        if pat[a:b] == _NUL * (b - a):
+            m = self.members(p)
+            digits = self._buf[self._starts[m][:, None] + np.arange(a, b)].astype(np.int64) - 48
+            return digits @ (10 ** np.arange(b - a - 1, -1, -1, dtype=np.int64))
+        names = self.names
+        return np.array([int(names[i][a:b]) for i in self.members(p).tolist()], dtype=np.int64)
+
+    def prefix_codes(self, ends: list[int | None]) -> tuple[np.ndarray, np.ndarray]:
+        """(codes, first) of the name prefixes name[:ends[pattern]] (-1 where ends[pattern] is None), codes
+        dense in order of first appearance, first[c] the first tensor with prefix c."""
+        heads: dict[str, int] = {}
+        head_of = np.full(len(self.patterns) + 1, -1, dtype=np.int64)
+        for p, e in enumerate(ends):
+            if e is not None and len(self.members(p)):
+                head_of[p] = heads.setdefault(self.patterns[p][:e], len(heads))
+        head = head_of[self.code]
+        value = np.zeros(len(self.names), dtype=np.int64)
+        for p, e in enumerate(ends):
+            if e is not None and _NUL in self.patterns[p][:e]:
+                value[self.members(p)] = self.values(p, e)
+        has = head >= 0
+        codes = np.full(len(self.names), -1, dtype=np.int64)
+        if has.any():
+            h, v = head[has], value[has]
+            if v.any():
+                if int(v.max()) >= (1 << 62) // max(len(heads), 1):
+                    _, v = np.unique(v, return_inverse=True)     # dense: the pair fits one int64
+                key = v.reshape(-1) * len(heads) + h
+            else:
+                key = h
+            c, first = factorize(key)
+            codes[has] = c
+            first = np.flatnonzero(has)[first]
+        else:
+            first = np.zeros(0, dtype=np.int64)
+        return codes, first
+
+    def find(self, name: str) -> int | None:
+        """The index of the tensor called `name`, None without one."""
+        if self._buf is None:
+            if self._index is None:
+                self._index = {s: i for i, s in enumerate(self.names)}
+            return self._index.get(name)
+        if not name.isascii() or _NUL in name or "\n" in name:
+            return None
+        masked = name.encode("ascii").translate(_MASK).decode("ascii")
+        p = self._codes.get(masked.encode("ascii"))
+        while p is not None and p in self._refined:
+            cut = self._refined[p]
+            p = self._codes.get((masked[:cut] + name[cut:]).encode("ascii"))
+        if p is None:
+            return None
+        m = self.members(p)
+        pat = self.patterns[p]
+        if _NUL in pat:
+            want = int("".join(c for c, q in zip(name, pat) if q == _NUL))
+            m = m[self.values(p, len(pat)) == want]
+        return int(m[0]) if len(m) else None
+
+    def sibling_indices(self, p: int, base_len: int, suffix: str) -> np.ndarray:
+        """Per member of p, the index of the tensor called name[:base_len] + suffix, -1 without one."""
+        m = self.members(p)
+        out = np.full(len(m), -1, dtype=np.int64)
+        pat = self.patterns[p]
+        target = pat[:base_len] + suffix
+        if self._buf is not None and suffix.isascii() and not any(c.isdigit() or c == _NUL for c in suffix) \
+                and "\n" not in suffix:
+            q = self._codes.get(target.encode("ascii"))
+            if q is None:
+                return out          # no name has the sibling's pattern
+            if q not in self._refined:
+                vq = self.values(q, base_len)
+                vp = self.values(p, base_len)
+                order = np.argsort(vq, kind="stable")
+                sv = vq[order]
+                at = np.minimum(np.searchsorted(sv, vp), len(sv) - 1)
+                hit = sv[at] == vp
+                out[hit] = self.members(q)[order[at[hit]]]
+                return out
+        names = self.names
+        for k, i in enumerate(m.tolist()):
+            j = self.find(names[i][:base_len] + suffix)
+            out[k] = -1 if j is None else j
+        return out
