@@ -38,52 +38,56 @@ def moe_of(rc: RoleColumns, config: dict | None, notes: list[str]) -> dict:
         n_cfg = None  # "num_experts": 1 / 0 = dense
 
     pats, cols = rc.patterns, rc.columns
-    n = len(rc)
-    kind = np.zeros(n, dtype=np.int8)
-    index = np.full(n, -1, dtype=np.int64)
-    stacked = np.full(n, -1, dtype=np.int64)
-    router = np.zeros(n, dtype=bool)
-    stacked_routed = False               # a routed expert without an index (expert_layout)
-    ndim = cols.ndim
-    role = rc.code
-    for p, pat in enumerate(pats.patterns):
-        m = pats.members(p)
-        if not len(m):
-            continue
+    # per pattern what its words say; per tensor (role, shape, counted, layer) what the rest decides
+    npat = len(pats)
+    kind_p = np.zeros(npat, dtype=np.int8)
+    index_span: list[tuple[int, int] | None] = [None] * npat
+    stacked_p = np.zeros(npat, dtype=bool)     # a stacked-expert candidate: under experts / *moe*, not a router
+    in_experts_p = np.zeros(npat, dtype=bool)
+    bias_p = np.zeros(npat, dtype=bool)
+    router_p = np.zeros(npat, dtype=bool)
+    for p in pats.live:
+        pat = pats.patterns[p]
         parts = pat.split(".")
         if "shared" in pat and _SHARED_RE.search(pat):
-            kind[m] = _SHARED
+            kind_p[p] = _SHARED
             continue
         if "experts." in pat and (x := pats.search(_EXPERT_INDEX_RE, p)) is not None:
-            kind[m] = _ROUTED
-            index[m] = pats.ints(p, *x.span(1))
+            kind_p[p] = _ROUTED
+            index_span[p] = x.span(1)
             continue
+        is_router = _is_router(parts)
         if ("experts" in pat or "moe" in pat) and (
                 (in_experts := "experts" in parts[:-1]) or any("moe" in q for q in parts[:-1])):
-            nd = ndim[m]
-            r = role[m]
-            cand = ((r == PARAMETER) | (r == PACKED) | (r == QUANT_STATE)) & (nd >= 2)
-            if not _is_router(parts) and cand.any():
-                n0 = np.zeros(len(m), dtype=np.int64)
-                n0[cand] = cols.dims[cols.starts()[m[cand]]].astype(np.int64)
-                if n_cfg is not None:
-                    st = cand & (n0 == n_cfg) & (in_experts | (nd >= 3))
-                    if in_experts:
-                        st |= cand & (nd == 2) & (n0 % n_cfg == 0)
-                    routed = st
-                    sval = np.where(st, n_cfg, -1)
-                else:
-                    routed = cand & (in_experts | (nd >= 3))
-                    sval = np.where(cand & ((nd >= 3) | pat.endswith("bias")), n0, -1)
-                if routed.any():
-                    stacked_routed = True
-                    kind[m[routed]] = _ROUTED
-                    stacked[m[routed]] = sval[routed]
-                    m = m[~routed]
-                    if not len(m):
-                        continue
-        if ("router" in pat or "gate" in pat) and _is_router(parts):
-            router[m] = role[m] == PARAMETER
+            stacked_p[p] = not is_router
+            in_experts_p[p] = in_experts
+            bias_p[p] = pat.endswith("bias")
+        router_p[p] = ("router" in pat or "gate" in pat) and is_router
+    code = pats.code
+    role = rc.code
+    ndim = cols.ndim
+    kind = kind_p[code]
+    index = np.where(kind == _ROUTED, pats.span_values(index_span, number=True), -1) if any(index_span) else \
+        np.full(len(rc), -1, dtype=np.int64)
+    stacked = np.full(len(rc), -1, dtype=np.int64)
+    stacked_routed = False               # a routed expert without an index (expert_layout)
+    cand = stacked_p[code] & ((role == PARAMETER) | (role == PACKED) | (role == QUANT_STATE)) & (ndim >= 2)
+    if cand.any():
+        at = np.flatnonzero(cand)
+        nd = ndim[at]
+        in_experts = in_experts_p[code[at]]
+        n0 = cols.dims[cols.starts()[at]].astype(np.int64)
+        if n_cfg is not None:
+            routed = (n0 == n_cfg) & (in_experts | (nd >= 3)) | in_experts & (nd == 2) & (n0 % n_cfg == 0)
+            sval = np.full(len(at), n_cfg, dtype=np.int64)
+        else:
+            routed = in_experts | (nd >= 3)
+            sval = np.where((nd >= 3) | bias_p[code[at]], n0, -1)
+        if routed.any():
+            stacked_routed = True
+            kind[at[routed]] = _ROUTED
+            stacked[at[routed]] = sval[routed]
+    router = router_p[code] & (kind == 0) & (role == PARAMETER)
     rc.set_experts(kind, index, stacked)
 
     # sums over the counted parameters, per layer ("" for none: RoleColumns.layer -1)
@@ -101,8 +105,7 @@ def moe_of(rc: RoleColumns, config: dict | None, notes: list[str]) -> dict:
         return {"detected": False}
     keep = router & routed_layers[lay]
     router_params = int(logical[keep].sum())
-    for i in np.flatnonzero(keep).tolist():
-        rc.role(i).flags.append("router")
+    rc.set_router(keep)
     # experts per layer: the largest stacked count, else the distinct indices
     experts_by_layer: dict[int, int] = {}
     st = routed_t & (stacked > 0)
@@ -110,10 +113,16 @@ def moe_of(rc: RoleColumns, config: dict | None, notes: list[str]) -> dict:
         top = np.zeros(nlay, dtype=np.int64)
         np.maximum.at(top, lay[st], stacked[st])
         experts_by_layer = {int(k): int(top[k]) for k in np.flatnonzero(top)}
-    ix = routed_t & (index >= 0)
-    if ix.any():
+    ix = routed_t & (index >= 0).astype(bool)
+    if ix.any() and index.dtype == object:     # an index beyond an int64
+        distinct: dict[int, set] = {}
+        for k, v in zip(lay[ix].tolist(), index[ix].tolist()):
+            distinct.setdefault(k, set()).add(v)
+        for k, v in distinct.items():
+            experts_by_layer.setdefault(k, len(v))
+    elif ix.any():
         width = int(index[ix].max()) + 1
-        if nlay * width <= 4 * n + 1024:     # a table of (layer, index) pairs seen
+        if nlay * width <= 4 * len(rc) + 1024:     # a table of (layer, index) pairs seen
             seen = np.zeros(nlay * width, dtype=bool)
             seen[lay[ix] * width + index[ix]] = True
             per_layer = seen.reshape(nlay, width).sum(axis=1)

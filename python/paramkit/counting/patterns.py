@@ -15,6 +15,7 @@ import re
 MAX_MASKED = 18    # masked digits a pattern keeps: their value fits an int64
 _MASK = bytes.maketrans(b"0123456789", b"\0" * 10)
 _NUL = "\0"
+_POW10 = 10 ** np.arange(MAX_MASKED + 1, dtype=np.int64)
 
 
 class _Codes(dict):
@@ -48,6 +49,11 @@ def factorize(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return rank[inverse.reshape(-1)], first[order]
 
 
+def stable_argsort(codes: np.ndarray, k: int) -> np.ndarray:
+    """np.argsort(codes, kind="stable") of codes 0..k-1: a radix sort (int16) when k < 2**15."""
+    return np.argsort(codes.astype(np.int16) if k < (1 << 15) else codes, kind="stable")
+
+
 def digit_regex(pattern: str) -> tuple[re.Pattern, re.Pattern]:
     """`pattern` compiled for names (as written) and for masked patterns (each ``\\d`` also matching NUL)."""
     return re.compile(pattern), re.compile(pattern.replace(r"\d", r"[\d\x00]"))
@@ -71,20 +77,37 @@ class NamePatterns:
         if newlines is not None and len(newlines) == n - 1:     # no name holds a newline
             self._buf = buf
             self._starts = np.concatenate(([0], newlines + 1))
-            code = list(map(codes.__getitem__, raw.translate(_MASK).split(b"\n")))
+            keys = raw.translate(_MASK).split(b"\n")
         else:
             self._buf = self._starts = None
-            code = list(map(codes.__getitem__, names))
-        self.code = np.array(code, dtype=np.int64)
+            keys = names
+        self.code = np.fromiter(map(codes.__getitem__, keys), dtype=np.int64, count=n)
         self.patterns: list[str] = [k.decode("ascii") if type(k) is bytes else k for k in codes]
         if self._buf is not None:
             self._refine()
-        small = self.code.astype(np.int16) if len(self.patterns) < (1 << 15) else self.code
-        self._order = np.argsort(small, kind="stable")     # a radix sort for int16
+        self.masked = self._buf is not None        # False: every pattern is a name (digits literal)
+        self._order = stable_argsort(self.code, len(self.patterns))
         counts = np.bincount(self.code, minlength=len(self.patterns))
         self._bounds = np.concatenate(([0], np.cumsum(counts)))
-        self.masked = self._buf is not None        # False: every pattern is a name (digits literal)
-        self._values: dict[tuple[int, int], np.ndarray] = {}
+        self.live = [p for p, k in enumerate(counts.tolist()) if k]     # the patterns with tensors
+        # the masked digits: _nul[p] their positions in pattern p, digits[i, k] the k-th of names[i] (0 past them)
+        self._nul: list[list[int]] = [[] for _ in self.patterns]
+        if self.masked:
+            for p in self.live:     # a refined pattern has no tensors left (nor more than MAX_MASKED digits)
+                self._nul[p] = [k for k, c in enumerate(self.patterns[p]) if c == _NUL]
+        self._width = width = max((len(x) for x in self._nul), default=0)
+        # _cum[i, j]: the first j masked digits d_k of names[i] as sum d_k * 10**(width-1-k) (exact in an int64)
+        self._cum = np.zeros((n, width + 1), dtype=np.int64)
+        if width:
+            pos = np.zeros((len(self.patterns), width), dtype=np.int64)
+            have = np.zeros((len(self.patterns), width), dtype=bool)
+            for q, x in enumerate(self._nul):
+                pos[q, :len(x)] = x
+                have[q, :len(x)] = True
+            code = self.code
+            d = self._buf[self._starts[:, None] + pos[code]] - np.uint8(48)
+            d[~have[code]] = 0
+            np.cumsum(d * _POW10[width - 1::-1], axis=1, out=self._cum[:, 1:])
         self._index: dict[str, int] | None = None
 
     def _refine(self) -> None:
@@ -100,7 +123,7 @@ class NamePatterns:
                     cuts[p] = cut
         if not cuts:
             return
-        order = np.argsort(self.code, kind="stable")
+        order = stable_argsort(self.code, len(self.patterns))
         bounds = np.concatenate(([0], np.cumsum(np.bincount(self.code, minlength=len(self.patterns)))))
         names, codes = self.names, self._codes
         for p, cut in cuts.items():
@@ -117,68 +140,88 @@ class NamePatterns:
         b = self._bounds
         return self._order[b[p]:b[p + 1]]
 
+    def _digits(self, rows: np.ndarray, k1: np.ndarray, k2: np.ndarray) -> np.ndarray:
+        """Per row i of rows, the masked digits k1[i] <= k < k2[i] of names[i] as one base-10 int64."""
+        w = self._width + 1
+        flat = self._cum.reshape(-1)
+        base = rows * w
+        return (flat[base + k2] - flat[base + k1]) // _POW10[self._width - k2]
+
+    def span_values(self, spans: list[tuple[int, int] | None], number: bool = False) -> np.ndarray:
+        """Per tensor, from the span spans[pattern] of its name (None: 0): the masked digits as one base-10
+        int64, which with the span of the pattern identifies the name's span; number=True: int(name[a:b]) of a
+        span of decimal digits (masked ones or literal ones, not both)."""
+        npat = len(self.patterns)
+        k1 = np.zeros(npat, dtype=np.int64)
+        k2 = np.zeros(npat, dtype=np.int64)
+        const = np.zeros(npat, dtype=np.int64)
+        for p, span in enumerate(spans):
+            if span is None:
+                continue
+            a, b = span
+            ks = [k for k, at in enumerate(self._nul[p]) if a <= at < b]
+            if ks:
+                k1[p], k2[p] = ks[0], ks[-1] + 1
+            elif number:
+                v = int(self.patterns[p][a:b])
+                if v >= 1 << 62 and const.dtype != object:     # literal digits beyond an int64: Python ints
+                    const = const.astype(object)
+                const[p] = v
+        out = const[self.code]
+        if k2.any():
+            code = self.code
+            out += self._digits(np.arange(len(code)), k1[code], k2[code])
+        return out
+
     def values(self, p: int, end: int) -> np.ndarray:
-        """Per member of p, the masked digits of the pattern's first `end` characters as one base-10 int64 (0
-        without any): with the pattern's first `end` characters, this identifies name[:end]."""
-        key = (p, end)
-        v = self._values.get(key)
-        if v is None:
-            pat = self.patterns[p]
-            pos = [k for k in range(end) if pat[k] == _NUL]
-            m = self.members(p)
-            if not pos:
-                v = np.zeros(len(m), dtype=np.int64)
-            else:
-                digits = self._buf[self._starts[m][:, None] + np.array(pos)].astype(np.int64) - 48
-                v = digits @ (10 ** np.arange(len(pos) - 1, -1, -1, dtype=np.int64))
-            self._values[key] = v
-        return v
+        """Per member of p, span_values of its first `end` characters."""
+        m = self.members(p)
+        c = sum(1 for at in self._nul[p] if at < end)
+        return self._digits(m, 0, c) if c else np.zeros(len(m), dtype=np.int64)
 
     def search(self, regexes: tuple[re.Pattern, re.Pattern], p: int):
         """regexes[1] (from digit_regex) matched on pattern p where digits are masked, else regexes[0]."""
         return regexes[self.masked].search(self.patterns[p])
 
-    def ints(self, p: int, a: int, b: int) -> np.ndarray | int:
-        """Per member of p, int(name[a:b]) of a span of decimal digits."""
-        pat = self.patterns[p]
-        if _NUL not in pat[a:b]:
-            return int(pat[a:b])
-        if pat[a:b] == _NUL * (b - a):
-            m = self.members(p)
-            digits = self._buf[self._starts[m][:, None] + np.arange(a, b)].astype(np.int64) - 48
-            return digits @ (10 ** np.arange(b - a - 1, -1, -1, dtype=np.int64))
-        names = self.names
-        return np.array([int(names[i][a:b]) for i in self.members(p).tolist()], dtype=np.int64)
-
     def prefix_codes(self, ends: list[int | None]) -> tuple[np.ndarray, np.ndarray]:
         """(codes, first) of the name prefixes name[:ends[pattern]] (-1 where ends[pattern] is None), codes
         dense in order of first appearance, first[c] the first tensor with prefix c."""
         heads: dict[str, int] = {}
-        head_of = np.full(len(self.patterns) + 1, -1, dtype=np.int64)
-        for p, e in enumerate(ends):
-            if e is not None and len(self.members(p)):
-                head_of[p] = heads.setdefault(self.patterns[p][:e], len(heads))
+        head_of = np.full(len(self.patterns), -1, dtype=np.int64)
+        literal = np.zeros(len(self.patterns), dtype=np.int64)
+        for p in self.live:
+            e = ends[p]
+            if e is None:
+                continue
+            head = self.patterns[p][:e]
+            if self.masked and _NUL not in head:
+                # a refined pattern's literal digits, as a masked head and its digits' value
+                digits = [c for c in head if c.isdigit()]
+                if 0 < len(digits) <= MAX_MASKED:
+                    literal[p] = int("".join(digits))
+                    head = head.encode("ascii").translate(_MASK).decode("ascii")
+            head_of[p] = heads.setdefault(head, len(heads))
         head = head_of[self.code]
-        value = np.zeros(len(self.names), dtype=np.int64)
-        for p, e in enumerate(ends):
-            if e is not None and _NUL in self.patterns[p][:e]:
-                value[self.members(p)] = self.values(p, e)
+        value = self.span_values([None if e is None else (0, e) for e in ends])
+        if literal.any():
+            value += literal[self.code]
         has = head >= 0
         codes = np.full(len(self.names), -1, dtype=np.int64)
-        if has.any():
-            h, v = head[has], value[has]
-            if v.any():
-                if int(v.max()) >= (1 << 62) // max(len(heads), 1):
-                    _, v = np.unique(v, return_inverse=True)     # dense: the pair fits one int64
-                key = v.reshape(-1) * len(heads) + h
-            else:
-                key = h
-            c, first = factorize(key)
-            codes[has] = c
-            first = np.flatnonzero(has)[first]
+        if not has.any():
+            return codes, np.zeros(0, dtype=np.int64)
+        whole = has.all()
+        h, v = (head, value) if whole else (head[has], value[has])
+        if v.any():
+            if int(v.max()) >= (1 << 62) // len(heads):
+                _, v = np.unique(v, return_inverse=True)     # dense: the pair fits one int64
+            key = v.reshape(-1) * len(heads) + h
         else:
-            first = np.zeros(0, dtype=np.int64)
-        return codes, first
+            key = h
+        c, first = factorize(key)
+        if whole:
+            return c, first
+        codes[has] = c
+        return codes, np.flatnonzero(has)[first]
 
     def find(self, name: str) -> int | None:
         """The index of the tensor called `name`, None without one."""

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..dtypes import DTYPES
 from ..table import TensorColumns, TensorInfo, TensorTable
-from .patterns import NamePatterns, digit_regex
+from .patterns import NamePatterns, digit_regex, factorize, stable_argsort
 from .quant import DETECTORS, INT_KINDS, Detector, QuantConfig
 
 ROLES = ("parameter", "buffer", "quant_state", "packed_parameter", "optimizer")
@@ -133,6 +133,7 @@ class RoleColumns:
         self.expert_kind: np.ndarray | None = None      # codes into EXPERT_KINDS
         self.expert_index: np.ndarray | None = None     # -1: None
         self.expert_stacked: np.ndarray | None = None   # -1: None
+        self.router: np.ndarray | None = None           # flagged "router" (after any other flag)
         self._roles: list[TensorRole] | None = None
 
     def __len__(self) -> int:
@@ -162,7 +163,7 @@ class RoleColumns:
             r = self.objects[i] = TensorRole(
                 c.names[i], t.role, c.dtype_names[c.dtype[i]], c.shape(i), int(c.numel[i]), int(self.logical[i]),
                 t.pack_factor, t.logical_bits, t.quant_method, t.reason, bool(self.counted[i]), self.expert_of(i),
-                list(t.flags), self.layer_of(i))
+                list(t.flags) if self.router is None or not self.router[i] else [*t.flags, "router"], self.layer_of(i))
         return r
 
     def sync(self) -> None:
@@ -174,6 +175,12 @@ class RoleColumns:
         self.expert_kind, self.expert_index, self.expert_stacked = kind, index, stacked
         for i, r in self.objects.items():
             r.expert = self.expert_of(i)
+
+    def set_router(self, router: np.ndarray) -> None:
+        self.router = router
+        for i, r in self.objects.items():
+            if router[i]:
+                r.flags.append("router")
 
     def roles(self) -> list[TensorRole]:
         """Every tensor's TensorRole (made once)."""
@@ -322,47 +329,62 @@ class Classifier:
             hinted = np.array([t.role_hint is not None for t in tensors], dtype=bool)
         self._events = events = []
         one_by_one: list[np.ndarray] = []
+        if hinted is not None:
+            one_by_one.append(np.flatnonzero(hinted))
+        # classes of (pattern, dtype): the plain ones decided here, the others per tensor group below
+        cls, cls_first = factorize(pats.code * len(dnames) + dcode)
+        kind_c = np.full(len(cls_first), -1, dtype=np.int64)
+        code_c = np.zeros(len(cls_first), dtype=np.uint8)
+        special = []
         plain: dict[tuple[str, str], int] = {}      # (role, reason) -> kind
-        for p, pat in enumerate(pats.patterns):
-            members = pats.members(p)
-            if not len(members):
-                continue
-            dts = dcode[members]
-            groups = [(int(dts[0]), members)] if (dts == dts[0]).all() else \
-                [(d, members[dts == d]) for d in np.flatnonzero(np.bincount(dts)).tolist()]
+
+        def plain_kind(role: str, reason: str) -> int:
+            k = plain.get((role, reason))
+            if k is None:
+                k = plain[role, reason] = rc.add_kind(TensorRole("", role, "", (), 0, 0, reason=reason))
+            return k
+        for c, (p, d) in enumerate(zip(pats.code[cls_first].tolist(), dcode[cls_first].tolist())):
+            pat = pats.patterns[p]
             base, _, leaf = pat.rpartition(".")
-            for d, idx in groups:
-                dtype = dnames[d]
-                if hinted is not None and hinted[idx].any():
-                    one_by_one.append(idx[hinted[idx]])
+            dtype = dnames[d]
+            dt = DTYPES.get(dtype)
+            if dt is None or ".quant_state." in pat or quant_rules_may_apply(dtype, leaf) or \
+                    leaf == "bias" and base.rpartition(".")[2] in ("attn", "attention"):
+                special.append((c, p, base, leaf, dt))
+                continue
+            role, reason = unquantized_role(dt.kind, leaf, False)
+            kind_c[c] = plain_kind(role, reason)
+            code_c[c] = ROLE_CODE[role]
+        rc.kind = kind_c[cls]
+        rc.code = code_c[cls]
+        rc.logical[rc.code != PARAMETER] = 0
+        if special:
+            order = stable_argsort(cls, len(cls_first))
+            bounds = np.concatenate(([0], np.cumsum(np.bincount(cls, minlength=len(cls_first)))))
+            for c, p, base, leaf, dt in special:
+                idx = order[bounds[c]:bounds[c + 1]]
+                if hinted is not None:
                     idx = idx[~hinted[idx]]
-                    if not len(idx):
-                        continue
-                dt = DTYPES.get(dtype)
+                if not len(idx):
+                    continue
                 if dt is None:
                     one_by_one.append(idx)
-                elif ".quant_state." in pat or quant_rules_may_apply(dtype, leaf):
+                elif ".quant_state." in pats.patterns[p] or quant_rules_may_apply(dt.name, leaf):
                     self._by_class(rc, p, base, idx, one_by_one)
-                else:
-                    mask = None
-                    if leaf == "bias" and base.rpartition(".")[2] in ("attn", "attention"):
-                        mask = cols.ndim[idx] >= 2
-                    for sel, is_mask in ((idx, False),) if mask is None else \
-                            ((idx[~mask], False), (idx[mask], True)):
+                else:       # a bias of an attn / attention module: a mask with 2+ dimensions
+                    mask = cols.ndim[idx] >= 2
+                    for sel, is_mask in ((idx[~mask], False), (idx[mask], True)):
                         role, reason = unquantized_role(dt.kind, leaf, is_mask)
-                        k = plain.get((role, reason))
-                        if k is None:
-                            k = plain[role, reason] = rc.add_kind(TensorRole("", role, "", (), 0, 0, reason=reason))
-                        rc.kind[sel] = k
+                        rc.kind[sel] = plain_kind(role, reason)
                         rc.code[sel] = ROLE_CODE[role]
-                        if role != "parameter":
-                            rc.logical[sel] = 0
+                        rc.logical[sel] = np.where(role == "parameter", rc.logical[sel], 0)
         if one_by_one:
             for i in np.sort(np.concatenate(one_by_one)).tolist():
                 self._at = i
                 r = self.classify(self.info(i))
                 r.layer = rc.layer_of(i)
                 rc.objects[i] = r
+                rc.kind[i] = -1
                 rc.code[i] = ROLE_CODE[r.role]
                 rc.logical[i] = r.logical_numel
         self._events = None
