@@ -244,14 +244,3 @@ def _count_table(table: TensorTable, tie_stats_equal: bool | None) -> Counting:
         groups={"modules": modules, "layers": layers}, declared=declared, quantization=qsum,
         ties=ties, moe=moe, active_params=active, active_params_reason=reason, notes=notes,
         tie_pending=tie_pending)
-
-
-def human(n: float, unit: str = "") -> str:
-    """1234567 -> '1.23M' (decimal prefixes), for tables."""
-    if n is None:
-        return "?"
-    a = abs(n)
-    for div, suf in ((1e12, "T"), (1e9, "B" if not unit else "G"), (1e6, "M"), (1e3, "k")):
-        if a >= div:
-            return f"{n / div:.2f}{suf}{unit}"
-    return f"{n:g}{unit}" if isinstance(n, float) else f"{n}{unit}"
