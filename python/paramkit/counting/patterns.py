@@ -90,7 +90,7 @@ class NamePatterns:
         counts = np.bincount(self.code, minlength=len(self.patterns))
         self._bounds = np.concatenate(([0], np.cumsum(counts)))
         self.live = [p for p, k in enumerate(counts.tolist()) if k]     # the patterns with tensors
-        # the masked digits: _nul[p] their positions in pattern p, digits[i, k] the k-th of names[i] (0 past them)
+        # the masked digits: _nul[p] their positions in pattern p (live patterns only)
         self._nul: list[list[int]] = [[] for _ in self.patterns]
         if self.masked:
             for p in self.live:     # a refined pattern has no tensors left (nor more than MAX_MASKED digits)
@@ -202,7 +202,8 @@ class NamePatterns:
                     head = head.encode("ascii").translate(_MASK).decode("ascii")
             head_of[p] = heads.setdefault(head, len(heads))
         head = head_of[self.code]
-        value = self.span_values([None if e is None else (0, e) for e in ends])
+        value = self.span_values([None if e is None or _NUL not in self.patterns[p][:e] else (0, e)
+                                  for p, e in enumerate(ends)])
         if literal.any():
             value += literal[self.code]
         has = head >= 0

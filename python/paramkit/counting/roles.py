@@ -86,6 +86,7 @@ def unquantized_role(kind: str, leaf: str, attention_mask: bool) -> tuple[str, s
     return ("buffer" if kind in INT_KINDS else "parameter"), f"{kind} dtype"
 
 
+@functools.lru_cache(maxsize=4096)
 def quant_rules_may_apply(dtype: str, leaf: str) -> bool:
     """Whether a quantization detector may claim or annotate a tensor of this dtype and leaf, depending on its
     siblings, shape or config.json (Detector.may_concern); False only when none can (a name holding
@@ -197,16 +198,21 @@ class RoleColumns:
 
 def _same_shape_groups(cols: TensorColumns, idx: np.ndarray) -> list[np.ndarray]:
     """idx split by shape (each part ascending)."""
+    if len(idx) < 2:
+        return [idx]
     nd = cols.ndim[idx]
     starts = cols.starts()[idx]
-    if not len(idx):
-        return []
     width = int(nd.max())
-    rows = np.full((len(idx), width + 1), -1, dtype=np.int64)
-    rows[:, 0] = nd
-    for k in range(width):
-        has = nd > k
-        rows[has, k + 1] = cols.dims[starts[has] + k].astype(np.int64)
+    if int(nd.min()) == width:       # one rank: a block of dims
+        if not width:
+            return [idx]
+        rows = cols.dims[starts[:, None] + np.arange(width)]
+    else:
+        rows = np.full((len(idx), width + 1), -1, dtype=np.int64)
+        rows[:, 0] = nd
+        for k in range(width):
+            has = nd > k
+            rows[has, k + 1] = cols.dims[starts[has] + k].astype(np.int64)
     if (rows == rows[0]).all():
         return [idx]
     _, inverse = np.unique(rows, axis=0, return_inverse=True)
@@ -423,19 +429,16 @@ class Classifier:
                     ok &= (sib >= 0) & (cols.dtype[sib] == cols.dtype[j]) & (ndim[sib] == ndim[j])
                     for k in range(int(ndim[j])):
                         ok &= np.where(ok, dims[np.where(ok, starts[sib], 0) + k], 0) == dims[starts[j] + k]
-                if not ok[0]:   # pragma: no cover - the representative is its own class
+                if not ok[0]:   # the representative is not its own class (two tensors of one name)
                     one_by_one.append(pending)
                     break
                 same = pending[ok]
-                template = role
-                k = rc.add_kind(template)
-                rc.kind[same] = k
+                rc.kind[same] = rc.add_kind(role)
                 rc.code[same] = ROLE_CODE[role.role]
                 rc.logical[same] = role.logical_numel
                 for _, order, method, _ in sub._events:
                     self._events.append((rep, order, method, len(same)))
                 pending = pending[~ok]
-
 
     # --- the rules
     def classify(self, t: TensorInfo) -> TensorRole:
