@@ -260,11 +260,17 @@ class NamePatterns:
             if q not in self._refined:
                 vq = self.values(q, base_len)
                 vp = self.values(p, base_len)
+                mq = self.members(q)
+                top = max(int(vq.max()), int(vp.max()))
+                if top < 4 * len(self.names) + 1024:    # a table: value -> the member of q with it
+                    first = np.full(top + 1, -1, dtype=np.int64)
+                    first[vq[::-1]] = mq[::-1]
+                    return first[vp]
                 order = np.argsort(vq, kind="stable")
                 sv = vq[order]
                 at = np.minimum(np.searchsorted(sv, vp), len(sv) - 1)
                 hit = sv[at] == vp
-                out[hit] = self.members(q)[order[at[hit]]]
+                out[hit] = mq[order[at[hit]]]
                 return out
         names = self.names
         for k, i in enumerate(m.tolist()):
