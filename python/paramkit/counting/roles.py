@@ -9,6 +9,7 @@ from fractions import Fraction
 
 import numpy as np
 
+from .._gcpause import gc_paused
 from ..dtypes import DTYPES
 from ..table import TensorColumns, TensorInfo, TensorTable
 from .patterns import NamePatterns, digit_regex, factorize, stable_argsort
@@ -157,6 +158,8 @@ class RoleColumns:
 
     def role(self, i: int) -> TensorRole:
         """The TensorRole of tensor i (made once)."""
+        if self._roles is not None:
+            return self._roles[i]
         r = self.objects.get(i)
         if r is None:
             c = self.columns
@@ -184,10 +187,33 @@ class RoleColumns:
                 r.flags.append("router")
 
     def roles(self) -> list[TensorRole]:
-        """Every tensor's TensorRole (made once)."""
+        """Every tensor's TensorRole (made once), the columns turned into lists first."""
         if self._roles is None:
-            self._roles = [self.role(i) for i in range(len(self))]
+            with gc_paused():   # one acyclic object per tensor
+                self._roles = self._make_all()
         return self._roles
+
+    def _make_all(self) -> list[TensorRole]:
+        c = self.columns
+        n = len(self)
+        names, dtypes, shapes = c.names, c.dtypes(), c.shapes()
+        numel, logical, counted = c.numel.tolist(), self.logical.tolist(), self.counted.tolist()
+        layer_names = [None, *self.layer_names]
+        layers = [layer_names[k] for k in (self.layer + 1).tolist()]
+        experts = [None] * n if self.expert_kind is None else \
+            [self.expert_of(i) if k else None for i, k in enumerate(self.expert_kind.tolist())]
+        router = [False] * n if self.router is None else self.router.tolist()
+        kinds, objects = self.kinds, self.objects
+        out = []
+        for i, k in enumerate(self.kind.tolist()):
+            r = objects.get(i)
+            if r is None:
+                t = kinds[k]
+                r = TensorRole(names[i], t.role, dtypes[i], shapes[i], numel[i], logical[i], t.pack_factor,
+                               t.logical_bits, t.quant_method, t.reason, counted[i], experts[i],
+                               [*t.flags, "router"] if router[i] else list(t.flags), layers[i])
+            out.append(r)
+        return out
 
     def distinct(self):
         """Each kind in use and each own TensorRole: what the roles of the table hold, without duplicates."""
