@@ -201,9 +201,19 @@ class NamePatterns:
                     literal[p] = int("".join(digits))
                     head = head.encode("ascii").translate(_MASK).decode("ascii")
             head_of[p] = heads.setdefault(head, len(heads))
+        spans = [None if e is None or _NUL not in self.patterns[p][:e] else (0, e) for p, e in enumerate(ends)]
+        if not any(spans) and not literal.any():
+            # one prefix per head: codes in order of each head's first tensor, per pattern, without a pass
+            first_of = np.full(len(heads), len(self.names), dtype=np.int64)
+            for p in self.live:
+                if head_of[p] >= 0:
+                    first_of[head_of[p]] = min(first_of[head_of[p]], int(self._order[self._bounds[p]]))
+            order = np.argsort(first_of, kind="stable")
+            rank = np.full(len(heads) + 1, -1, dtype=np.int64)
+            rank[order] = np.arange(len(heads))
+            return rank[head_of][self.code], first_of[order]
         head = head_of[self.code]
-        value = self.span_values([None if e is None or _NUL not in self.patterns[p][:e] else (0, e)
-                                  for p, e in enumerate(ends)])
+        value = self.span_values(spans)
         if literal.any():
             value += literal[self.code]
         has = head >= 0
