@@ -142,3 +142,17 @@ def test_statistics_equal_compares_dtype_shape_and_every_field():
     nan = {**stats, "std": float("nan")}
     assert statistics_equal(a, nan, a, {**stats, "std": float("nan")})     # not == (NaN != NaN)
     assert not statistics_equal(a, nan, a, stats) and not statistics_equal(a, stats, a, nan)
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_aggregates_count_a_tied_duplicate_once(tmp_path, backend):
+    """The lm_head counted once as the embedding's tie (identical statistics) is one tensor: the model-level
+    aggregates hold the embedding and the norm, not the embedding's values twice."""
+    r = paramkit.scan(_write(tmp_path, "identical"), backend=backend)
+    assert not _head(r.counting).counted
+    agg = r.aggregates
+    emb, norm = r.tensor("model.embed_tokens.weight").stats, r.tensor("model.norm.weight").stats
+    assert agg["tensors"] == 2 and agg["numel"] == MATRIX + HIDDEN
+    assert agg["zeros"] == emb["zeros"] + norm["zeros"]
+    assert agg["l2"] == pytest.approx(float(np.hypot(emb["l2"], norm["l2"])), rel=1e-12)
+    assert agg["max"] == max(emb["max"], norm["max"]) and agg["min"] == min(emb["min"], norm["min"])

@@ -16,7 +16,7 @@ from .dtypes import DTYPES, from_numpy
 from .errors import BackendUnavailable, FormatError
 from .materialize import plain_tensors
 from .progress import make_progress
-from .report import ScanReport, aggregate, tensor_reports
+from .report import Deferred, ScanReport, aggregate, tensor_reports
 
 
 def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "auto", threads: int | None = None,
@@ -93,21 +93,24 @@ def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "au
             counting = confirm_with_statistics(counting, table, results)
         quant_records = None if plan is None else [_quant_records(plan, i, qsums[i], info)
                                                    for i, info in enumerate(table.tensors)]
-        reports = tensor_reports(table.columns, counting.roles, results, quant_records)
+        reports = Deferred(lambda: tensor_reports(table.columns, counting.role_columns, results, quant_records))
         data_s = t_stats - t_count
         timing = {"header_s": t_header - t0, "count_s": t_count - t_header, "stats_s": data_s if stats else 0.0,
                   "total_s": t_stats - t0,
                   "data_bytes": data_bytes if stats else 0,
                   "gb_per_s": (data_bytes / data_s / 1e9) if stats and data_s > 0 else None}
-        return ScanReport(path=os.fspath(path), format=table.format, backend=engine_name, files=list(table.files),
-                          counting=counting, tensors=reports, metadata=dict(table.metadata),
-                          index_metadata=table.index_metadata, config=table.config,
-                          unreferenced_files=list(table.unreferenced_files),
-                          ignored_files=[dict(f) for f in table.ignored_files],
-                          options={"stats": stats, "quantiles": quantiles if stats else None, "threads": threads,
-                                   "strict": strict, **chosen_option},
-                          timing=timing, aggregates=aggregate(reports) if stats else None, engine_info=engine_info,
-                          quant_plan=plan)
+        report = ScanReport(path=os.fspath(path), format=table.format, backend=engine_name, files=list(table.files),
+                            counting=counting, tensors=reports, metadata=dict(table.metadata),
+                            index_metadata=table.index_metadata, config=table.config,
+                            unreferenced_files=list(table.unreferenced_files),
+                            ignored_files=[dict(f) for f in table.ignored_files],
+                            options={"stats": stats, "quantiles": quantiles if stats else None, "threads": threads,
+                                     "strict": strict, **chosen_option},
+                            timing=timing, engine_info=engine_info,
+                            quant_plan=plan)
+        if stats:
+            report.aggregates = aggregate(report.tensors, counting.role_columns.counted.tolist())
+        return report
 
 
 def _chosen_tensors(table, counting, tensors) -> list[int] | None:

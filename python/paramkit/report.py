@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from operator import attrgetter
-from typing import Any
+from typing import Any, Callable
 
 from ._gcpause import gc_paused
 from .table import TensorColumns, record_maker
@@ -39,23 +38,28 @@ _make_reports = record_maker(TensorReport, ("name", "dtype", "shape", "numel", "
                                             "stats", "quant"))
 
 
-def tensor_reports(columns: TensorColumns, roles: list, stats: list, quant: list | None = None) -> list[TensorReport]:
-    """One TensorReport per tensor of `columns` (a TensorTable's), with its counting role (TensorRole), its
-    statistics and its quantization records (None: none for any tensor), built from the columns in bulk."""
+def tensor_reports(columns: TensorColumns, roles, stats: list, quant: list | None = None) -> list[TensorReport]:
+    """One TensorReport per tensor of `columns` (a TensorTable's), with its counting role (`roles`: the
+    counting's RoleColumns), its statistics and its quantization records (None: none for any tensor), built
+    from the columns in bulk."""
+    from .counting.roles import ROLES
     n = len(columns)
-    return _make_reports(columns.names, columns.dtypes(), columns.shapes(), columns.numel.tolist(),
-                         columns.nbytes.tolist(), list(map(attrgetter("role"), roles)),
-                         list(map(attrgetter("logical_numel"), roles)), columns.files(), stats,
-                         [None] * n if quant is None else quant)
+    with gc_paused():   # two acyclic objects per tensor
+        return _make_reports(columns.names, columns.dtypes(), columns.shapes(), columns.numel.tolist(),
+                             columns.nbytes.tolist(), list(map(ROLES.__getitem__, roles.code.tolist())),
+                             roles.logical.tolist(), columns.files(), stats, [None] * n if quant is None else quant)
 
 
-def aggregate(tensors: list[TensorReport]) -> dict | None:
-    """Model-level statistics over the parameter tensors that have statistics: exact counts and
-    extremes; mean/std merged with Chan's formula and l2 = sqrt(sum of squared l2), in float64 held
-    scaled by powers of two and saturated as the per-tensor statistics are (ScaledMoments: values
+def aggregate(tensors: list[TensorReport], counted=None) -> dict | None:
+    """Model-level statistics over the parameter tensors that have statistics, each tensor once (`counted`:
+    per tensor whether counting counts it; a tied duplicate, the same values saved under a second name, is
+    not): exact counts and extremes; mean/std merged with Chan's formula and l2 = sqrt(sum of squared l2), in
+    float64 held scaled by powers of two and saturated as the per-tensor statistics are (ScaledMoments: values
     near DBL_MAX give DBL_MAX or Inf, never an OverflowError)."""
     from .backends.numpy_backend import ScaledMoments
-    rows = [t for t in tensors if t.role == "parameter" and t.stats is not None]
+    if counted is None:
+        counted = [True] * len(tensors)
+    rows = [t for t, c in zip(tensors, counted) if c and t.role == "parameter" and t.stats is not None]
     if not rows:
         return None
     agg: dict[str, Any] = {"tensors": len(rows), "numel": 0, "nan": 0, "posinf": 0, "neginf": 0,
@@ -91,6 +95,33 @@ def _json_safe(x):
     return x
 
 
+class Deferred:
+    """A value made on first use: ``make()``, called once (ScanReport.tensors of a header-only scan)."""
+
+    __slots__ = ("make",)
+
+    def __init__(self, make: Callable[[], Any]):
+        self.make = make
+
+
+class _MadeOnFirstUse:
+    """A dataclass field that may be assigned a Deferred: the first read makes and keeps its value."""
+
+    def __set_name__(self, owner, name: str) -> None:
+        self._slot = "_" + name
+
+    def __get__(self, obj, objtype=None):
+        if obj is None:
+            raise AttributeError(self._slot)    # dataclasses: a field without a default
+        v = obj.__dict__[self._slot]
+        if type(v) is Deferred:
+            v = obj.__dict__[self._slot] = v.make()
+        return v
+
+    def __set__(self, obj, value) -> None:
+        obj.__dict__[self._slot] = value
+
+
 @dataclass
 class ScanReport:
     path: str
@@ -98,7 +129,7 @@ class ScanReport:
     backend: str | None           # engine that computed the statistics (None: stats=False)
     files: list[str]
     counting: Any                 # paramkit.counting.Counting
-    tensors: list[TensorReport]
+    tensors: list[TensorReport] = _MadeOnFirstUse()   # or a Deferred making them
     metadata: dict[str, str]
     index_metadata: dict | None
     config: dict | None

@@ -5,6 +5,6 @@ from __future__ import annotations
 
 from .config import config_get, config_has
 from .roles import ROLES, TensorRole
-from .totals import Counting, count_table, human
+from .totals import Counting, count_table
 
-__all__ = ["count_table", "Counting", "TensorRole", "ROLES", "config_get", "config_has", "human"]
+__all__ = ["count_table", "Counting", "TensorRole", "ROLES", "config_get", "config_has"]

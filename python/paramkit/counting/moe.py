@@ -6,35 +6,26 @@ import re
 from fractions import Fraction
 from typing import Any
 
+import numpy as np
+
 from .config import NEXPERTS_KEYS, NSHARED_KEYS, TOPK_KEYS, config_get
-from .roles import TensorRole
+from .patterns import digit_regex
+from .roles import EXPERT_KINDS, PACKED, PARAMETER, QUANT_STATE, RoleColumns
 
-_EXPERT_INDEX_RE = re.compile(r"(?:^|\.)experts\.(?:expert_)?(\d+)\.")
-
-
-def _expert_index(name: str) -> str | None:
-    """The index group of _EXPERT_INDEX_RE.search(name), None without a match; without the regex in
-    the usual case: when the first "experts." starts the name or follows a '.', and the component after
-    it is decimal digits followed by a '.', that is the regex's leftmost match (\\d = str.isdecimal)."""
-    i = name.find("experts.")
-    if i < 0:
-        return None
-    j = i + 8
-    k = name.find(".", j)
-    if k > j and (not i or name[i - 1] == "."):
-        digits = name[j:k]
-        if digits.isdecimal():
-            return digits
-    m = _EXPERT_INDEX_RE.search(name)
-    return m.group(1) if m else None
-
-
+# on a NamePatterns pattern: the span of the expert index is that of every name of it
+_EXPERT_INDEX_RE = digit_regex(r"(?:^|\.)experts\.(?:expert_)?(\d+)\.")
 _SHARED_RE = re.compile(r"(?:^|\.)(shared_experts?|shared_mlp)\.")
+_ROUTED, _SHARED = EXPERT_KINDS.index("routed"), EXPERT_KINDS.index("shared")
 
 
-def moe_of(roles: list[TensorRole], config: dict | None, notes: list[str]) -> dict:
-    """The report's "moe" (plus "active_params" / "active_reason", which the caller takes out); tags the roles
-    of experts (.expert) and routers ("router" flag)."""
+def moe_of(rc: RoleColumns, config: dict | None, notes: list[str]) -> dict:
+    """The report's "moe" (plus "active_params" / "active_reason", which the caller takes out); sets the expert
+    columns of `rc` (RoleColumns.set_experts) and flags routers "router".
+
+    Per name pattern (digits masked): shared experts (``shared_expert(s).`` / ``shared_mlp.``), routed experts
+    by an index (``experts.N.``, ``experts.expert_N.``), stacked experts (2+ dimensions under an ``experts`` /
+    ``*moe*`` module: [E, ...] with E the config's expert count, or concatenated along dim 0), routers
+    (``router`` modules, ``gate.weight``); per tensor the role, counted flag, shape and layer decide."""
     n_cfg = config_get(config, *NEXPERTS_KEYS)
     k_cfg = config_get(config, *TOPK_KEYS)
     shared_cfg = config_get(config, *NSHARED_KEYS)
@@ -46,94 +37,106 @@ def moe_of(roles: list[TensorRole], config: dict | None, notes: list[str]) -> di
     if n_cfg is not None and n_cfg <= 1:
         n_cfg = None  # "num_experts": 1 / 0 = dense
 
-    names = "\n".join([r.name for r in roles])
-    if "experts" not in names and "moe" not in names:
-        # No name can be a routed expert (indexed or stacked: both need one of these substrings), so
-        # nothing is detected and no router flag would survive; only shared experts are tagged.
-        if "shared" in names:
-            for r in roles:
-                if "shared" in r.name and _SHARED_RE.search(r.name):
-                    r.expert = {"kind": "shared", "index": None, "stacked": None, "layer": r.layer or ""}
-        return {"detected": False}
-
-    routed_by_layer: dict[str, int] = {}
-    experts_by_layer: dict[str, set[int] | int] = {}
-    shared_params = router_params = routed_params = total = 0
-    routers: list[TensorRole] = []       # roles flagged "router" here (no other code sets that flag)
-    stacked_routed = False               # a routed expert without an index (expert_layout)
-    expert_index = _expert_index
-    search_shared = _SHARED_RE.search
-    # Substring tests ("shared", "experts.", "experts"/"moe", "router"/"gate") skip the regexes and
-    # the split for names that cannot match them: 100k-tensor headers come through here.
-    for r in roles:
-        name = r.name
-        lay = r.layer or ""
-        parts = None
-        expert = None
-        if "shared" in name and search_shared(name):
-            expert = r.expert = {"kind": "shared", "index": None, "stacked": None, "layer": lay}
-        elif "experts." in name and (digits := expert_index(name)) is not None:
-            idx = int(digits)
-            expert = r.expert = {"kind": "routed", "index": idx, "stacked": None, "layer": lay}
-            s = experts_by_layer.get(lay)
-            if s is None:
-                experts_by_layer[lay] = {idx}
-            elif isinstance(s, set):
-                s.add(idx)
-        elif ("experts" in name or "moe" in name) and (
-                (in_experts := "experts" in (parts := name.split("."))[:-1]) or
-                any("moe" in p for p in parts[:-1])):
-            stacked = routed = None
-            if r.role in ("parameter", "packed_parameter", "quant_state") and \
-                    len(r.shape) >= 2 and not _is_router(parts):
-                n0 = r.shape[0]
-                if n_cfg is not None:
-                    if n0 == n_cfg and (in_experts or len(r.shape) >= 3):
-                        stacked = n_cfg          # [E, ...] stacked experts
-                    elif in_experts and len(r.shape) == 2 and n0 % n_cfg == 0:
-                        stacked = n_cfg          # experts concatenated along dim 0 (DBRX)
-                    routed = stacked is not None
-                else:
-                    routed = in_experts or len(r.shape) >= 3
-                    if len(r.shape) >= 3 or name.endswith("bias"):
-                        stacked = n0
-            if routed:
-                expert = r.expert = {"kind": "routed", "index": None, "stacked": stacked, "layer": lay}
-                stacked_routed = True
-                if stacked:
-                    prev = experts_by_layer.get(lay)
-                    experts_by_layer[lay] = max(stacked, prev if isinstance(prev, int) else 0)
-        role = r.role
-        if expert is None and role == "parameter" and ("router" in name or "gate" in name) and \
-                _is_router(parts if parts is not None else name.split(".")):
-            r.flags.append("router")
-            routers.append(r)
-        if not (r.counted and role in ("parameter", "packed_parameter")):
+    pats, cols = rc.patterns, rc.columns
+    # per pattern what its words say; per tensor (role, shape, counted, layer) what the rest decides
+    npat = len(pats)
+    kind_p = np.zeros(npat, dtype=np.int8)
+    index_span: list[tuple[int, int] | None] = [None] * npat
+    stacked_p = np.zeros(npat, dtype=bool)     # a stacked-expert candidate: under experts / *moe*, not a router
+    in_experts_p = np.zeros(npat, dtype=bool)
+    bias_p = np.zeros(npat, dtype=bool)
+    router_p = np.zeros(npat, dtype=bool)
+    for p in pats.live:
+        pat = pats.patterns[p]
+        parts = pat.split(".")
+        if "shared" in pat and _SHARED_RE.search(pat):
+            kind_p[p] = _SHARED
             continue
-        n_log = r.logical_numel
-        total += n_log
-        if expert is None:
-            if routers and routers[-1] is r:
-                router_params += n_log
-        elif expert["kind"] == "routed":
-            routed_params += n_log
-            routed_by_layer[lay] = routed_by_layer.get(lay, 0) + n_log
+        if "experts." in pat and (x := pats.search(_EXPERT_INDEX_RE, p)) is not None:
+            kind_p[p] = _ROUTED
+            index_span[p] = x.span(1)
+            continue
+        is_router = _is_router(parts)
+        if ("experts" in pat or "moe" in pat) and (
+                (in_experts := "experts" in parts[:-1]) or any("moe" in q for q in parts[:-1])):
+            stacked_p[p] = not is_router
+            in_experts_p[p] = in_experts
+            bias_p[p] = pat.endswith("bias")
+        router_p[p] = ("router" in pat or "gate" in pat) and is_router
+    code = pats.code
+    role = rc.code
+    ndim = cols.ndim
+    kind = kind_p[code]
+    index = np.where(kind == _ROUTED, pats.span_values(index_span, number=True), -1) if any(index_span) else \
+        np.full(len(rc), -1, dtype=np.int64)
+    stacked = np.full(len(rc), -1, dtype=np.int64)
+    stacked_routed = False               # a routed expert without an index (expert_layout)
+    cand = stacked_p[code] & ((role == PARAMETER) | (role == PACKED) | (role == QUANT_STATE)) & (ndim >= 2)
+    if cand.any():
+        at = np.flatnonzero(cand)
+        nd = ndim[at]
+        in_experts = in_experts_p[code[at]]
+        n0 = cols.dims[cols.starts()[at]].astype(np.int64)
+        if n_cfg is not None:
+            routed = (n0 == n_cfg) & (in_experts | (nd >= 3)) | in_experts & (nd == 2) & (n0 % n_cfg == 0)
+            sval = np.full(len(at), n_cfg, dtype=np.int64)
         else:
-            shared_params += n_log
+            routed = in_experts | (nd >= 3)
+            sval = np.where((nd >= 3) | bias_p[code[at]], n0, -1)
+        if routed.any():
+            stacked_routed = True
+            kind[at[routed]] = _ROUTED
+            stacked[at[routed]] = sval[routed]
+    router = router_p[code] & (kind == 0) & (role == PARAMETER)
+    rc.set_experts(kind, index, stacked)
 
-    # routers are only routers in layers that have experts
-    moe_layers = sorted(routed_by_layer, key=_natural)
-    if not moe_layers:
-        for r in routers:
-            r.flags.remove("router")
+    # sums over the counted parameters, per layer ("" for none: RoleColumns.layer -1)
+    lay = rc.layer + 1
+    counted = rc.counted & ((role == PARAMETER) | (role == PACKED))
+    logical = np.where(counted, rc.logical, 0)
+    total = int(logical.sum())
+    routed_t = kind == _ROUTED
+    routed_params = int(logical[routed_t].sum())
+    shared_params = int(logical[kind == _SHARED].sum())
+    nlay = len(rc.layer_names) + 1
+    routed_layers = np.zeros(nlay, dtype=bool)
+    routed_layers[lay[routed_t & counted]] = True
+    if not routed_layers.any():
         return {"detected": False}
-    for r in routers:
-        if (r.layer or "") not in routed_by_layer:
-            r.flags.remove("router")
-            router_params -= r.logical_numel if r.counted else 0
-    all_layers = sorted({r.layer for r in roles if r.layer}, key=_natural)
+    keep = router & routed_layers[lay]
+    router_params = int(logical[keep].sum())
+    rc.set_router(keep)
+    # experts per layer: the largest stacked count, else the distinct indices
+    experts_by_layer: dict[int, int] = {}
+    st = routed_t & (stacked > 0)
+    if st.any():
+        top = np.zeros(nlay, dtype=np.int64)
+        np.maximum.at(top, lay[st], stacked[st])
+        experts_by_layer = {int(k): int(top[k]) for k in np.flatnonzero(top)}
+    ix = routed_t & (index >= 0).astype(bool)
+    if ix.any() and index.dtype == object:     # an index beyond an int64
+        distinct: dict[int, set] = {}
+        for k, v in zip(lay[ix].tolist(), index[ix].tolist()):
+            distinct.setdefault(k, set()).add(v)
+        for k, v in distinct.items():
+            experts_by_layer.setdefault(k, len(v))
+    elif ix.any():
+        width = int(index[ix].max()) + 1
+        if nlay * width <= 4 * len(rc) + 1024:     # a table of (layer, index) pairs seen
+            seen = np.zeros(nlay * width, dtype=bool)
+            seen[lay[ix] * width + index[ix]] = True
+            per_layer = seen.reshape(nlay, width).sum(axis=1)
+        else:
+            pairs = np.unique(np.stack([lay[ix], index[ix]]), axis=1)
+            per_layer = np.bincount(pairs[0], minlength=nlay)
+        for k in np.flatnonzero(per_layer).tolist():
+            experts_by_layer.setdefault(k, int(per_layer[k]))
+    layer_names = [""] + rc.layer_names
+    routed_by_layer = {layer_names[k]: True for k in np.flatnonzero(routed_layers).tolist()}
+    all_layers = sorted(rc.layer_names, key=_natural)
     dense_layers = [l for l in all_layers if l not in routed_by_layer]
-    detected_n = sorted({len(v) if isinstance(v, set) else v for v in experts_by_layer.values()})
+    detected_n = sorted(set(experts_by_layer.values()))
+    moe_layers = list(routed_by_layer)
     always = total - routed_params
     out: dict[str, Any] = {
         "detected": True,

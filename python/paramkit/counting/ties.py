@@ -2,11 +2,11 @@
 lm_head that config.json ties to the embedding is counted once."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..table import TensorInfo, TensorTable
 from .config import config_get
-from .roles import TensorRole
+from .roles import RoleColumns, TensorRole
 
 if TYPE_CHECKING:
     from .totals import Counting
@@ -58,7 +58,7 @@ _LMHEAD_SUFFIXES = _LMHEAD_NAMES + (".lm_head.weight",)
 _TIE_SUFFIXES = tuple(dict.fromkeys(_EMBED_PATTERNS + _LMHEAD_SUFFIXES))  # every name the two finders take
 
 
-def decide_tie(tensors: list[TensorInfo], roles: list[TensorRole], config: dict | None, notes: list[str],
+def decide_tie(info: Callable[[int], TensorInfo], rc: RoleColumns, config: dict | None, notes: list[str],
                stats_equal: bool | None = None) -> tuple[dict[str, Any], tuple[int, int] | None]:
     """(The report's "ties", the indices of the embedding and the lm_head whose values would confirm the tie,
     or None when nothing awaits them). Flags the embedding "tied" and, when counted once, the lm_head
@@ -67,17 +67,22 @@ def decide_tie(tensors: list[TensorInfo], roles: list[TensorRole], config: dict 
     A present lm_head of the embedding's shape and dtype that config.json ties to it is one tensor when the
     format says both view the same storage (TensorInfo.storage, offset, nbytes, shape); else stats_equal
     (statistics_equal of the two, from the data pass) decides: True, counted once; False, counted twice;
-    None (no statistics), config.json is trusted: counted once. No tensor byte is read here."""
+    None (no statistics), config.json is trusted: counted once. No tensor byte is read here. `info(i)`: the
+    TensorInfo of tensor i; the roles are rc's (RoleColumns), whose counted column follows."""
     tie_cfg = config_get(config, "tie_word_embeddings")
     if not isinstance(tie_cfg, bool):
         tie_cfg = None
-    # one cheap pass over the names: the only tensors the finders take
+    # the only tensors the finders take: those of the name patterns with one of their suffixes (digit-free)
     candidates: list[TensorRole] = []
-    where: dict[str, int] = {}          # name -> index in roles and tensors
-    for i, r in enumerate(roles):
-        if r.name.endswith(_TIE_SUFFIXES):
-            candidates.append(r)
-            where[r.name] = i
+    where: dict[str, int] = {}          # name -> index in the table
+    pats = rc.patterns
+    for p, pat in enumerate(pats.patterns):
+        if pat.endswith(_TIE_SUFFIXES):
+            for i in pats.members(p).tolist():
+                r = rc.role(i)
+                candidates.append(r)
+                where[r.name] = i
+    candidates.sort(key=lambda r: where[r.name])
     emb = _find_embedding(candidates)
     head = _find_lm_head(candidates)
     ties: dict[str, Any] = {"tie_word_embeddings": tie_cfg,
@@ -97,7 +102,7 @@ def decide_tie(tensors: list[TensorInfo], roles: list[TensorRole], config: dict 
         else:
             ties["status"] = "no lm_head tensor (a base model, or an output layer tied to the embedding)"
     elif emb is not None and head is not None:
-        emb_t, head_t = tensors[where[emb.name]], tensors[where[head.name]]
+        emb_t, head_t = info(where[emb.name]), info(where[head.name])
         same_shape = tuple(emb_t.shape) == tuple(head_t.shape) and emb.dtype == head.dtype
         if tie_cfg is True and same_shape:
             if same_storage(emb_t, head_t):
@@ -124,6 +129,7 @@ def decide_tie(tensors: list[TensorInfo], roles: list[TensorRole], config: dict 
             notes.append(ties["status"])
         else:
             ties["status"] = "untied: lm_head and embedding both counted"
+    rc.sync()
     return ties, pending
 
 
@@ -162,7 +168,7 @@ def confirm_with_statistics(counting: Counting, table: TensorTable, stats: list[
     return count_table(table, tie_stats_equal=statistics_equal(t[i], stats[i], t[j], stats[j]))
 
 
-def same_view_duplicates(tensors: list[TensorInfo], roles: list[TensorRole]) -> list[str]:
+def same_view_duplicates(tensors: list[TensorInfo], rc: RoleColumns) -> list[str]:
     """Tensors the format says are one view saved under two names (torch.save of tied modules: the same
     storage, offset, shape and layout): every one after the first is counted once, flagged "tied_duplicate",
     the first "tied". Returns the duplicate names. Different views of one storage are different tensors."""
@@ -176,10 +182,12 @@ def same_view_duplicates(tensors: list[TensorInfo], roles: list[TensorRole]) -> 
                None if lay is None else (lay.element_offset, lay.strides))
         j = first.setdefault(key, i)
         if j != i:
-            roles[i].counted = False
-            roles[i].flags.append("tied_duplicate")
-            roles[i].reason += f"; the same view as {tensors[j].name} (one storage, offset, shape, strides)"
-            if "tied" not in roles[j].flags:
-                roles[j].flags.append("tied")
+            dup, orig = rc.role(i), rc.role(j)
+            dup.counted = False
+            dup.flags.append("tied_duplicate")
+            dup.reason += f"; the same view as {tensors[j].name} (one storage, offset, shape, strides)"
+            if "tied" not in orig.flags:
+                orig.flags.append("tied")
             dups.append(t.name)
+    rc.sync()
     return dups

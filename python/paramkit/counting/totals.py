@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from .._gcpause import gc_paused
 from ..table import TensorTable
 from .moe import moe_of
 from .quant import parse_quant_config, quant_summary
-from .roles import ROLES, Classifier, TensorRole
+from .roles import BUFFER, OPTIMIZER, PACKED, PARAMETER, QUANT_STATE, ROLES, Classifier, RoleColumns, TensorRole
 from .ties import decide_tie, same_view_duplicates
 
 
@@ -16,7 +18,7 @@ from .ties import decide_tie, same_view_duplicates
 class Counting:
     path: str
     format: str
-    roles: list[TensorRole]
+    role_columns: RoleColumns       # the roles as columns; ``roles`` makes the TensorRole objects on first use
     total_params: int
     total_elements: int
     parameter_elements: int          # stored elements of plain parameters (counted ones)
@@ -42,18 +44,21 @@ class Counting:
     tie_pending: tuple[int, int] | None = field(default=None, repr=False)
 
     @property
+    def roles(self) -> list[TensorRole]:
+        """One TensorRole per tensor, table order (made on first use)."""
+        return self.role_columns.roles()
+
+    @property
     def stored_elements_by_dtype(self) -> dict[str, int]:
         return self.elements_by_dtype
 
     @property
     def n_tensors(self) -> int:
-        return len(self.roles)
+        return len(self.role_columns)
 
     def role_counts(self) -> dict[str, int]:
-        out = {r: 0 for r in ROLES}
-        for r in self.roles:
-            out[r.role] += 1
-        return out
+        counts = np.bincount(self.role_columns.code, minlength=len(ROLES)).tolist()
+        return dict(zip(ROLES, counts))
 
     def to_dict(self, *, tensors: bool = True) -> dict:
         d = {
@@ -86,21 +91,6 @@ class Counting:
         if tensors:
             d["roles"] = [r.to_dict() for r in self.roles]
         return d
-
-
-def _grp() -> dict[str, int]:
-    return {"params": 0, "elements": 0, "bytes": 0, "tensors": 0}
-
-
-def _add_grp(bucket: dict[str, dict[str, int]], key: str, params: int, elements: int, nbytes: int,
-             tensors: int) -> None:
-    g = bucket.get(key)
-    if g is None:
-        g = bucket[key] = _grp()
-    g["params"] += params
-    g["elements"] += elements
-    g["bytes"] += nbytes
-    g["tensors"] += tensors
 
 
 def count_table(table: TensorTable, *, tie_stats_equal: bool | None = None) -> Counting:
@@ -137,118 +127,84 @@ def count_table(table: TensorTable, *, tie_stats_equal: bool | None = None) -> C
         return _count_table(table, tie_stats_equal)
 
 
+def _sums(codes: np.ndarray, k: int, values: np.ndarray) -> list[int]:
+    """Per code 0..k-1 the sum of `values` (int64 or Python-int object columns) over the tensors of that code."""
+    out = np.zeros(k, dtype=values.dtype)
+    np.add.at(out, codes, values)
+    return [int(v) for v in out.tolist()]
+
+
+def _groups(codes: np.ndarray, keys: list[str], params, numel, nbytes) -> dict[str, dict[str, int]]:
+    """{keys[c]: {"params", "elements", "bytes", "tensors"}} summed over the tensors of each code c >= 0."""
+    has = codes >= 0
+    c = codes[has]
+    k = len(keys)
+    p, e, b = (_sums(c, k, v[has]) for v in (params, numel, nbytes))
+    t = np.bincount(c, minlength=k).tolist()
+    return {key: {"params": p[j], "elements": e[j], "bytes": b[j], "tensors": t[j]} for j, key in enumerate(keys)}
+
+
 def _count_table(table: TensorTable, tie_stats_equal: bool | None) -> Counting:
     config = table.config if isinstance(table.config, dict) else None
     quant = parse_quant_config(config)
     clf = Classifier(table, quant)
-    roles = clf.classify_all(table.tensors)
+    rc = clf.classify_columns()
     notes = list(clf.notes)
-    qsum = quant_summary(quant, clf.detected, roles, notes)
-    ties, tie_pending = decide_tie(table.tensors, roles, config, notes, tie_stats_equal)
-    views = same_view_duplicates(table.tensors, roles)
-    if views:
-        ties["same_view"] = views
-        notes.append(f"{len(views)} tensor(s) are the same view of a storage as another name (tied modules): "
-                     "counted once")
-    moe = moe_of(roles, config, notes)
+    qsum = quant_summary(quant, clf.detected, rc.distinct(), notes)
+    ties, tie_pending = decide_tie(clf.info, rc, config, notes, tie_stats_equal)
+    if table._tensors is not None:
+        views = same_view_duplicates(table._tensors, rc)
+        if views:
+            ties["same_view"] = views
+            notes.append(f"{len(views)} tensor(s) are the same view of a storage as another name (tied modules): "
+                         "counted once")
+    moe = moe_of(rc, config, notes)
 
-    # totals -----------------------------------------------------------------------------
-    # One pass over 100k tensors in the largest headers, sums in locals: per run of consecutive
-    # tensors with the same dtype (elements_by_dtype, params_by_dtype), and per segment of consecutive
-    # tensors with the same first name component and layer (the module and layer groups), each run
-    # added to its dict entry when it ends -- entries in order of first appearance, the same sums,
-    # a few dict operations per run instead of per tensor (tensors come in file order: long runs).
-    # A layer is a prefix of whole name components, so the same layer means the same module.
-    total_params = 0
-    parameter_elements = packed_stored = packed_logical = buffer_el = qstate_el = optim_el = 0
-    b_param = b_packed = b_buffer = b_qstate = b_optim = 0
-    elements_by_dtype: dict[str, int] = {}
-    params_by_dtype: dict[str, int] = {}
-    modules: dict[str, dict[str, int]] = {}
-    layers: dict[str, dict[str, int]] = {}
-    d_key = None                        # dtype run: its elements, its counted plain parameters
-    d_e = d_p = d_n = 0
-    d_has_p = False
-    s_top = s_lay = None                # segment: module, layer (None: none) and group sums
-    s_p = s_e = s_b = s_n = 0
-    for t, r in zip(table.tensors, roles):
-        numel = t.numel
-        nbytes = t.nbytes
-        dtype = t.dtype
-        if dtype is not d_key and dtype != d_key:
-            if d_n:
-                elements_by_dtype[d_key] = elements_by_dtype.get(d_key, 0) + d_e
-                if d_has_p:
-                    params_by_dtype[d_key] = params_by_dtype.get(d_key, 0) + d_p
-            d_key = dtype
-            d_e = d_p = d_n = 0
-            d_has_p = False
-        d_e += numel
-        d_n += 1
-        role = r.role
-        if role == "parameter":
-            b_param += nbytes
-            if r.counted:
-                counted = r.logical_numel
-                parameter_elements += numel
-                d_p += numel
-                d_has_p = True
-            else:
-                counted = 0
-        elif role == "packed_parameter":
-            b_packed += nbytes
-            packed_stored += numel
-            if r.counted:
-                counted = r.logical_numel
-                packed_logical += counted
-                pf = r.pack_factor
-                key = f"{dtype}×{int(pf) if float(pf).is_integer() else round(float(pf), 4)}"
-                params_by_dtype[key] = params_by_dtype.get(key, 0) + counted
-            else:
-                counted = 0
-        elif role == "buffer":
-            b_buffer += nbytes
-            buffer_el += numel
-            counted = 0
-        elif role == "optimizer":
-            b_optim += nbytes
-            optim_el += numel
-            counted = 0
-        else:
-            b_qstate += nbytes
-            qstate_el += numel
-            counted = 0
-        total_params += counted
-        lay = r.layer
-        if lay is None or lay is not s_lay:
-            top = t.name.partition(".")[0]
-            if s_n and (top != s_top or lay != s_lay):
-                _add_grp(modules, s_top, s_p, s_e, s_b, s_n)
-                if s_lay is not None:
-                    _add_grp(layers, s_lay, s_p, s_e, s_b, s_n)
-                s_p = s_e = s_b = s_n = 0
-            s_top = top
-            s_lay = lay
-        s_p += counted
-        s_e += numel
-        s_b += nbytes
-        s_n += 1
-    if d_n:
-        elements_by_dtype[d_key] = elements_by_dtype.get(d_key, 0) + d_e
-        if d_has_p:
-            params_by_dtype[d_key] = params_by_dtype.get(d_key, 0) + d_p
-    if s_n:
-        _add_grp(modules, s_top, s_p, s_e, s_b, s_n)
-        if s_lay is not None:
-            _add_grp(layers, s_lay, s_p, s_e, s_b, s_n)
-    bytes_by_role = {"parameter": b_param, "buffer": b_buffer, "quant_state": b_qstate,
-                     "packed_parameter": b_packed}
-    if optim_el or b_optim:
-        bytes_by_role["optimizer"] = b_optim
-    bytes_total = b_param + b_buffer + b_qstate + b_packed + b_optim   # each tensor is in one role
+    # totals: sums over columns, per role, dtype, module (first name component) and layer
+    cols = table.columns
+    code = rc.code
+    if rc.logical.dtype == object:     # sums that may not fit an int64: Python ints
+        numel, nbytes = (np.array(c.tolist(), dtype=object) for c in (cols.numel, cols.nbytes))
+    else:
+        numel, nbytes = cols.numel.astype(np.int64), cols.nbytes.astype(np.int64)
+    is_param = code == PARAMETER
+    is_packed = code == PACKED
+    counted_p = rc.counted & is_param
+    counted_k = rc.counted & is_packed
+    params = np.where(counted_p | counted_k, rc.logical, 0)
+    role_numel = _sums(code, len(ROLES), numel)
+    role_bytes = _sums(code, len(ROLES), nbytes)
+    total_params = int(params.sum())
+    parameter_elements = int(numel[counted_p].sum())
+    packed_logical = int(params[counted_k].sum())
+    nd = len(cols.dtype_names)
+    dnames = cols.dtype_names
+    d_numel = _sums(cols.dtype, nd, numel)
+    d_count = np.bincount(cols.dtype, minlength=nd)
+    d_params = _sums(cols.dtype[counted_p], nd, numel[counted_p])
+    d_has_p = np.bincount(cols.dtype[counted_p], minlength=nd)
+    elements_by_dtype = {dnames[d]: d_numel[d] for d in range(nd) if d_count[d]}
+    params_by_dtype = {dnames[d]: d_params[d] for d in range(nd) if d_has_p[d]}
+    for i in np.flatnonzero(counted_k).tolist():   # packed weights: "<dtype>×<pack factor>"
+        k = int(rc.kind[i])
+        pf = (rc.objects[i] if k < 0 else rc.kinds[k]).pack_factor
+        key = f"{dnames[cols.dtype[i]]}×{int(pf) if float(pf).is_integer() else round(float(pf), 4)}"
+        params_by_dtype[key] = params_by_dtype.get(key, 0) + int(rc.logical[i])
+    bytes_by_role = {"parameter": role_bytes[PARAMETER], "buffer": role_bytes[BUFFER],
+                     "quant_state": role_bytes[QUANT_STATE], "packed_parameter": role_bytes[PACKED]}
+    if role_numel[OPTIMIZER] or role_bytes[OPTIMIZER]:
+        bytes_by_role["optimizer"] = role_bytes[OPTIMIZER]
+    bytes_total = sum(role_bytes)                                   # each tensor is in one role
     total_elements = sum(elements_by_dtype.values())                # and has one dtype
     elements_by_dtype = dict(sorted(elements_by_dtype.items(), key=lambda kv: (-kv[1], kv[0])))
     params_by_dtype = dict(sorted(params_by_dtype.items(), key=lambda kv: (-kv[1], kv[0])))
+    pats = rc.patterns
+    top_codes, top_first = pats.prefix_codes([pat.find(".") if "." in pat else len(pat) for pat in pats.patterns])
+    names = cols.names
+    modules = _groups(top_codes, [names[i].partition(".")[0] for i in top_first.tolist()], params, numel, nbytes)
+    layers = _groups(rc.layer, rc.layer_names, params, numel, nbytes)
+    packed_stored = role_numel[PACKED]
+    buffer_el, qstate_el, optim_el = role_numel[BUFFER], role_numel[QUANT_STATE], role_numel[OPTIMIZER]
 
     # declared totals --------------------------------------------------------------------
     declared: dict[str, dict] = {}
@@ -279,7 +235,7 @@ def _count_table(table: TensorTable, tie_stats_equal: bool | None) -> Counting:
     moe.pop("active_reason", None)
 
     return Counting(
-        path=table.path, format=table.format, roles=roles, total_params=total_params,
+        path=table.path, format=table.format, role_columns=rc, total_params=total_params,
         total_elements=total_elements, parameter_elements=parameter_elements,
         packed_stored_elements=packed_stored, packed_logical_params=packed_logical,
         buffer_elements=buffer_el, quant_state_elements=qstate_el, optimizer_elements=optim_el,
@@ -288,14 +244,3 @@ def _count_table(table: TensorTable, tie_stats_equal: bool | None) -> Counting:
         groups={"modules": modules, "layers": layers}, declared=declared, quantization=qsum,
         ties=ties, moe=moe, active_params=active, active_params_reason=reason, notes=notes,
         tie_pending=tie_pending)
-
-
-def human(n: float, unit: str = "") -> str:
-    """1234567 -> '1.23M' (decimal prefixes), for tables."""
-    if n is None:
-        return "?"
-    a = abs(n)
-    for div, suf in ((1e12, "T"), (1e9, "B" if not unit else "G"), (1e6, "M"), (1e3, "k")):
-        if a >= div:
-            return f"{n / div:.2f}{suf}{unit}"
-    return f"{n:g}{unit}" if isinstance(n, float) else f"{n}{unit}"
