@@ -66,9 +66,9 @@ def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "au
             plan = make_plan(table.tensors, [r.role for r in counting.roles], resolve_schemes(quant), quant_tensors)
             if chosen is not None:
                 plan = plan.only(chosen)
-        read = table.tensors if chosen is None else [table.tensors[i] for i in chosen]
-        data_bytes = table.data_bytes if chosen is None else sum(t.nbytes for t in read)
+        data_bytes = table.data_bytes if chosen is None else int(table.columns.nbytes[chosen].sum())
         if stats or plan is not None:
+            read = table.tensors if chosen is None else [table.tensors[i] for i in chosen]
             engine = get_engine(backend)
             engine_name = engine.name
             run_plan = plan if plan is None or chosen is None else plan.take(chosen)
