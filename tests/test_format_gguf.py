@@ -37,6 +37,14 @@ def _flat(v):
     return [x for item in v for x in _flat(item)] if isinstance(v, list) and v and isinstance(v[0], list) else v
 
 
+def _finish(w) -> None:
+    """Write a GGUFWriter's header, metadata and tensors, and close it."""
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
 def _write(path, *, endian=gguf.GGUFEndian.LITTLE, alignment=None, tokens=10, tensors=None):
     w = gguf.GGUFWriter(str(path), "llama", endianess=endian)
     if alignment:
@@ -67,10 +75,7 @@ def _write(path, *, endian=gguf.GGUFEndian.LITTLE, alignment=None, tokens=10, te
         else:
             q = gguf.quants.quantize(arr, qtype)
             w.add_tensor(name, q, raw_shape=q.shape, raw_dtype=qtype)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _finish(w)
     return str(path)
 
 
@@ -130,10 +135,7 @@ def test_reads_gguf_writer_files_like_gguf_reader(tmp_path, endian, alignment):
     assert isinstance(h.metadata["tokenizer.ggml.scores"], GGUFArray)
     assert h.metadata["t.strs"] == ["a", "", "ccc"] and h.metadata["t.nested"] == [[1, 2], [3]]
     assert any(t.type_name == "Q4_K" for t in h.tensors) and any(t.type_name == "Q8_0" for t in h.tensors)
-    if endian == gguf.GGUFEndian.LITTLE:
-        _check_against_reader(path, h)
-    else:   # GGUFReader reads big-endian files too; its metadata contents() are host-order
-        _check_against_reader(path, h)
+    _check_against_reader(path, h)   # GGUFReader reads big-endian files too (contents() in host order)
 
 
 def test_native_walker_and_python_agree(tmp_path, monkeypatch):
@@ -142,10 +144,7 @@ def test_native_walker_and_python_agree(tmp_path, monkeypatch):
     w = gguf.GGUFWriter(str(tmp_path / "long.gguf"), "llama")
     w.add_token_list([("x" * (5 << 20)) if i == 1500 else f"t{i}" for i in range(3000)])
     w.add_tensor("a", np.ones((2, 32), np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _finish(w)
     native = _parse(tmp_path / "long.gguf")
     assert gguf_file._native_walker() is not None or pytest.skip("paramkit._core not built")
     monkeypatch.setattr(gguf_file, "_native_walker", lambda: None)
@@ -299,10 +298,7 @@ def test_config_of_a_moe_and_per_layer_heads(tmp_path):
     w.add_head_count_kv([4, 2, 2])
     w.add_tensor("token_embd.weight", np.zeros((8, 32), np.float32))
     w.add_tensor("output.weight", np.zeros((8, 32), np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    _finish(w)
     h = _parse(tmp_path / "moe.gguf")
     cfg = config_from_gguf(h.metadata, [t.name for t in h.tensors])
     assert (cfg["num_local_experts"], cfg["num_experts_per_tok"], cfg["n_shared_experts"]) == (60, 4, 1)

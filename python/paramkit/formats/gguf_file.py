@@ -90,7 +90,11 @@ class GGUFHeader:
     value_types: dict[str, int]        # key -> GGUFValueType id
     tensors: list[GGUFTensor] = field(default_factory=list)
     data_offset: int = 0               # where the tensor data starts (aligned)
-    header_bytes: int = 0              # bytes before data_offset
+
+    @property
+    def header_bytes(self) -> int:
+        """Bytes before the tensor data (header, metadata, tensor table, alignment padding)."""
+        return self.data_offset
 
 
 class _Cursor:
@@ -301,4 +305,4 @@ def parse_gguf(source: Source) -> GGUFHeader:
         if begin < end:
             raise FormatError("gguf_tensor_overlap", f"its data overlaps the data of {a!r} (which ends at byte "
                               f"{end:,}; this one starts at {begin:,})", path=source.name, tensor=b)
-    return GGUFHeader(version, byteorder, alignment, metadata, vtypes, tensors, data_offset, data_offset)
+    return GGUFHeader(version, byteorder, alignment, metadata, vtypes, tensors, data_offset)
