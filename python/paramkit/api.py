@@ -67,7 +67,8 @@ def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "au
                 total += sum(t.nbytes for t, m in zip(table.tensors, plan.masks) if m & plan.second_pass_bits)
             cb, close = make_progress(progress, total)
             try:
-                with pause.resumed(), plain_tensors(table.tensors) as tensors:   # the data pass: gc as the caller had it
+                # the data pass: gc as the caller had it
+                with pause.resumed(), plain_tensors(table.tensors, engine_reads_views=engine.reads_views) as tensors:
                     results, qsums = engine.run(tensors, stats=stats, quantiles=quantiles, threads=threads,
                                                 progress=cb, quant=plan)
             finally:
