@@ -184,9 +184,27 @@ class ViewReader {
     return storage_;
   }
 
-  void gather(int fd, const std::string& path, uint64_t e0, uint64_t m, uint8_t* dst) {
-    std::shared_ptr<uint8_t[]> s = acquire(fd, path);
-    const uint8_t* base = s.get() - uint64_t(span_lo_) * es_;   // storage element 0 (never dereferenced below span_lo)
+  // Rows of a 2-D view with a strided innermost dimension (a transpose): `rows` whole rows of `cols` elements
+  // from the row whose element 0 is storage element pos0, in blocks of kTileRows rows gathered column by
+  // column, so each storage cache line (consecutive rows of a transpose) is read once and the block's output
+  // rows stay in cache.
+  template <int ES>
+  static void gather_rows(const uint8_t* base, int64_t pos0, int64_t s0, int64_t s1, uint64_t rows, uint64_t cols,
+                          uint8_t* dst) {
+    constexpr uint64_t kTileRows = 32;
+    for (uint64_t rb = 0; rb < rows; rb += kTileRows) {
+      const uint64_t nr = std::min(kTileRows, rows - rb);
+      uint8_t* out = dst + rb * cols * ES;
+      for (uint64_t c = 0; c < cols; ++c) {
+        const int64_t at = pos0 + int64_t(rb) * s0 + int64_t(c) * s1;   // element (rb, c), inside the span
+        for (uint64_t r = 0; r < nr; ++r)
+          std::memcpy(out + (r * cols + c) * ES, base + uint64_t(at + int64_t(r) * s0) * ES, ES);
+      }
+    }
+  }
+
+  // Row-major elements [e0, e0 + m) from the storage held in memory (base: its element 0), run by run.
+  void gather_runs(const uint8_t* base, uint64_t e0, uint64_t m, uint8_t* dst) const {
     const int64_t istride = dims_.back().stride;
     const uint64_t es = es_;
     for_runs(e0, m, [&](int64_t pos, uint64_t take, uint64_t done) {
@@ -201,7 +219,30 @@ class ViewReader {
         default: for (uint64_t i = 0; i < take; ++i) std::memcpy(o + 8 * i, p + int64_t(i) * step, 8); break;
       }
     });
-    if (left_.fetch_sub(m * es) == m * es) {   // the tensor's last bytes: its storage is not needed any more
+  }
+
+  void gather(int fd, const std::string& path, uint64_t e0, uint64_t m, uint8_t* dst) {
+    std::shared_ptr<uint8_t[]> s = acquire(fd, path);
+    const uint8_t* base = s.get() - uint64_t(span_lo_) * es_;   // storage element 0 (never dereferenced below span_lo)
+    if (dims_.size() == 2 && dims_[1].stride != 1) {   // a 2-D transpose-like view: whole rows in tiles
+      const uint64_t cols = uint64_t(dims_[1].size);
+      const uint64_t head = std::min(m, (cols - e0 % cols) % cols);
+      gather_runs(base, e0, head, dst);
+      const uint64_t r0 = (e0 + head) / cols, rows = (m - head) / cols;
+      const int64_t pos0 = element_offset_ + int64_t(r0) * dims_[0].stride;
+      uint8_t* body = dst + head * es_;
+      switch (es_) {
+        case 1: gather_rows<1>(base, pos0, dims_[0].stride, dims_[1].stride, rows, cols, body); break;
+        case 2: gather_rows<2>(base, pos0, dims_[0].stride, dims_[1].stride, rows, cols, body); break;
+        case 4: gather_rows<4>(base, pos0, dims_[0].stride, dims_[1].stride, rows, cols, body); break;
+        default: gather_rows<8>(base, pos0, dims_[0].stride, dims_[1].stride, rows, cols, body); break;
+      }
+      const uint64_t done = head + rows * cols;
+      gather_runs(base, e0 + done, m - done, dst + done * es_);
+    } else {
+      gather_runs(base, e0, m, dst);
+    }
+    if (left_.fetch_sub(m * es_) == m * es_) {   // the tensor's last bytes: its storage is not needed any more
       std::lock_guard<std::mutex> g(mu_);
       storage_.reset();
     }
