@@ -211,21 +211,23 @@ PYBIND11_MODULE(PARAMKIT_CUDA_MODULE, m) {
   // plus hold_bytes: device memory that may keep tensors for their per-tensor-scale second pass
   // (-1: the default, 8 GiB; also capped at half the free memory). The result adds `held`: per
   // tensor, whether those schemes were completed on the device (else run again with its absmax).
+  // views: the layouts of strided / big-endian view tasks, as paramkit._core.run's.
   m.def("run",
         [](const std::vector<std::string>& files, py::array_t<int64_t, py::array::c_style | py::array::forcecast> spec,
            py::array_t<double, py::array::c_style | py::array::forcecast> absmax, bool stats, bool quantiles, int threads,
            uint64_t chunk_bytes, const std::vector<double>& levels,
-           const std::vector<std::pair<int, int>>& schemes, py::object progress, int64_t hold_bytes) {
+           const std::vector<std::pair<int, int>>& schemes, py::object progress, int64_t hold_bytes,
+           const std::vector<ViewSpec>& views) {
           (void)chunk_bytes;
           if (threads < 0) throw std::invalid_argument("threads must be >= 0 (0: one reader per core, at most 8)");
-          auto tasks = tasks_from_spec<cuda::Task>(spec, absmax, schemes.size());
+          auto tasks = tasks_from_spec<cuda::Task>(spec, absmax, schemes.size(), views);
           cuda::Options o = options(quantiles, levels, stats, schemes, hold_bytes);
           o.readers = threads;
           return run(files, tasks, o, progress);
         },
         py::arg("files"), py::arg("spec"), py::arg("absmax"), py::arg("stats"), py::arg("quantiles"), py::arg("threads"),
         py::arg("chunk_bytes"), py::arg("levels"), py::arg("schemes"), py::arg("progress"),
-        py::arg("hold_bytes") = -1);
+        py::arg("hold_bytes") = -1, py::arg("views") = std::vector<ViewSpec>{});
   m.def("array_stats",
         [](py::buffer buf, int dtype, bool quantiles, uint64_t chunk_bytes, const std::vector<double>& levels) {
           (void)chunk_bytes;

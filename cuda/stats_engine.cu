@@ -5,6 +5,7 @@
 #include "device_kernels.cuh"
 #include "paramkit/file_read.hpp"
 #include "paramkit/host_threads.hpp"
+#include "paramkit/reader_pool.hpp"
 
 #include <unistd.h>
 
@@ -122,111 +123,6 @@ struct Files {
   ~Files() { for (int f : fd) if (f >= 0) close(f); }
 };
 
-// a byte range of a file (path: its name, for errors), or `len` bytes of host memory at `mem`
-struct ReadOp { int fd; const std::string* path; uint64_t off, len; uint8_t* dst; const uint8_t* mem; };
-
-void do_read(const ReadOp& r) {
-  if (r.mem) { std::memcpy(r.dst, r.mem, r.len); return; }
-#ifdef PARAMKIT_CUDA_EMULATOR
-  if (pk_emu::read_fails()) throw std::system_error(EIO, std::generic_category(), "pread (emulated failure)");
-#endif
-  pread_fully(r.fd, *r.path, r.dst, r.len, r.off);
-}
-
-// Reads a batch's segments (pread, or memcpy from host memory) with the calling thread and up to
-// `helpers` threads that live as long as the run: no thread is created per batch (at tens of GB/s a
-// 32 MiB batch takes about a millisecond, the cost of starting a few threads). The helpers start at
-// the first batch worth sharing (device-resident input reads nothing and starts none). Every helper
-// takes part in every shared batch, so run() returns only when no helper touches its ops any more.
-class ReaderPool {
- public:
-  explicit ReaderPool(int helpers) : want_(std::max(0, helpers)) {}
-  ~ReaderPool() {
-    { std::lock_guard<std::mutex> lk(m_); stop_ = true; }
-    cv_work_.notify_all();
-    for (auto& t : th_) t.join();
-  }
-  int readers() const { return want_ + 1; }
-
-  // the batch's reads split into pieces of at most 8 MiB (at least 4 per reader when they are large)
-  void run(const std::vector<ReadOp>& ops) {
-    uint64_t total = 0;
-    for (const ReadOp& r : ops) total += r.len;
-    const uint64_t step = std::min<uint64_t>(8ull << 20, std::max<uint64_t>(1ull << 20,
-                                             total / uint64_t(4 * readers()) / 65536 * 65536));
-    split_.clear();
-    for (const ReadOp& r : ops)
-      for (uint64_t b = 0; b < r.len; b += step) {
-        ReadOp s = r; s.off = r.off + b; s.len = std::min(step, r.len - b); s.dst = r.dst + b;
-        if (r.mem) s.mem = r.mem + b;
-        split_.push_back(s);
-      }
-    if (want_ == 0 || split_.size() < 2 || total < (1ull << 20)) {   // not worth waking anyone
-      for (const ReadOp& r : split_) do_read(r);
-      return;
-    }
-    if (!started_) start();
-    {
-      std::lock_guard<std::mutex> lk(m_);
-      next_ = 0; finished_ = 0; err_ = nullptr; ++gen_;
-    }
-    cv_work_.notify_all();
-    work();
-    std::unique_lock<std::mutex> lk(m_);
-    cv_done_.wait(lk, [this] { return finished_ == helpers_; });
-    if (err_) std::rethrow_exception(err_);
-  }
-
- private:
-  void start() {   // as many helpers as the system gives (fewer readers is not an error)
-    started_ = true;
-    try {
-      th_.reserve(size_t(want_));
-      for (int k = 0; k < want_; ++k) {
-        th_.emplace_back([this] { loop(); });
-        std::lock_guard<std::mutex> lk(m_);
-        ++helpers_;      // a helper counts once loop() can see it: finished_ is compared with this
-      }
-    } catch (...) {}
-  }
-  void work() {
-    try {
-      for (size_t i; (i = next_.fetch_add(1)) < split_.size();) do_read(split_[i]);
-    } catch (...) {
-      std::lock_guard<std::mutex> lk(m_);
-      if (!err_) err_ = std::current_exception();
-      next_ = split_.size();   // the others stop after their current read
-    }
-  }
-  void loop() {
-    uint64_t seen = 0;
-    for (;;) {
-      {
-        std::unique_lock<std::mutex> lk(m_);
-        cv_work_.wait(lk, [&] { return stop_ || gen_ != seen; });
-        if (stop_) return;
-        seen = gen_;
-      }
-      work();
-      std::lock_guard<std::mutex> lk(m_);
-      if (++finished_ == helpers_) cv_done_.notify_one();
-    }
-  }
-
-  const int want_;
-  bool started_ = false;
-  std::vector<std::thread> th_;
-  int helpers_ = 0;   // started helpers (guarded by m_)
-  std::vector<ReadOp> split_;
-  std::atomic<size_t> next_{0};
-  std::mutex m_;
-  std::condition_variable cv_work_, cv_done_;
-  uint64_t gen_ = 0;
-  int finished_ = 0;
-  bool stop_ = false;
-  std::exception_ptr err_;
-};
-
 // Options::readers == 0: one reader per core (as the cpu engine's threads), at most 8 (a 32 MiB batch
 // in 1 MiB+ pieces)
 int reader_count(int want) { return want > 0 ? std::min(want, 64) : std::min(8, default_threads()); }
@@ -337,8 +233,9 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
     fh.size.push_back(o.size);
   }
   for (const auto& t : tasks)
-    if (t.mem == nullptr && t.dev == nullptr)
+    if (t.mem == nullptr && t.dev == nullptr && !t.layout)
       check_range_in_file(files[size_t(t.file)], fh.size[size_t(t.file)], t.offset, t.nbytes);
+  std::vector<std::unique_ptr<ViewReader>> views = view_readers(tasks, files, fh.size);   // each span checked
 
   PK_CK(cudaSetDevice(opt.device));
   if (info) {
@@ -390,7 +287,11 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
   // the setup's cudaMemset / cudaMemcpy ran on the legacy stream and may still be in flight: the
   // non-blocking streams below do not wait for it
   PK_CK(cudaDeviceSynchronize());
+#ifdef PARAMKIT_CUDA_EMULATOR
+  ReaderPool readers(reader_count(opt.readers) - 1, &pk_emu::read_fails);
+#else
   ReaderPool readers(reader_count(opt.readers) - 1);
+#endif
   if (info) info->readers = readers.readers();
 
   // per-tensor host state: running merge of partials, dense histogram of a multi-batch tensor
@@ -545,8 +446,9 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
         }
       }
       if (!dev) {
-        ops.push_back({T.mem ? -1 : fh.fd[size_t(T.file)], T.mem ? nullptr : &files[size_t(T.file)], T.offset + b,
-                       take * es, s.h_in + at, T.mem ? T.mem + b : nullptr});
+        ViewReader* v = views[t].get();   // a view: the bytes [b, b + take * es) of its plain form
+        ops.push_back({T.mem ? -1 : fh.fd[size_t(T.file)], T.mem ? nullptr : &files[size_t(T.file)],
+                       v ? b : T.offset + b, take * es, s.h_in + at, T.mem ? T.mem + b : nullptr, v});
         pos = at + take * es;
       }
       if (held[t]) copies.push_back({R.d_arena + aoff[t] + b, dp, take * es});

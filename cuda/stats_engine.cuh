@@ -4,9 +4,11 @@
 #include <cmath>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 #include "paramkit/quant.hpp"
+#include "paramkit/read_plan.hpp"
 #include "paramkit/stats.hpp"
 
 namespace paramkit {
@@ -24,6 +26,8 @@ struct Task {
   uint32_t quant_mask = 0;
   uint64_t row_len = 1, chan_len = 1, piece_multiple = 1;
   float tensor_absmax = NAN;     // known finite absmax (a re-read pass), NaN: find it in this pass
+  // a strided or big-endian view of a storage in `file` (offset is then unused): read by its ViewReader
+  std::shared_ptr<const ReadLayout> layout;
 };
 
 struct Options {

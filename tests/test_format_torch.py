@@ -183,6 +183,18 @@ def rezip(src, dst, compression=zipfile.ZIP_STORED, transform=None) -> str:
     return str(dst)
 
 
+def big_endian_copy(src, dst, size: int) -> str:
+    """A torch.save file rewritten as a big-endian one (byteorder "big", every storage's elements of `size`
+    bytes swapped): what torch.save writes on a big-endian machine."""
+    def to_big(name, data):
+        if name.endswith("/byteorder"):
+            return b"big"
+        if "/data/" in name:
+            return np.frombuffer(data, dtype=f"<u{size}").astype(f">u{size}").tobytes()
+        return data
+    return rezip(src, dst, transform=to_big)
+
+
 def f32_storage(key, values) -> tuple[FakeStorage, bytes]:
     arr = np.asarray(values, dtype="<f4")
     return FakeStorage(key, torch.FloatStorage, arr.size), arr.tobytes()
@@ -439,14 +451,7 @@ def test_big_endian_checkpoint(tmp_path, dtypes):
     little = str(tmp_path / "little.pt")
     torch.save(tensors, little)
 
-    def to_big(name, data):
-        if name.endswith("/byteorder"):
-            return b"big"
-        if "/data/" in name:
-            return np.frombuffer(data, dtype=f"<u{size}").astype(f">u{size}").tobytes()
-        return data
-
-    big = rezip(little, tmp_path / "big.pt", transform=to_big)
+    big = big_endian_copy(little, tmp_path / "big.pt", size)
     loaded = torch.load(big, weights_only=True)      # torch swaps a big-endian file's bytes on load
     for k, v in tensors.items():
         np.testing.assert_array_equal(torch_bits(loaded[k]), torch_bits(v))

@@ -77,16 +77,19 @@ void test_capsule_free(void* p) { g_test_capsule_frees.fetch_add(1); std::free(p
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "paramkit CPU engine (private; use paramkit.scan / paramkit.tensor_stats)";
+  // views: (task row, storage offset, storage bytes, element offset, big-endian, shape, strides) of the tasks
+  // that are strided or big-endian views of a storage in their file (cpp/include/paramkit/read_plan.hpp)
   m.def("run",
         [](const std::vector<std::string>& files, py::array_t<int64_t, py::array::c_style | py::array::forcecast> spec,
            py::array_t<double, py::array::c_style | py::array::forcecast> absmax, bool stats, bool quantiles, int threads,
            uint64_t chunk_bytes, const std::vector<double>& levels,
-           const std::vector<std::pair<int, int>>& schemes, py::object progress) {
-          auto tasks = tasks_from_spec<EngineTask>(spec, absmax, schemes.size());
+           const std::vector<std::pair<int, int>>& schemes, py::object progress, const std::vector<ViewSpec>& views) {
+          auto tasks = tasks_from_spec<EngineTask>(spec, absmax, schemes.size(), views);
           return run(files, tasks, options(quantiles, threads, chunk_bytes, levels, schemes, stats), progress);
         },
         py::arg("files"), py::arg("spec"), py::arg("absmax"), py::arg("stats"), py::arg("quantiles"), py::arg("threads"),
-        py::arg("chunk_bytes"), py::arg("levels"), py::arg("schemes"), py::arg("progress"));
+        py::arg("chunk_bytes"), py::arg("levels"), py::arg("schemes"), py::arg("progress"),
+        py::arg("views") = std::vector<ViewSpec>{});
   m.def("array_stats",
         [](py::buffer buf, int dtype, bool quantiles, uint64_t chunk_bytes, const std::vector<double>& levels) {
           py::buffer_info bi = buf.request();

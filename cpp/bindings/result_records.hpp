@@ -9,11 +9,13 @@
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <tuple>
 #include <utility>
 #include <stdexcept>
 #include <vector>
 
 #include "paramkit/quant.hpp"
+#include "paramkit/read_plan.hpp"
 #include "paramkit/stats.hpp"
 
 namespace paramkit {
@@ -73,10 +75,14 @@ inline pybind11::dict sums_dict(const QuantSums& s) {
 // The engines' task table: spec rows [file, offset, nbytes, numel, dtype, quant_mask, row_len,
 // chan_len, piece_multiple] and the per-tensor absmax (NaN: unknown), into Task records with those
 // field names (paramkit::EngineTask, paramkit::cuda::Task); std::invalid_argument on a bad row.
+// A view's layout from Python (python/paramkit/backends/native_records.py view_layouts): (task row,
+// storage offset, storage bytes, element offset, big-endian, shape, strides in elements).
+using ViewSpec = std::tuple<int64_t, int64_t, int64_t, int64_t, bool, std::vector<int64_t>, std::vector<int64_t>>;
+
 template <class Task>
 std::vector<Task> tasks_from_spec(const pybind11::array_t<int64_t, pybind11::array::c_style | pybind11::array::forcecast>& spec,
                                   const pybind11::array_t<double, pybind11::array::c_style | pybind11::array::forcecast>& absmax,
-                                  size_t nschemes) {
+                                  size_t nschemes, const std::vector<ViewSpec>& views = {}) {
   if (spec.ndim() != 2 || spec.shape(1) != 9)
     throw std::invalid_argument("spec must be (n, 9): file, offset, nbytes, numel, dtype, quant_mask, row_len, chan_len, piece_multiple");
   if (absmax.ndim() != 1 || absmax.shape(0) != spec.shape(0)) throw std::invalid_argument("absmax must be (n,)");
@@ -93,6 +99,17 @@ std::vector<Task> tasks_from_spec(const pybind11::array_t<int64_t, pybind11::arr
     if (t.nbytes != t.numel * uint64_t(dtype_size(t.dtype))) throw std::invalid_argument("nbytes != numel * element size");
     if (t.quant_mask && !dtype_is_float(t.dtype)) throw std::invalid_argument("quantization needs a float dtype");
     if (t.quant_mask >> std::min<size_t>(nschemes, 31)) throw std::invalid_argument("quant_mask names a missing scheme");
+  }
+  for (const ViewSpec& v : views) {
+    const int64_t row = std::get<0>(v);
+    if (row < 0 || size_t(row) >= tasks.size()) throw std::invalid_argument("a view layout names a missing task");
+    if (tasks[size_t(row)].layout) throw std::invalid_argument("two view layouts for one task");
+    if (std::get<1>(v) < 0 || std::get<2>(v) < 0) throw std::invalid_argument("negative storage offset or size");
+    auto lay = std::make_shared<ReadLayout>();
+    lay->storage_offset = uint64_t(std::get<1>(v)); lay->storage_nbytes = uint64_t(std::get<2>(v));
+    lay->element_offset = std::get<3>(v); lay->swap = std::get<4>(v);
+    lay->shape = std::get<5>(v); lay->strides = std::get<6>(v);
+    tasks[size_t(row)].layout = std::move(lay);   // validated against the tensor and its file by the engine
   }
   return tasks;
 }

@@ -28,7 +28,8 @@ namespace {
 constexpr uint64_t kQuantBlockElements = 16384;
 
 struct Piece { uint32_t task, index; uint64_t begin, nbytes; };   // begin: byte offset inside the tensor
-struct Unit { int file; uint64_t offset, nbytes; const uint8_t* mem; uint32_t first, count; };
+// offset: in the file, or for a view (view set) the piece's byte offset in the tensor's plain form
+struct Unit { int file; uint64_t offset, nbytes; const uint8_t* mem; uint32_t first, count; ViewReader* view; };
 
 struct Bin { uint32_t raw; uint64_t count; };
 
@@ -81,16 +82,20 @@ EngineOutput run_engine(const std::vector<std::string>& files, const std::vector
   // makes a read end early, an EIO error: the data is always read into our own buffers, never mapped)
   std::vector<OpenedFile> fh;
   fh.reserve(files.size());
+  std::vector<std::unique_ptr<ViewReader>> views;
   auto close_all = [&]() {
     for (auto& f : fh) close(f.fd);
   };
   try {
     for (const auto& f : files) fh.push_back(open_for_reading(f));
+    std::vector<uint64_t> sizes;
+    for (const auto& f : fh) sizes.push_back(f.size);
     for (const auto& t : tasks) {
       if (t.mem != nullptr) continue;
       if (t.file < 0 || size_t(t.file) >= files.size()) throw std::invalid_argument("task names a missing file");
-      check_range_in_file(files[size_t(t.file)], fh[size_t(t.file)].size, t.offset, t.nbytes);
+      if (!t.layout) check_range_in_file(files[size_t(t.file)], sizes[size_t(t.file)], t.offset, t.nbytes);
     }
+    views = view_readers(tasks, files, sizes);   // each view's span checked against its file
   } catch (...) {
     close_all();
     throw;
@@ -115,11 +120,12 @@ EngineOutput run_engine(const std::vector<std::string>& files, const std::vector
     results[t].numel = T.numel;
     for (uint32_t k = 0; k < np; ++k) {
       uint64_t b = uint64_t(k) * pb, n = std::min(pb, T.nbytes - std::min(T.nbytes, b));
-      uint64_t off = T.offset + b;
+      ViewReader* v = views[t].get();
+      uint64_t off = v ? b : T.offset + b;
       Unit* u = units.empty() ? nullptr : &units.back();
-      bool join = u && T.mem == nullptr && u->mem == nullptr && u->file == T.file &&
+      bool join = u && !v && !u->view && T.mem == nullptr && u->mem == nullptr && u->file == T.file &&
                   u->offset + u->nbytes == off && u->nbytes + n <= std::max(cb, pb);
-      if (!join) units.push_back({T.file, off, 0, T.mem ? T.mem + b : nullptr, uint32_t(pieces.size()), 0});
+      if (!join) units.push_back({T.file, off, 0, T.mem ? T.mem + b : nullptr, uint32_t(pieces.size()), 0, v});
       units.back().nbytes += n;
       units.back().count += 1;
       pieces.push_back({t, k, b, n});
@@ -211,7 +217,7 @@ EngineOutput run_engine(const std::vector<std::string>& files, const std::vector
           buf.reset(static_cast<uint8_t*>(m));
         }
         try {
-          pread_fully(fh[size_t(u.file)].fd, files[size_t(u.file)], buf.get(), u.nbytes, u.offset);
+          read_op({fh[size_t(u.file)].fd, &files[size_t(u.file)], u.offset, u.nbytes, buf.get(), nullptr, u.view});
         } catch (...) {
           fail(std::current_exception());
           break;

@@ -1,13 +1,16 @@
 // The CPU statistics engine: cuts tensors into fixed pieces, groups contiguous pieces into
-// byte-range work units read once (pread into reused aligned buffers), runs the kernels on worker threads and merges
+// byte-range work units read once (pread into reused aligned buffers; a piece of a view is a unit of its
+// own, read by paramkit/read_plan.hpp's ViewReader), runs the kernels on worker threads and merges
 // each tensor's pieces in order, so results are bit-identical for any thread count.
 #pragma once
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 #include "paramkit/host_threads.hpp"
 #include "paramkit/quant.hpp"
+#include "paramkit/read_plan.hpp"
 #include "paramkit/stats.hpp"
 
 namespace paramkit {
@@ -25,6 +28,8 @@ struct EngineTask {
   uint64_t chan_len = 1;       // elements per output channel (numel / shape[0]) for int8_channel
   uint64_t piece_multiple = 1; // pieces of this tensor start at multiples of this many elements
   float tensor_absmax = NAN;   // finite absmax, for the per-tensor-scale schemes (second pass)
+  // a strided or big-endian view of a storage in `file` (offset is then unused): read by its ViewReader
+  std::shared_ptr<const ReadLayout> layout;
 };
 
 constexpr int kMaxSchemes = 16;

@@ -77,7 +77,8 @@ def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "au
                 total += sum(t.nbytes for t, m in zip(table.tensors, plan.masks) if m & plan.second_pass_bits)
             cb, close = make_progress(progress, total)
             try:
-                with pause.resumed(), plain_tensors(read) as plain:   # the data pass: gc as the caller had it
+                with pause.resumed(), plain_tensors(read, engine_reads_views=engine.reads_views) as plain:
+                    # the data pass: gc as the caller had it
                     got, qgot = engine.run(plain, stats=stats, quantiles=quantiles, threads=threads,
                                            progress=cb, quant=run_plan)
             finally:

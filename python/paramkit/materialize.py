@@ -1,9 +1,11 @@
 """Plain bytes for the data pass: the engines read tensors as contiguous little-endian row-major byte ranges
-of a file. A tensor whose TensorInfo has a ViewLayout (a strided torch view, big-endian data, a member of a
-deflated zip) is written once, in that plain form, to a private temporary file for the duration of the pass;
-plain tensors are read where they are, untouched. A strided view holds its storage in memory while it is
-gathered; contiguous views stream from their member (paramkit.sources.ZipMember) with bounded memory, and
-the contiguous views of one deflated member, visited in offset order, share one inflation."""
+of a file, and the native engines (those with Engine.reads_views) also read ViewLayout tensors of stored
+(uncompressed) members themselves: strided torch views and big-endian data (cpp/include/paramkit/read_plan.hpp).
+Any other ViewLayout tensor (a member of a deflated zip; every view, for the numpy engine, the oracle, and for
+export's Python reads) is written once, in that plain form, to a private temporary file for the duration of the
+pass; plain tensors are read where they are, untouched. A strided view holds its storage in memory while it is
+gathered; contiguous views stream from their member (paramkit.sources.ZipMember) with bounded memory, and the
+contiguous views of one deflated member, visited in offset order, share one inflation."""
 from __future__ import annotations
 
 import contextlib
@@ -81,11 +83,19 @@ def _write_plain(f, member: ZipMember, t: TensorInfo, storages: _Storages) -> No
         carry = data[n:]
 
 
+def reads_in_place(t: TensorInfo) -> bool:
+    """Whether a native engine reads ViewLayout tensor t from its file itself: its storage is a stored
+    (uncompressed) byte range of the file."""
+    return t.layout is not None and t.layout.blob.compression == "stored"
+
+
 @contextlib.contextmanager
-def plain_tensors(tensors: Sequence[TensorInfo]) -> Iterator[list[TensorInfo]]:
-    """`tensors` with every ViewLayout tensor replaced by the same tensor in a temporary
-    file of plain bytes (deleted on exit); the list is `tensors` itself when none needs it."""
-    todo = [i for i, t in enumerate(tensors) if t.layout is not None and t.nbytes]
+def plain_tensors(tensors: Sequence[TensorInfo], *, engine_reads_views: bool = False) -> Iterator[list[TensorInfo]]:
+    """`tensors` with every ViewLayout tensor replaced by the same tensor in a temporary file of plain bytes
+    (deleted on exit), except, for an engine that reads views (engine_reads_views: Engine.reads_views), those
+    it reads in place; the list is `tensors` itself when none needs it."""
+    todo = [i for i, t in enumerate(tensors) if t.layout is not None and t.nbytes
+            and not (engine_reads_views and reads_in_place(t))]
     if not todo:
         yield list(tensors)
         return

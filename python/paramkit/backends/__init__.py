@@ -29,6 +29,8 @@ class Engine(Protocol):
     name: str                  # the backend name: "numpy", "cpu", "cuda", "cuda-emu"
     last_run: dict             # what the last run() used: threads, ISA, fallbacks (the report's ``engine``)
     reads_device_memory: bool  # dlpack_stats / dlpack_quant read arrays on a CUDA device
+    reads_views: bool          # run() reads ViewLayout tensors of stored zip members itself (strided, big-endian);
+                               # without it they are made plain first (paramkit.materialize.plain_tensors)
     array_quant_backend: str   # the backend whose code runs array_quant ("cpu" for the cuda engine)
 
     def run(self, tensors: Sequence[TensorInfo], *, stats: bool = True, quantiles: bool = True,

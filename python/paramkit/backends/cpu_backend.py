@@ -25,6 +25,7 @@ class CpuEngine:
     """The paramkit.backends.Engine of paramkit._core."""
     name = "cpu"
     reads_device_memory = False
+    reads_views = True
     array_quant_backend = "cpu"
 
     def __init__(self, core):
@@ -47,7 +48,7 @@ class CpuEngine:
         second = quant.second_pass_bits if quant is not None else 0
         out: list[dict | None] = [None] * len(tensors)
         qout: list[dict | None] = [None] * len(tensors)
-        _, _, where = task_spec(tensors, masks, quant)
+        where = task_spec(tensors, masks, quant)[2]
         total = sum(t.nbytes for t in tensors)
         done = total - sum(tensors[i].nbytes for i in where)   # tensors without statistics are not read
         if not where:
@@ -73,19 +74,19 @@ class CpuEngine:
         batches.append(cur)
         return batches
 
-    def _call(self, files, spec, absmax, stats, quantiles, threads, levels, schemes, cb) -> dict:
+    def _call(self, files, spec, views, absmax, stats, quantiles, threads, levels, schemes, cb) -> dict:
         """One pass of the native engine over the tasks of `spec` (paramkit._core.run's arguments)."""
         return self._core.run(files, spec, absmax, bool(stats), bool(quantiles), int(threads or 0), CHUNK_BYTES,
-                              levels, schemes, cb)
+                              levels, schemes, cb, views)
 
     def _run_batch(self, tensors, batch, stats, quantiles, threads, progress, quant, done, out, qout) -> int:
         """Both passes over the tensors `batch`; `done` = bytes reported so far; returns the new count."""
         masks = quant.masks if quant is not None else None
         schemes = [engine_kind(s) for s in quant.schemes] if quant is not None else []
-        files, spec, where = task_spec(tensors, masks, quant, only=batch)
+        files, spec, where, views = task_spec(tensors, masks, quant, only=batch)
         base = done
         cb = (lambda d: progress(base + d)) if progress else None
-        rec = self._call(files, spec, np.full(len(where), np.nan), stats, quantiles, threads,
+        rec = self._call(files, spec, views, np.full(len(where), np.nan), stats, quantiles, threads,
                          list(QUANTILE_LEVELS), schemes, cb)
         self.last_run = {"isa": rec["isa"], "threads": rec["threads"], "units": rec["units"]}
         held = rec.get("held")   # the cuda engine completes the second pass of tensors it kept on the device
@@ -107,10 +108,10 @@ class CpuEngine:
             m2 = [0] * len(tensors)
             for i in again:
                 m2[i] = masks[i] & second
-            files2, spec2, where2 = task_spec(tensors, m2, quant, only=again)
+            files2, spec2, where2, views2 = task_spec(tensors, m2, quant, only=again)
             base2 = done
             cb2 = (lambda d: progress(base2 + d)) if progress else None
-            rec2 = self._call(files2, spec2, np.array([absmax_of[i] for i in where2]), False, False, threads,
+            rec2 = self._call(files2, spec2, views2, np.array([absmax_of[i] for i in where2]), False, False, threads,
                               [], schemes, cb2)
             done += int(spec2[:, 2].sum())
             for row, i in enumerate(where2):

@@ -47,6 +47,7 @@ class CudaEngine(CpuEngine):
     quantizer: for an array already in host memory a copy to the GPU and back would cost more than the work)."""
     name = "cuda"
     reads_device_memory = True
+    reads_views = True
     array_quant_backend = "cpu"
 
     def __init__(self, cuda, device: dict):
@@ -88,9 +89,9 @@ class CudaEngine(CpuEngine):
     def _batches(self, tensors, where, masks, second) -> list[list[int]]:
         return [where]   # the second pass reads held tensors from device memory, not the page cache
 
-    def _call(self, files, spec, absmax, stats, quantiles, threads, levels, schemes, cb) -> dict:
+    def _call(self, files, spec, views, absmax, stats, quantiles, threads, levels, schemes, cb) -> dict:
         rec = self._core.run(files, spec, absmax, bool(stats), bool(quantiles), int(threads or 0), 0, levels,
-                             schemes, cb, HOLD_BYTES)
+                             schemes, cb, HOLD_BYTES, views)
         h = self.held_last = getattr(self, "held_last", {})
         for k in ("held_tensors", "held_bytes"):
             h[k] = h.get(k, 0) + int(rec[k])

@@ -8,18 +8,21 @@ from typing import Sequence
 import numpy as np
 
 from ..dtypes import DTYPES
+from ..materialize import reads_in_place
 from ..stats import QUANTILE_KEYS
 from ..table import TensorInfo
 
 
 def task_spec(tensors: Sequence[TensorInfo], masks: Sequence[int] | None = None, plan=None,
-              only: Sequence[int] | None = None) -> tuple[list[str], np.ndarray, list[int]]:
+              only: Sequence[int] | None = None) -> tuple[list[str], np.ndarray, list[int], list[tuple]]:
     """Files, the (n, 9) int64 engine spec [file, offset, nbytes, numel, dtype id, quant mask,
     row length, channel length, piece multiple] of the tensors that have statistics (or of the
-    indices in `only`), and their positions in `tensors`."""
+    indices in `only`), their positions in `tensors`, and the layouts of the rows that are views of a stored
+    member (the `views` argument of the engines' run: see view_layout). A tensor with any other layout
+    must have been made plain first (paramkit.materialize.plain_tensors): ValueError."""
     files: list[str] = []
     fidx: dict[str, int] = {}
-    rows, where = [], []
+    rows, where, views = [], [], []
     for i in (range(len(tensors)) if only is None else only):
         t = tensors[i]
         d = DTYPES[t.dtype]
@@ -30,10 +33,23 @@ def task_spec(tensors: Sequence[TensorInfo], masks: Sequence[int] | None = None,
             files.append(t.file)
         mask = int(masks[i]) if masks is not None else 0
         row, chan, pm = _quant_lengths(t, mask, plan)
+        if t.layout is not None and t.nbytes:   # an empty tensor reads nothing
+            views.append(view_layout(len(rows), t))
         rows.append((fidx[t.file], t.offset, t.nbytes, t.numel, d.engine_id, mask, row, chan, pm))
         where.append(i)
     spec = np.array(rows, dtype=np.int64).reshape(len(rows), 9)
-    return files, spec, where
+    return files, spec, where, views
+
+
+def view_layout(row: int, t: TensorInfo) -> tuple:
+    """The engines' description of tensor t's ViewLayout (cpp/include/paramkit/read_plan.hpp ReadLayout), for
+    task row `row`: (row, storage offset, storage bytes, element offset, big-endian, shape, strides)."""
+    if not reads_in_place(t):
+        raise ValueError(f"{t.file}: tensor {t.name!r} is in a {t.layout.blob.compression} zip member: the "
+                         "engines read it from its plain copy (paramkit.materialize.plain_tensors)")
+    lay = t.layout
+    return (row, lay.blob.offset, lay.blob.nbytes, lay.element_offset, lay.byteorder == ">",
+            list(t.shape), list(lay.strides))
 
 
 def _quant_lengths(t: TensorInfo, mask: int, plan) -> tuple[int, int, int]:

@@ -352,6 +352,7 @@ class NumpyEngine:
     """The paramkit.backends.Engine of the pure-NumPy reference (the oracle of every test)."""
     name = "numpy"
     reads_device_memory = False
+    reads_views = False        # the oracle: views reach it as plain bytes, by materialize's independent path
     array_quant_backend = "numpy"
 
     def __init__(self) -> None:
