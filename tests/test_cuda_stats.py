@@ -15,8 +15,8 @@ import paramkit
 from paramkit.backends import get_engine, numpy_backend
 from paramkit.table import TensorInfo
 
-from conftest import (GPU_FLOATS, GPU_INTS, GPU_SIZES, QCOUNTS, available_backends, compare_stats, float_data,
-                      tensor_infos)
+from conftest import (GPU_FLOATS, GPU_INTS, GPU_SIZES, QCOUNTS, available_backends, compare_stats, emu_read_error,
+                      float_data, tensor_infos)
 
 GPU_ENGINES = [b for b in available_backends() if b in ("cuda", "cuda-emu")]
 if not GPU_ENGINES:
@@ -157,13 +157,8 @@ def test_cuda_emulated_read_failure_is_an_oserror(tmp_path, monkeypatch):
     # 10 MB in 3 batches of at most 4 MiB, each read in 1 MiB pieces (11 reads) by 3 readers: whichever
     # thread makes the failing read, the run raises
     for k in range(1, 12):
-        _cuda_emu.fail_read(k)
-        try:
-            with pytest.raises(OSError) as e:
-                eng.run(infos, threads=3)
-        finally:
-            _cuda_emu.fail_read(0)
-        assert e.value.errno == errno.EIO, e.value
+        err = emu_read_error(lambda: eng.run(infos, threads=3), k)
+        assert err.errno == errno.EIO, err
         assert _cuda_emu.live_allocations() == live, f"read {k} failed: allocations were not freed"
         assert eng.run(infos, threads=3)[0] == want
 

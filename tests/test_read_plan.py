@@ -19,7 +19,7 @@ from paramkit.backends import get_engine
 from paramkit.formats import open_table
 
 import stats_reference as R
-from conftest import NATIVE_BACKENDS
+from conftest import NATIVE_BACKENDS, emu_read_error
 from test_format_torch import big_endian_copy
 
 COUNTS = ("n", "nonfinite", "clipped", "scale_clamped")
@@ -288,7 +288,6 @@ def test_engine_rejects_bad_layouts(tmp_path, backend):
 
 def test_emulated_read_failure_in_a_view_is_eio(tmp_path, monkeypatch):
     pytest.importorskip("paramkit._cuda_emu")
-    from paramkit import _cuda_emu
     monkeypatch.setenv("PARAMKIT_CUDA_RING_MB", "1")
     p = str(tmp_path / "v.pt")
     torch.save({"w": _base(torch.float32, (900, 700), seed=4).t(), "l": _base(torch.float32, (30, 20000), seed=5)[:, :17000]}, p)
@@ -296,11 +295,6 @@ def test_emulated_read_failure_in_a_view_is_eio(tmp_path, monkeypatch):
     eng = get_engine("cuda-emu")
     want = eng.run(tensors, threads=2)[0]
     for k in (1, 2, 5):
-        _cuda_emu.fail_read(k)
-        try:
-            with pytest.raises(OSError) as e:
-                eng.run(tensors, threads=2)
-        finally:
-            _cuda_emu.fail_read(0)
-        assert e.value.errno == errno.EIO
+        err = emu_read_error(lambda: eng.run(tensors, threads=2), k)
+        assert err.errno == errno.EIO
         assert eng.run(tensors, threads=2)[0] == want
