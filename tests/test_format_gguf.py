@@ -14,7 +14,7 @@ import gguf
 from gguf import GGMLQuantizationType as T
 from paramkit.errors import FormatError
 from paramkit.formats import gguf_file
-from paramkit.formats.ggml_types import GGML_TYPES
+from paramkit.ggml_types import GGML_TYPES
 from paramkit.formats.gguf_file import ERROR_CODES, GGUFArray, parse_gguf
 from paramkit.sources import open_source
 

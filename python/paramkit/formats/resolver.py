@@ -64,6 +64,7 @@ class FileTable:
     metadata: dict[str, str]
     header_bytes: int
     tensors: list[TensorInfo] | None = None
+    config: dict | None = None     # the model's config from the file itself (GGUF metadata), else None
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,8 @@ class Reader:
 def _readers() -> list[Reader]:
     """The formats in directory precedence order: safetensors first (as transformers loads it), then
     PyTorch checkpoints, then NumPy archives."""
-    from . import archives, safetensors
-    return [safetensors.READER, archives.TORCH_READER, archives.NUMPY_READER]
+    from . import archives, gguf_table, safetensors
+    return [safetensors.READER, archives.TORCH_READER, archives.NUMPY_READER, gguf_table.GGUF_READER]
 
 
 def _reader_for_file(path: str, head: bytes, readers: list[Reader]) -> Reader:
@@ -197,10 +198,15 @@ def _table(user_path: str, fmt: str, files: list[str], parts: list[FileTable], *
     return TensorTable(path=user_path, format=fmt, files=list(files), tensors=tensors, **kw)
 
 
+def _model_config(parts: list[FileTable], directory: str) -> dict | None:
+    """The model's config: what its first file carries (GGUF metadata), else config.json beside the weights."""
+    return parts[0].config if parts and parts[0].config is not None else _read_config(directory)
+
+
 def _open_files(user_path: str, files: list[str], directory: str, strict: bool,
                 ignored: list[dict]) -> TensorTable:
     fmt, parts, metadata, header_bytes = _read_files(files, strict)
-    return _table(user_path, fmt, files, parts, metadata=metadata, config=_read_config(directory),
+    return _table(user_path, fmt, files, parts, metadata=metadata, config=_model_config(parts, directory),
                   ignored_files=ignored, header_bytes=header_bytes)
 
 
