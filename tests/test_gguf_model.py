@@ -7,6 +7,7 @@ import os
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 import gguf
 from gguf import GGMLQuantizationType as T
@@ -277,3 +278,32 @@ def test_big_endian_file_has_the_statistics_of_its_little_endian_twin(tmp_path, 
     got = {t["name"]: t["stats"] for t in le["tensors"]}
     for k, a in tensors.items():
         assert got[k]["max"] == float(a.max()) and got[k]["min"] == float(a.min())
+
+
+def test_plan_from_the_gguf_metadata_alone(gemma_gguf_path):
+    """Gemma-3 270M's published shape (18 layers, 1 KV head of 256, a 512-token window on all but every 6th
+    layer): the KV cache of a 4,096-token context, from the GGUF with no config.json anywhere."""
+    kv = paramkit.plan(gemma_gguf_path, context=4096).to_dict()["kv_cache"]
+    assert (kv["layers"], kv["kv_heads"], kv["head_dim"]) == (18, 1, 256)
+    assert (kv["full_attention_layers"], kv["sliding_window_layers"]) == (3, 15)
+    assert kv["per_token"]["value"] == 2 * 18 * 1 * 256 * 2
+    assert kv["total"]["value"] == 2 * 1 * 256 * 2 * (3 * 4096 + 15 * 512)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(edits=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=6))
+def test_scan_of_mutated_files_raises_only_format_errors(tmp_path, edits):
+    """Byte mutations anywhere in a small GGUF's header: scan() (reader, resolver, counting, statistics) either
+    works or raises FormatError."""
+    base = tmp_path / "base.gguf"
+    if not base.exists():
+        _llama(base, _small_tensors(np.random.default_rng(8)), meta={"llama.expert_count": 4})
+    raw = bytearray(base.read_bytes())
+    for at, value in edits:
+        raw[at % len(raw)] = value
+    path = tmp_path / "m.gguf"
+    path.write_bytes(bytes(raw))
+    try:
+        paramkit.scan(path, backend="numpy")
+    except FormatError:
+        pass
