@@ -57,7 +57,10 @@ def gguf_summary(table, rc: RoleColumns) -> dict:
     param_bytes = int(nbytes[is_param].sum())
     tensor_bytes = int(nbytes.sum())
     total_params = int(params.sum())
-    file_bytes = sum(os.path.getsize(f) for f in table.files)
+    try:
+        file_bytes = sum(os.path.getsize(f) for f in table.files)
+    except OSError:      # a table not of files on this machine: no padding figure
+        file_bytes = None
     ft = meta.get("general.file_type")
     return {
         "version": _int(meta.get("gguf.version")),
@@ -70,7 +73,7 @@ def gguf_summary(table, rc: RoleColumns) -> dict:
         "parameter_bytes": param_bytes,
         "other_tensor_bytes": tensor_bytes - param_bytes,
         "header_bytes": int(table.header_bytes),
-        "padding_bytes": file_bytes - int(table.header_bytes) - tensor_bytes,
+        "padding_bytes": None if file_bytes is None else file_bytes - int(table.header_bytes) - tensor_bytes,
         "file_bytes": file_bytes,
         "by_type": by_type,
     }
