@@ -339,13 +339,17 @@ def test_table_built_directly():
     assert c.moe == {"detected": False} and c.active_params == 15
 
 
-def test_block_quantized_foreign_dtype_counts_logical_shape():
-    """A table from another format (GGUF Q4_K): the header shape is the logical count."""
+def test_block_quantized_gguf_dtype_counts_logical_shape():
+    """A GGML block type (GGUF Q4_K): the header shape is the logical count, a plain parameter of that dtype
+    (its stored bits per weight are in the report's gguf section); the file need not exist to be counted."""
     infos = [TensorInfo("blk.0.attn_q.weight", "Q4_K", (4096, 4096), "/g", 0, 4096 * 4096 // 256 * 144,
                         4096 * 4096)]
     c = count_table(TensorTable(path="/g", format="gguf", files=["/g"], tensors=infos))
-    assert c.total_params == 4096 * 4096
-    assert c.roles[0].role == "packed_parameter" and c.roles[0].logical_bits == 4.5
+    assert c.total_params == 4096 * 4096 and c.params_by_dtype == {"Q4_K": 4096 * 4096}
+    assert c.roles[0].role == "parameter"
+    g = c.gguf
+    assert g["by_type"]["Q4_K"]["bits_per_weight"] == 4.5 and g["bits_per_weight"] == 4.5
+    assert g["file_bytes"] is None and g["padding_bytes"] is None
 
 
 @pytest.mark.parametrize("shapes", [

@@ -14,7 +14,7 @@ import gguf
 from gguf import GGMLQuantizationType as T
 from paramkit.errors import FormatError
 from paramkit.formats import gguf_file
-from paramkit.formats.ggml_types import GGML_TYPES
+from paramkit.ggml_types import GGML_TYPES
 from paramkit.formats.gguf_file import ERROR_CODES, GGUFArray, parse_gguf
 from paramkit.sources import open_source
 
@@ -306,3 +306,17 @@ def test_config_of_a_moe_and_per_layer_heads(tmp_path):
     assert cfg["num_key_value_heads_per_layer"] == [4, 2, 2]
     assert cfg["tie_word_embeddings"] is False
     assert config_from_gguf({}, []) is None
+
+
+def test_version_2_reads_like_version_3(tmp_path):
+    """GGUF v2 (64-bit counts, as v3; v3 added big-endian support) is read like v3, through scan()."""
+    import paramkit
+    for version in (2, 3):
+        raw = _file(kvs=[_kv("general.architecture", 8, _s("llama"))],
+                    tensors=[_tensor("a", (8, 2), 0, 0), _tensor("b", (32,), 8, 64)],
+                    data=np.arange(16, dtype="<f4").tobytes() + bytes(34), version=version)
+        p = tmp_path / f"v{version}.gguf"
+        p.write_bytes(raw)
+        d = paramkit.scan(p, backend="numpy").to_dict()
+        assert d["gguf"]["version"] == version and d["total_params"] == 16 + 32
+        assert d["tensors"][0]["stats"]["max"] == 15.0

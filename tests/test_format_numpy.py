@@ -265,8 +265,8 @@ def test_unknown_and_unsupported_files():
         parse_numpy(BytesSource(b"just some text", "x.npy"))
     assert e.value.code == "unknown_format"
     with pytest.raises(FormatError) as e:
-        parse_numpy(BytesSource(b"GGUF\x03\x00\x00\x00" + bytes(40), "m.gguf"))
-    assert e.value.code == "unsupported_format" and "GGUF" in str(e.value)
+        parse_numpy(BytesSource(b"\x89HDF\r\n\x1a\n" + bytes(40), "m.h5"))
+    assert e.value.code == "unsupported_format" and "HDF5" in str(e.value)
 
 
 # --- fuzzing -----------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from paramkit.dtypes import DTYPES
+from paramkit.dtypes import DTYPES, SAFETENSORS_DTYPES
 from paramkit.errors import FormatError
 from paramkit.formats import ERROR_CODES, open_table
 from paramkit.formats import resolver
@@ -168,7 +168,7 @@ def test_scalars_zero_size_and_order_by_offset(tmp_path):
 
 def test_all_dtypes(tmp_path):
     hdr, pos, expect_bytes = {}, 0, {}
-    for name, d in DTYPES.items():
+    for name, d in ((n, DTYPES[n]) for n in SAFETENSORS_DTYPES):
         numel = 8  # 8 x bits is always whole bytes
         nb = numel * d.bits // 8
         hdr[f"t.{name}"] = ent(name, [2, 4], pos, pos + nb)
@@ -182,10 +182,10 @@ def test_all_dtypes(tmp_path):
     p = write(tmp_path / "all.safetensors", hdr, bytes(pos))
     table = open_table(p)
     got = {t.name: (t.dtype, t.nbytes) for t in table.tensors}
-    for name in DTYPES:
+    for name in SAFETENSORS_DTYPES:
         assert got[f"t.{name}"] == (name, expect_bytes[f"t.{name}"])
     assert got["f4.even"] == ("F4", 3) and got["f6.four"] == ("F6_E3M2", 3)
-    assert len(table.tensors) == len(DTYPES) + 2
+    assert len(table.tensors) == len(SAFETENSORS_DTYPES) + 2
 
 
 def test_empty_file_no_tensors_is_valid(tmp_path):
@@ -262,6 +262,7 @@ CORPUS = [
     ("missing_offsets", {"a": {"dtype": "F32", "shape": [2]}}, GOOD_DATA, None, "tensor_missing_field", "a"),
     ("dtype_unknown", {"a": ent("F128", [2], 0, 8)}, GOOD_DATA, None, "dtype_unknown", "a"),
     ("dtype_lowercase", {"a": ent("f32", [2], 0, 8)}, GOOD_DATA, None, "dtype_unknown", "a"),
+    ("dtype_ggml_block", {"a": ent("Q8_0", [32], 0, 34)}, bytes(34), None, "dtype_unknown", "a"),   # a GGUF type, not safetensors
     ("dtype_int", {"a": {"dtype": 5, "shape": [2], "data_offsets": [0, 8]}}, GOOD_DATA, None, "dtype_unknown", "a"),
     ("dtype_list", {"a": {"dtype": ["F32"], "shape": [2], "data_offsets": [0, 8]}}, GOOD_DATA, None,
      "dtype_unknown", "a"),

@@ -536,18 +536,12 @@ def test_torchscript_archive_is_unsupported_format(tmp_path):
     assert code_of(e) == "unsupported_format" and "TorchScript" in str(e.value)
 
 
-def test_gguf_file_is_unsupported_format(tmp_path):
-    import gguf
-    path = str(tmp_path / "m.gguf")
-    w = gguf.GGUFWriter(path, "llama")
-    w.add_tensor("w", np.ones((2, 2), dtype=np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+def test_legacy_ggml_file_is_unsupported_format(tmp_path):
+    path = tmp_path / "ggml-model.bin"
+    path.write_bytes(b"tjgg" + bytes(60))     # llama.cpp's pre-GGUF magic 'ggjt', little-endian
     with pytest.raises(FormatError) as e:
-        parse(path)
-    assert code_of(e) == "unsupported_format" and "GGUF" in str(e.value)
+        parse(str(path))
+    assert code_of(e) == "unsupported_format" and "GGML" in str(e.value)
 
 
 @pytest.mark.parametrize("head,name,expected", [

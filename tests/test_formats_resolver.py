@@ -254,27 +254,21 @@ def test_shards_of_one_index_are_of_one_format(tmp_path):
 
 
 def test_unsupported_formats_say_what_they_are(tmp_path):
-    import gguf
-    g = tmp_path / "m.gguf"
-    w = gguf.GGUFWriter(str(g), "llama")
-    w.add_tensor("t", np.ones(4, np.float32))
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    g = tmp_path / "model.h5"
+    g.write_bytes(b"\x89HDF\r\n\x1a\n" + bytes(120))
     legacy = tmp_path / "legacy.bin"
     torch.save({"w": torch.ones(2)}, legacy, _use_new_zipfile_serialization=False)
-    for path, what in ((g, "GGUF"), (legacy, "legacy PyTorch")):
+    for path, what in ((g, "HDF5"), (legacy, "legacy PyTorch")):
         with pytest.raises(paramkit.FormatError) as e:
             paramkit.scan(path)
         assert e.value.code == "unsupported_format" and what in e.value.message
         assert "not a safetensors file" not in str(e.value)
-    d = tmp_path / "only_gguf"
+    d = tmp_path / "only_h5"
     d.mkdir()
-    os.replace(g, d / "m.gguf")
+    os.replace(g, d / "model.h5")
     with pytest.raises(paramkit.FormatError) as e:
         paramkit.scan(d)
-    assert e.value.code == "no_weights" and "GGUF" in e.value.message
+    assert e.value.code == "no_weights" and "HDF5" in e.value.message
     junk = tmp_path / "weights.dat"
     junk.write_bytes(b"\x00" * 64)
     with pytest.raises(paramkit.FormatError) as e:

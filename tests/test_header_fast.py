@@ -22,7 +22,7 @@ import paramkit
 import synthetic_models as sm
 from paramkit import table as table_mod
 from paramkit.counting import count_table
-from paramkit.dtypes import DTYPES
+from paramkit.dtypes import DTYPES, SAFETENSORS_DTYPES
 from paramkit.errors import FormatError
 from paramkit.formats import open_table
 from paramkit.formats import safetensors as st
@@ -108,7 +108,7 @@ def models(draw):
     names = draw(hs.lists(_names, unique=True, max_size=10))
     specs = []
     for name in names:
-        dtype = draw(hs.sampled_from(sorted(DTYPES)))
+        dtype = draw(hs.sampled_from(sorted(SAFETENSORS_DTYPES)))
         shape = draw(hs.one_of(hs.lists(hs.integers(0, 5), max_size=4),
                                hs.lists(hs.integers(0, 5), max_size=2).map(lambda s: s + [0, 2**64 - 1])))
         if math.prod(shape) * DTYPES[dtype].bits % 8:

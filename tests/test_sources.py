@@ -171,9 +171,17 @@ def test_every_reader_opens_a_source(tmp_path):
     torch.save({"w": torch.ones(2, 2)}, pt_path)
     np_path = tmp_path / "m.npz"
     np.savez(np_path, w=np.ones((2, 2), np.float32))
+    import gguf
+    gg_path = tmp_path / "m.gguf"
+    w = gguf.GGUFWriter(str(gg_path), "llama")
+    w.add_tensor("w", np.ones((2, 2), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
     formats = {r.format for r in _readers()}
-    assert formats == {"safetensors", "pytorch", "numpy"}
-    for path, fmt in ((st_path, "safetensors"), (pt_path, "pytorch"), (np_path, "numpy")):
+    assert formats == {"safetensors", "pytorch", "numpy", "gguf"}
+    for path, fmt in ((st_path, "safetensors"), (pt_path, "pytorch"), (np_path, "numpy"), (gg_path, "gguf")):
         with LocalFile(path) as src:
             ft = read_source(src)
         assert ft.format == fmt and ft.columns.names == ["w"]

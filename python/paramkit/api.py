@@ -21,7 +21,7 @@ from .report import Deferred, ScanReport, aggregate, tensor_reports
 
 def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "auto", threads: int | None = None,
          progress=None, strict: bool = True, quant=None, quant_tensors=None, tensors=None) -> ScanReport:
-    """Read a weight file (safetensors, PyTorch .bin/.pt/.pth/.ckpt, NumPy .npy/.npz), an index
+    """Read a weight file (safetensors, PyTorch .bin/.pt/.pth/.ckpt, NumPy .npy/.npz, GGUF), an index
     (``model.safetensors.index.json``, ``pytorch_model.bin.index.json``) or a directory and report what is in it.
 
     stats=False reads the headers only (milliseconds, no tensor data). quantiles=False skips the

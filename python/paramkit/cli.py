@@ -165,6 +165,12 @@ def render_scan(r, console, rows=None, *, wide: bool = False, more_hint: str = "
     if getattr(c, "optimizer_elements", 0):
         head.append(("optimizer state", f"{c.optimizer_elements:,} elements (not parameters)"))
     head += [("tensors", f"{len(r.tensors):,}"), ("size", fmt_bytes(r.bytes_total))]
+    g = getattr(c, "gguf", None)
+    if g:
+        bpw = f"{g['bits_per_weight']:.2f} bits/weight" if g["bits_per_weight"] else "no parameters"
+        head.append(("gguf", f"v{g['version']}, {g['file_type'] or 'file type not given'}, {bpw}"
+                     + (", big-endian" if g["byteorder"] == "big" else "")
+                     + (f", {fmt_bytes(g['padding_bytes'])} padding" if g["padding_bytes"] else "")))
     for k, v in (c.declared or {}).items():
         head.append((f"declared {k}", _declared(v)))
     if r.backend:
@@ -334,13 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     s = sub.add_parser(
         "scan", help="count parameters and compute per-tensor statistics",
-        description="Scan a weight file (.safetensors, PyTorch .bin/.pt/.pth/.ckpt, NumPy .npy/.npz), an index "
+        description="Scan a weight file (.safetensors, PyTorch .bin/.pt/.pth/.ckpt, NumPy .npy/.npz, GGUF), an index "
                     "(model.safetensors.index.json, pytorch_model.bin.index.json) or a directory: a summary, "
                     "the stored elements per dtype, parameters per top-level module and a per-tensor table. "
                     "The table fits the terminal (COLUMNS, the terminal's width, 80 when piped): long names "
                     "are shortened in the middle and, when short of width, columns are left out in this "
                     f"order: {drop_order([c for _, c in TENSOR_COLUMNS])} (--wide keeps them all).")
-    s.add_argument("path", help="weight file (safetensors, PyTorch, NumPy), index or directory")
+    s.add_argument("path", help="weight file (safetensors, PyTorch, NumPy, GGUF), index or directory")
     s.add_argument("--format", default="table", choices=FORMATS,
                    help="table (default; fitted to the terminal), csv (one row per tensor, every statistic "
                         "at full precision), markdown (the table with whole names and every column) or json "

@@ -14,7 +14,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         description="Count the model from its headers (and config.json beside it) and plan: weights "
                     "memory per precision and quantization scheme, KV cache, training memory, how many "
                     "of each GPU it needs, FLOPs. GB = 1e9 bytes.")
-    p.add_argument("path", help="a weight file (safetensors, PyTorch, NumPy), an index, or a model directory")
+    p.add_argument("path", help="a weight file (safetensors, PyTorch, NumPy, GGUF), an index, or a model directory")
     p.add_argument("--context", type=int, default=8192, help="tokens of context for the KV cache (default 8192)")
     p.add_argument("--batch", type=int, default=1, help="concurrent sequences (default 1)")
     p.add_argument("--kv-dtype", default="bf16", choices=sorted(KV_DTYPES), metavar="D",

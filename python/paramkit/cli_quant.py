@@ -21,7 +21,7 @@ def register(subparsers) -> argparse.ArgumentParser:
                     "clipped values) and the worst tensor; by default floating-point parameters with 2 or more "
                     "dimensions are quantized. With --out FILE --scheme S, write FILE: the model with those "
                     "tensors replaced by their fake-quantized values in their original dtype.")
-    p.add_argument("path", help="a weight file (safetensors, PyTorch, NumPy), an index or a model directory "
+    p.add_argument("path", help="a weight file (safetensors, PyTorch, NumPy, GGUF), an index or a model directory "
                                 "(--out: one weight file, written as safetensors)")
     p.add_argument("--schemes", default=None, metavar="A,B,C",
                    help="comma-separated scheme ids (default: the nine default schemes: int8_tensor, int8_channel, "

@@ -1,5 +1,6 @@
-"""The safetensors dtype table, in one place: bit widths, value kinds, the numpy dtype used to
-decode each one, and the numeric id shared with the C++ engine (cpp/include/paramkit/dtype.hpp)."""
+"""The dtype table, in one place: the safetensors dtypes (bit widths, value kinds, the numpy dtype used to
+decode each one, the numeric id shared with the C++ engine, cpp/include/paramkit/dtype.hpp), then the GGML
+block-quantized types a GGUF file stores (elements and bytes per block; kind "block")."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,6 +15,12 @@ class DType:
     kind: str          # "float" | "int" | "uint" | "bool" | "complex" | "other"
     engine_id: int     # id in cpp/include/paramkit/dtype.hpp, -1 = no statistics
     numpy_name: str | None  # numpy / ml_dtypes name to decode with, None if not decodable
+    block: int = 1     # elements per block: GGML block types (bits is 0 for them: see bits_per_weight)
+    block_bytes: int = 0
+
+    @property
+    def bits_per_weight(self) -> float:
+        return self.block_bytes * 8 / self.block if self.kind == "block" else float(self.bits)
 
     @property
     def has_stats(self) -> bool:
@@ -51,7 +58,17 @@ _ROWS = [
     ("C64", 64, "complex", -1, None),
 ]
 
+SAFETENSORS_DTYPES: tuple[str, ...] = tuple(r[0] for r in _ROWS)
+
+
+def _ggml_block_rows() -> list[DType]:
+    from .ggml_types import GGML_TYPES
+    return [DType(g.name, 0, "block", -1, None, g.block, g.type_size)
+            for g in GGML_TYPES.values() if g.block > 1]
+
+
 DTYPES: dict[str, DType] = {r[0]: DType(*r) for r in _ROWS}
+DTYPES.update((d.name, d) for d in _ggml_block_rows())
 BY_ENGINE_ID: dict[int, DType] = {d.engine_id: d for d in DTYPES.values() if d.engine_id >= 0}
 
 

@@ -14,7 +14,11 @@ from .roles import EXPERT_KINDS, PACKED, PARAMETER, QUANT_STATE, RoleColumns
 
 # on a NamePatterns pattern: the span of the expert index is that of every name of it
 _EXPERT_INDEX_RE = digit_regex(r"(?:^|\.)experts\.(?:expert_)?(\d+)\.")
-_SHARED_RE = re.compile(r"(?:^|\.)(shared_experts?|shared_mlp)\.")
+_SHARED_RE = re.compile(r"(?:^|\.)(shared_experts?|shared_mlp)\.|_shexp\.")
+# GGUF (llama.cpp names): stacked experts blk.N.ffn_{gate,up,down,gate_up}_exps.{weight,bias}, routers
+# blk.N.ffn_gate_inp.weight; shared experts are *_shexp (the shared expert's own gate too: ffn_gate_inp_shexp)
+_GGUF_STACKED_RE = re.compile(r"(?:^|\.)ffn_[a-z_]+_exps\.[a-z_]+$")
+_GGUF_ROUTER_RE = re.compile(r"(?:^|\.)ffn_gate_inp\.weight$")
 _ROUTED, _SHARED = EXPERT_KINDS.index("routed"), EXPERT_KINDS.index("shared")
 
 
@@ -49,12 +53,19 @@ def moe_of(rc: RoleColumns, config: dict | None, notes: list[str]) -> dict:
     for p in pats.live:
         pat = pats.patterns[p]
         parts = pat.split(".")
-        if "shared" in pat and _SHARED_RE.search(pat):
+        if ("shared" in pat or "shexp" in pat) and _SHARED_RE.search(pat):
             kind_p[p] = _SHARED
             continue
         if "experts." in pat and (x := pats.search(_EXPERT_INDEX_RE, p)) is not None:
             kind_p[p] = _ROUTED
             index_span[p] = x.span(1)
+            continue
+        if "_exps." in pat and _GGUF_STACKED_RE.search(pat):
+            stacked_p[p] = in_experts_p[p] = True
+            bias_p[p] = pat.endswith("bias")
+            continue
+        if "ffn_gate_inp" in pat and _GGUF_ROUTER_RE.search(pat):
+            router_p[p] = True
             continue
         is_router = _is_router(parts)
         if ("experts" in pat or "moe" in pat) and (
@@ -147,16 +158,17 @@ def moe_of(rc: RoleColumns, config: dict | None, notes: list[str]) -> dict:
         "moe_layers": len(moe_layers), "dense_layers": dense_layers,
         "expert_layout": "stacked" if stacked_routed else "indexed",
     }
+    src = config.get("_from", "config.json") if config is not None else "config.json"   # GGUF: its metadata
     n = n_cfg
     if n is None and len(detected_n) == 1:
         n = detected_n[0]
         if k_cfg is not None:
-            notes.append(f"expert count not in config.json; using {n} detected from tensor names")
+            notes.append(f"expert count not in {src}; using {n} detected from tensor names")
     if n_cfg is not None and detected_n and detected_n != [n_cfg]:
-        notes.append(f"config.json says {n_cfg} experts; tensors show {detected_n}")
+        notes.append(f"{src} says {n_cfg} experts; tensors show {detected_n}")
     if k_cfg is None or n is None:
         why = ("no config.json beside the weights" if config is None else
-               "config.json has no top-k key (" + ", ".join(TOPK_KEYS[:3]) + ", ...)"
+               f"{src} has no top-k key (" + ", ".join(TOPK_KEYS[:3]) + ", ...)"
                if k_cfg is None else "expert count unknown")
         out["active_params"] = None
         out["active_reason"] = f"unknown: {why}; experts were detected " \

@@ -52,6 +52,8 @@ class TensorRole:
 BUFFER_LEAVES = {"position_ids", "token_type_ids", "inv_freq", "masked_bias",
                  "num_batches_tracked", "running_mean", "running_var", "_float_tensor",
                  "cos_cached", "sin_cached", "original_inv_freq"}
+# modules whose weight is a computed table, not a trained parameter: GGUF's RoPE frequency factors (llama.cpp)
+BUFFER_MODULES = {"rope_freqs", "rope_factors_long", "rope_factors_short"}
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -77,11 +79,14 @@ def is_attention_mask(base: str, leaf: str, shape) -> bool:
     return leaf == "bias" and len(shape) >= 2 and base.rpartition(".")[2] in ("attn", "attention")
 
 
-def unquantized_role(kind: str, leaf: str, attention_mask: bool) -> tuple[str, str]:
-    """(role, reason) of a tensor that no quantization detector claimed: rule 2, buffers by name, then rule 3,
-    the dtype (integer and bool tensors are buffers, floating-point and complex ones parameters)."""
+def unquantized_role(kind: str, leaf: str, attention_mask: bool, base: str = "") -> tuple[str, str]:
+    """(role, reason) of a tensor that no quantization detector claimed: rule 2, buffers by name (its leaf, or
+    its module `base` for computed tables), then rule 3, the dtype (integer and bool tensors are buffers,
+    floating-point and complex ones parameters)."""
     if leaf in BUFFER_LEAVES:
         return "buffer", f"buffer by name ({leaf})"
+    if base in BUFFER_MODULES:
+        return "buffer", f"computed table by name ({base})"
     if attention_mask:
         return "buffer", "causal attention mask (attn.bias with 2+ dims)"
     return ("buffer" if kind in INT_KINDS else "parameter"), f"{kind} dtype"
@@ -384,7 +389,7 @@ class Classifier:
                     leaf == "bias" and base.rpartition(".")[2] in ("attn", "attention"):
                 special.append((c, p, base, leaf, dt))
                 continue
-            role, reason = unquantized_role(dt.kind, leaf, False)
+            role, reason = unquantized_role(dt.kind, leaf, False, base)
             kind_c[c] = plain_kind(role, reason)
             code_c[c] = ROLE_CODE[role]
         rc.kind = kind_c[cls]
@@ -406,7 +411,7 @@ class Classifier:
                 else:       # a bias of an attn / attention module: a mask with 2+ dimensions
                     mask = cols.ndim[idx] >= 2
                     for sel, is_mask in ((idx[~mask], False), (idx[mask], True)):
-                        role, reason = unquantized_role(dt.kind, leaf, is_mask)
+                        role, reason = unquantized_role(dt.kind, leaf, is_mask, base)
                         rc.kind[sel] = plain_kind(role, reason)
                         rc.code[sel] = ROLE_CODE[role]
                         rc.logical[sel] = np.where(role == "parameter", rc.logical[sel], 0)
@@ -486,7 +491,7 @@ class Classifier:
             r = det.claim(self, t, base, leaf, dt)
             if r is not None:
                 return r
-        role_name, why = unquantized_role(dt.kind, leaf, is_attention_mask(base, leaf, t.shape))
+        role_name, why = unquantized_role(dt.kind, leaf, is_attention_mask(base, leaf, t.shape), base)
         role = TensorRole(t.name, role_name, t.dtype, tuple(t.shape), t.numel,
                           t.numel if role_name == "parameter" else 0, reason=why)
         for det in _ANNOTATING:

@@ -8,6 +8,7 @@ import numpy as np
 
 from .._gcpause import gc_paused
 from ..table import TensorTable
+from .gguf import gguf_summary
 from .moe import moe_of
 from .quant import parse_quant_config, quant_summary
 from .roles import BUFFER, OPTIMIZER, PACKED, PARAMETER, QUANT_STATE, ROLES, Classifier, RoleColumns, TensorRole
@@ -42,6 +43,7 @@ class Counting:
     # (embedding, lm_head) indices in roles / table.tensors when config.json ties a present lm_head and nothing
     # compared their values yet: scan() compares their statistics after the data pass (ties.confirm_with_statistics)
     tie_pending: tuple[int, int] | None = field(default=None, repr=False)
+    gguf: dict | None = None         # a GGUF model's file type, bits per weight per type, padding (counting.gguf)
 
     @property
     def roles(self) -> list[TensorRole]:
@@ -88,6 +90,8 @@ class Counting:
             "moe": dict(self.moe),
             "notes": list(self.notes),
         }
+        if self.gguf is not None:
+            d["gguf"] = dict(self.gguf)
         if tensors:
             d["roles"] = [r.to_dict() for r in self.roles]
         return d
@@ -233,6 +237,10 @@ def _count_table(table: TensorTable, tie_stats_equal: bool | None) -> Counting:
         active, reason = total_params, "dense model: every parameter is active"
     moe.pop("active_params", None)
     moe.pop("active_reason", None)
+    gguf = None
+    if table.format == "gguf":     # its quantization is the file's own (general.file_type), not a config's
+        gguf = gguf_summary(table, rc)
+        qsum.update(method="gguf", source="GGUF metadata (general.file_type)", format=gguf["file_type"])
 
     return Counting(
         path=table.path, format=table.format, role_columns=rc, total_params=total_params,
@@ -243,4 +251,4 @@ def _count_table(table: TensorTable, tie_stats_equal: bool | None) -> Counting:
         bytes_total=bytes_total, bytes_by_role=bytes_by_role,
         groups={"modules": modules, "layers": layers}, declared=declared, quantization=qsum,
         ties=ties, moe=moe, active_params=active, active_params_reason=reason, notes=notes,
-        tie_pending=tie_pending)
+        tie_pending=tie_pending, gguf=gguf)

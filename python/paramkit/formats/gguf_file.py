@@ -11,7 +11,7 @@ from typing import Any
 
 from ..errors import FormatError
 from ..sources import Source
-from .ggml_types import GGML_TYPES
+from ..ggml_types import GGML_TYPES
 
 __all__ = ["ERROR_CODES", "GGUFArray", "GGUFHeader", "GGUFTensor", "GGUF_MAGIC", "MAX_DIMS", "parse_gguf"]
 
@@ -31,7 +31,7 @@ ERROR_CODES: dict[str, str] = {
                           "nested deeper than 8",
     "gguf_key_duplicate": "a metadata key appears twice",
     "gguf_alignment_invalid": "general.alignment is not a power-of-two uint32",
-    "gguf_tensor_type_unknown": "a tensor's GGML type id is not a GGML type (formats.ggml_types)",
+    "gguf_tensor_type_unknown": "a tensor's GGML type id is not a GGML type (paramkit.ggml_types)",
     "gguf_tensor_dims_invalid": "a tensor has more than 4 dimensions, or its element count does not fit in "
                                 "63 bits",
     "gguf_tensor_block_misaligned": "a block-quantized tensor's row length (ne[0]) is not a multiple of its "

@@ -13,7 +13,7 @@ __all__ = ["ADVICE", "ERROR_CODES", "HEAD_BYTES", "identify_unsupported", "ident
 
 ERROR_CODES: dict[str, str] = {
     "unsupported_format": "the file is a known format paramkit does not read (legacy or TorchScript PyTorch, "
-                          "ONNX, Keras/HDF5, TensorFlow, GGUF/GGML, a bare pickle, a compressed or tar "
+                          "ONNX, Keras/HDF5, TensorFlow, legacy GGML, a bare pickle, a compressed or tar "
                           "archive); the message names it and says how to convert it",
 }
 
@@ -27,8 +27,7 @@ ADVICE: dict[str, str] = {
     LEGACY_TORCH: "load it with torch.load (in an environment you trust) and save it again with torch.save, "
                   "whose zip format is the default since torch 1.6, or as safetensors",
     TORCHSCRIPT: "load it with torch.jit.load and save module.state_dict() with torch.save or as safetensors",
-    "GGUF": "GGUF support is not available yet; convert to safetensors (e.g. with the gguf package)",
-    "GGML (legacy llama.cpp)": "convert it to GGUF with llama.cpp's scripts, then to safetensors",
+    "GGML (legacy llama.cpp)": "convert it to GGUF with llama.cpp's scripts",
     "ONNX": "export the initializers to safetensors (onnx.numpy_helper.to_array for each graph initializer)",
     "HDF5 (Keras .h5)": "load it with Keras and save the weights as safetensors",
     "Keras 3 archive (.keras)": "load it with keras.saving.load_model and save the weights as safetensors",
@@ -50,7 +49,6 @@ ADVICE: dict[str, str] = {
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 _PREFIXES: tuple[tuple[bytes, str], ...] = (
     (_LEGACY_TORCH_MAGIC, LEGACY_TORCH),
-    (b"GGUF", "GGUF"),
     (b"lmgg", "GGML (legacy llama.cpp)"), (b"fmgg", "GGML (legacy llama.cpp)"),
     (b"tjgg", "GGML (legacy llama.cpp)"),
     (b"\x89HDF\r\n\x1a\n", "HDF5 (Keras .h5)"),

@@ -17,12 +17,12 @@ from ..table import TensorColumns, TensorInfo, TensorTable
 
 # Codes raised here (formats.ERROR_CODES merges them with the readers' codes; the README prints them).
 ERROR_CODES: dict[str, str] = {
-    "unknown_format": "not a weight file paramkit reads: none of the readers (safetensors, PyTorch, NumPy) "
+    "unknown_format": "not a weight file paramkit reads: none of the readers (safetensors, PyTorch, NumPy, GGUF) "
                       "recognises its first bytes (for a file without a known extension: the bytes after the "
                       "8-byte length do not start a safetensors JSON header '{'), or the path exists but is "
                       "neither a regular file nor a directory",
     "no_weights": "the directory contains no weight file paramkit reads (*.safetensors, *.bin, *.pt, *.pth, "
-                  "*.ckpt, *.npz, *.npy) and no index of them",
+                  "*.ckpt, *.npz, *.npy, *.gguf) and no index of them",
     "index_ambiguous": "the directory has several indexes of the chosen format and none of the standard names "
                        "(model.safetensors.index.json, pytorch_model.bin.index.json)",
     "index_invalid": "the index is not valid JSON, or has no 'weight_map' object of tensor name to shard file "
@@ -64,6 +64,7 @@ class FileTable:
     metadata: dict[str, str]
     header_bytes: int
     tensors: list[TensorInfo] | None = None
+    config: dict | None = None     # the model's config from the file itself (GGUF metadata), else None
 
 
 @dataclass(frozen=True)
@@ -78,13 +79,16 @@ class Reader:
     open: Callable[[Source, bool], FileTable]  # (an open paramkit.sources Source, strict) -> FileTable
     # which of a directory's files of this format are the model (the rest: ignored, with the reason)
     pick: Callable[[list[str]], tuple[list[str], list[dict]]] = lambda files: (files, [])
+    # the files of the model that one file belongs to (GGUF splits), and a check of the model's files once read
+    model_files: Callable[[str], list[str]] = lambda path: [path]
+    check_files: Callable[[list[str], list[FileTable]], None] = lambda files, parts: None
 
 
 def _readers() -> list[Reader]:
     """The formats in directory precedence order: safetensors first (as transformers loads it), then
-    PyTorch checkpoints, then NumPy archives."""
-    from . import archives, safetensors
-    return [safetensors.READER, archives.TORCH_READER, archives.NUMPY_READER]
+    PyTorch checkpoints, then NumPy archives, then GGUF."""
+    from . import archives, gguf_table, safetensors
+    return [safetensors.READER, archives.TORCH_READER, archives.NUMPY_READER, gguf_table.GGUF_READER]
 
 
 def _reader_for_file(path: str, head: bytes, readers: list[Reader]) -> Reader:
@@ -197,10 +201,16 @@ def _table(user_path: str, fmt: str, files: list[str], parts: list[FileTable], *
     return TensorTable(path=user_path, format=fmt, files=list(files), tensors=tensors, **kw)
 
 
+def _model_config(parts: list[FileTable], directory: str) -> dict | None:
+    """The model's config: what its first file carries (GGUF metadata), else config.json beside the weights."""
+    return parts[0].config if parts and parts[0].config is not None else _read_config(directory)
+
+
 def _open_files(user_path: str, files: list[str], directory: str, strict: bool,
                 ignored: list[dict]) -> TensorTable:
     fmt, parts, metadata, header_bytes = _read_files(files, strict)
-    return _table(user_path, fmt, files, parts, metadata=metadata, config=_read_config(directory),
+    _reader_of_format(fmt).check_files(files, parts)
+    return _table(user_path, fmt, files, parts, metadata=metadata, config=_model_config(parts, directory),
                   ignored_files=ignored, header_bytes=header_bytes)
 
 
@@ -310,7 +320,7 @@ def _open_directory(user_path: str, ap: str, strict: bool) -> TensorTable:
         other = _unsupported_in(ap, names)
         hint = f"; it holds {', '.join(other)} files, which paramkit does not read" if other else ""
         raise _err("no_weights", "directory has no weight file paramkit reads (*.safetensors, *.bin, *.pt, *.pth, "
-                   f"*.ckpt, *.npz, *.npy) and no index of them{hint}", ap)
+                   f"*.ckpt, *.npz, *.npy, *.gguf) and no index of them{hint}", ap)
     reader, idx, files = chosen
     files, ignored = reader.pick(files)
     for r, ridx, rfiles in found:
@@ -332,8 +342,9 @@ def _open_directory(user_path: str, ap: str, strict: bool) -> TensorTable:
 
 
 def open_table(path, *, strict: bool = True) -> TensorTable:
-    """Read the tensor table of a weight file (safetensors, PyTorch .bin/.pt/.pth/.ckpt, NumPy .npy/.npz), an
-    index (*.safetensors.index.json, pytorch_model.bin.index.json) or a directory, headers only.
+    """Read the tensor table of a weight file (safetensors, PyTorch .bin/.pt/.pth/.ckpt, NumPy .npy/.npz, GGUF), an
+    index (*.safetensors.index.json, pytorch_model.bin.index.json), a directory or one file of a GGUF split
+    (all its files), headers only.
 
     strict=False only tolerates a malformed safetensors __metadata__ (non-string values are kept as JSON text).
     Raises FileNotFoundError for a missing path, FormatError for malformed input, OSError for I/O.
@@ -349,4 +360,20 @@ def open_table(path, *, strict: bool = True) -> TensorTable:
         raise _err("unknown_format", "path exists but is neither a regular file nor a directory", ap)
     if ap.endswith(".json"):
         return _open_index(user_path, ap, strict)
-    return _open_files(user_path, [ap], os.path.dirname(ap), strict, [])
+    files = _model_files(ap)
+    return _open_files(user_path, files, os.path.dirname(ap), strict, [])
+
+
+def _reader_of_format(fmt: str) -> Reader:
+    return next(r for r in _readers() if r.format == fmt)
+
+
+def _model_files(path: str) -> list[str]:
+    """The files of the model that weight file `path` is one of: itself, or all files of a GGUF split."""
+    from ..sources import open_source
+    from .known_magics import HEAD_BYTES
+    with open_source(path) as src:
+        head = src.read_at(0, min(HEAD_BYTES, src.size))
+    readers = _readers()
+    reader = next((r for r in readers if r.sniff(head, os.path.basename(path))), None)
+    return reader.model_files(path) if reader is not None else [path]

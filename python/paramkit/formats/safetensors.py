@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .._gcpause import gc_paused
-from ..dtypes import DTYPES
+from ..dtypes import DTYPES, SAFETENSORS_DTYPES
 from ..errors import FormatError
 from ..table import DTYPE_NAMES, TensorColumns, TensorInfo, u64_column
 
@@ -54,12 +54,13 @@ _NON_WS = re.compile(rb"[^ \t\r\n]")          # JSON whitespace is exactly these
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _SURROGATE = re.compile("[\ud800-\udfff]")     # left in a decoded str only by an unpaired escape
 _REQUIRED = ("dtype", "shape", "data_offsets")
-_BITS: dict[str, int] = {name: d.bits for name, d in DTYPES.items()}
+_BITS: dict[str, int] = {name: DTYPES[name].bits for name in SAFETENSORS_DTYPES}
 # dtype -> (bits, its code in the table's columns: an index into table.DTYPE_NAMES)
-_DTYPE_CODE: dict[str, tuple[int, int]] = {name: (DTYPES[name].bits, code) for code, name in enumerate(DTYPE_NAMES)}
+_DTYPE_CODE: dict[str, tuple[int, int]] = {name: (DTYPES[name].bits, code) for code, name in enumerate(DTYPE_NAMES)
+                                            if name in _BITS}
 # what the native fast path gets told about the dtypes: (name, bits) in code order
-_NATIVE_DTYPES = tuple((name, DTYPES[name].bits) for name in DTYPE_NAMES)
-_DTYPE_LIST = ", ".join(DTYPES)
+_NATIVE_DTYPES = tuple((name, DTYPES[name].bits) for name in DTYPE_NAMES[:len(SAFETENSORS_DTYPES)])
+_DTYPE_LIST = ", ".join(SAFETENSORS_DTYPES)
 _short = reprlib.Repr()
 _short.maxstring = 60
 _short.maxother = 60
