@@ -60,12 +60,12 @@ def _open(source, strict: bool) -> FileTable:
     tensors = None
     if h.byteorder == ">":
         metadata["gguf.byteorder"] = "big"
-        tensors = _big_endian_tensors(columns, source.path)
+        tensors = _big_endian_tensors(columns)
     return FileTable("gguf", columns, metadata, h.header_bytes, tensors,
                      config=config_from_gguf(h.metadata, columns.names))
 
 
-def _big_endian_tensors(columns: TensorColumns, path: str) -> list[TensorInfo]:
+def _big_endian_tensors(columns: TensorColumns) -> list[TensorInfo]:
     """The tensors of a big-endian GGUF: multi-byte plain types keep a ViewLayout with byteorder ">" (the
     engines byte-swap them as they read, paramkit.materialize for the numpy backend); block types are stored
     as in a little-endian file (gguf-py writes their bytes unswapped, and gguf.GGUFReader reads them so)."""

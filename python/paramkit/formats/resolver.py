@@ -369,11 +369,7 @@ def _reader_of_format(fmt: str) -> Reader:
 
 
 def _model_files(path: str) -> list[str]:
-    """The files of the model that weight file `path` is one of: itself, or all files of a GGUF split."""
-    from ..sources import open_source
-    from .known_magics import HEAD_BYTES
-    with open_source(path) as src:
-        head = src.read_at(0, min(HEAD_BYTES, src.size))
-    readers = _readers()
-    reader = next((r for r in readers if r.sniff(head, os.path.basename(path))), None)
-    return reader.model_files(path) if reader is not None else [path]
+    """The files of the model that weight file `path` is one of: itself, or all files of a GGUF split (told by
+    the file's name, so no byte is read here)."""
+    low = path.lower()
+    return next((r.model_files(path) for r in _readers() if low.endswith(r.extensions)), [path])
