@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "paramkit/ggml_blocks.hpp"
 #include "paramkit/quant.hpp"
 #include "paramkit/stats.hpp"
 
@@ -49,6 +50,8 @@ struct Work {      // statistics of n elements at p
   int dt;
   int hslot;          // histogram slot, -1: none
   int pad;
+  float* deq;         // a GGML block type (dt is its engine id): whole blocks at p are dequantized here
+                      // (ggml_blocks.hpp), then reduced as n float32 values; null for every other dtype
 };
 
 struct QWork {     // quantization pass over n elements at p (whole rows / channels / groups)

@@ -27,10 +27,20 @@ namespace {
 
 // ---------------------------------------------------------------- kernels
 
+// The dtype a task's values are reduced as: float32 for a GGML block type (dequantized first), else its own.
+PK_HD PK_INLINE int reduced(int dt) { return ggml_type_of_dtype(dt) >= 0 ? F32 : dt; }
+
 __global__ void __launch_bounds__(kThreads) stats_kernel(const Work* work, PieceStats* part, uint32_t* hist) {
   const Work w = work[blockIdx.x];
   uint32_t* h = w.hslot >= 0 ? hist + size_t(w.hslot) * kBins : nullptr;
-  if (dtype_is_small(w.dt)) small_item(w.p, w.n, dtype_size(w.dt), h);
+  if (w.deq) {   // whole GGML blocks -> float32, then the F32 reduction
+    const int g = ggml_type_of_dtype(w.dt);
+    const GgmlBlock b = ggml_block(g);
+    for (uint32_t i = threadIdx.x; i < w.n / uint32_t(b.elements); i += kThreads)
+      ggml_dequantize_block(g, w.p + size_t(i) * size_t(b.bytes), w.deq + size_t(i) * size_t(b.elements));
+    __syncthreads();
+    wide_item(reinterpret_cast<const uint8_t*>(w.deq), w.n, F32, h, part + blockIdx.x);
+  } else if (dtype_is_small(w.dt)) small_item(w.p, w.n, dtype_size(w.dt), h);
   else wide_item(w.p, w.n, w.dt, h, part + blockIdx.x);
 }
 
@@ -151,6 +161,7 @@ struct Slot {
   HWork* h_hwork = nullptr; HWork* d_hwork = nullptr;
   QuantSums* h_hpart = nullptr; QuantSums* d_hpart = nullptr;
   float* d_f = nullptr;
+  float* d_deq = nullptr;   // the dequantized values of this batch's GGML block tensors
   cudaEvent_t done = nullptr;
   cudaStream_t stream = nullptr;
   std::vector<Segment> segs;
@@ -172,7 +183,7 @@ struct Ring {
                       (void*)s.h_qpart, (void*)s.h_hwork, (void*)s.h_hpart})
         if (h) cudaFreeHost(h);
       for (void* d : {(void*)s.d_in, (void*)s.d_work, (void*)s.d_part, (void*)s.d_hist, (void*)s.d_qwork,
-                      (void*)s.d_qpart, (void*)s.d_hwork, (void*)s.d_hpart, (void*)s.d_f})
+                      (void*)s.d_qpart, (void*)s.d_hwork, (void*)s.d_hpart, (void*)s.d_f, (void*)s.d_deq})
         if (d) cudaFree(d);
       if (s.done) cudaEventDestroy(s.done);
     }
@@ -204,12 +215,13 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
   }
   // per task: schemes of the streaming pass, and the per-tensor-scale schemes left for a second pass
   std::vector<uint32_t> mask1(tasks.size(), 0), mask2(tasks.size(), 0);
-  bool any_quant = false, any_group = false;
+  bool any_quant = false, any_group = false, any_block = false;
   uint64_t want_hold = 0;
   for (size_t i = 0; i < tasks.size(); ++i) {
     const Task& T = tasks[i];
     if (T.mem == nullptr && T.dev == nullptr && (T.file < 0 || size_t(T.file) >= files.size()))
       throw std::invalid_argument("task names a missing file");
+    any_block = any_block || (opt.stats && ggml_type_of_dtype(T.dtype) >= 0 && T.nbytes);
     if (!T.quant_mask) continue;
     if (T.quant_mask >> std::min(ns, 31)) throw std::invalid_argument("quant_mask names a missing scheme");
     if (!dtype_is_float(T.dtype)) throw std::invalid_argument("quantization needs a float dtype");
@@ -262,6 +274,9 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
       host_alloc(&s.h_qpart, kMaxWork * nsq); dev_alloc(&s.d_qpart, kMaxWork * nsq);
       if (any_group) dev_alloc(&s.d_f, ring);   // one float per ring byte: enough for any dtype
     }
+    if (any_block) {
+      dev_alloc(&s.d_deq, ring / 4);
+    }
     if (want_hold) {
       host_alloc(&s.h_hwork, kMaxWork); dev_alloc(&s.d_hwork, kMaxWork);
       host_alloc(&s.h_hpart, kMaxWork * nsq); dev_alloc(&s.d_hpart, kMaxWork * nsq);
@@ -300,12 +315,12 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
   std::vector<uint64_t> aoff(tasks.size(), 0);   // a held tensor's place in the arena
   std::vector<Bin> bins;
   uint64_t bytes_done = 0;
-  auto needs_hist = [&](int dt) { return opt.stats && (dtype_is_small(dt) || qs != nullptr); };
+  auto needs_hist = [&](int dt) { return opt.stats && (dtype_is_small(reduced(dt)) || qs != nullptr); };
   auto finalize = [&](uint32_t t, const uint32_t* h32) {
     if (!opt.stats) return;
     const Task& T = tasks[t];
     TensorResult& r = out.stats[t];
-    const int dt = T.dtype;
+    const int dt = reduced(T.dtype);
     bins.clear();
     if (needs_hist(dt) && T.nbytes) {
       bool prefix = !dtype_is_small(dt);
@@ -327,7 +342,7 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
     PK_CK(cudaEventSynchronize(s.done));
     for (const Segment& g : s.segs) {
       const Task& T = tasks[g.task];
-      if (opt.stats && !dtype_is_small(T.dtype))
+      if (opt.stats && !dtype_is_small(reduced(T.dtype)))
         for (uint32_t w = 0; w < g.nwork; ++w) merge_piece(acc[g.task], s.h_part[g.first_work + w]);
       for (uint32_t q = 0; q < g.nq; ++q)
         for (int sc = 0; sc < ns; ++sc)
@@ -386,7 +401,7 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
     s.stream = R.streams[k % 2];   // per batch, not per slot: with 3 slots consecutive batches still alternate
     if (progress && !progress(bytes_done)) throw Cancelled();
     // pack segments into this slot
-    uint64_t pos = 0, fpos = 0;
+    uint64_t pos = 0, fpos = 0, dpos = 0;   // dpos: floats of d_deq taken
     uint32_t nwork = 0, nqw = 0, nhw = 0;
     s.nh = 0;
     ops.clear();
@@ -394,13 +409,17 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
     while (t < tasks.size()) {
       if (!active(t)) { finalize(uint32_t(t), nullptr); ++t; b = 0; continue; }
       const Task& T = tasks[t];
-      const uint64_t es = uint64_t(dtype_size(T.dtype));
+      const int gt = ggml_type_of_dtype(T.dtype);
+      const uint64_t es = gt >= 0 ? uint64_t(ggml_block(gt).bytes) : uint64_t(dtype_size(T.dtype));
+      const uint64_t el = gt >= 0 ? uint64_t(ggml_block(gt).elements) : 1;   // elements per unit of es bytes
       const bool dev = T.dev != nullptr, quant = T.quant_mask != 0;
+      if (gt >= 0 && dev) throw std::invalid_argument("device-resident tasks cannot be GGML block types");
       const uint64_t at = dev ? 0 : (pos + 15) / 16 * 16;
       if (!dev && at >= ring) break;
       const uint64_t left = (T.nbytes - b) / es;
       uint64_t take = dev ? left : std::min(left, (ring - at) / es);
-      if (opt.stats) take = std::min<uint64_t>(take, uint64_t(kMaxWork - nwork) * kBlockElems);
+      if (opt.stats) take = std::min<uint64_t>(take, uint64_t(kMaxWork - nwork) * kBlockElems / el);
+      if (gt >= 0) take = std::min<uint64_t>(take, (ring / 4 - dpos) / el);   // room in d_deq
       const uint64_t pm = std::max<uint64_t>(T.piece_multiple, 1);
       const uint64_t qblk = std::max<uint64_t>(pm, kBlockElems / pm * pm);
       if (quant) {
@@ -428,10 +447,12 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
       Segment g{uint32_t(t), b, take * es, hneed ? s.nh++ : -1, nwork, 0, nqw, 0};
       const uint8_t* dp = dev ? T.dev + b : s.d_in + at;
       if (opt.stats)
-        for (uint64_t e0 = 0; e0 < take; e0 += kBlockElems) {
-          s.h_work[nwork++] = Work{dp + e0 * es, uint32_t(std::min<uint64_t>(kBlockElems, take - e0)), T.dtype, g.hslot, 0};
+        for (uint64_t e0 = 0; e0 < take * el; e0 += kBlockElems) {   // kBlockElems: whole GGML blocks
+          s.h_work[nwork++] = Work{dp + e0 / el * es, uint32_t(std::min<uint64_t>(kBlockElems, take * el - e0)),
+                                   T.dtype, g.hslot, 0, gt >= 0 ? s.d_deq + dpos + e0 : nullptr};
           ++g.nwork;
         }
+      if (gt >= 0) dpos += take * el;
       if (quant) {
         const bool f = (mask1[t] & group_bits) != 0;
         for (uint64_t e0 = 0; e0 < take; e0 += qblk) {
