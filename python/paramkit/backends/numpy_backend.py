@@ -404,6 +404,10 @@ class NumpyEngine:
         if quant is not None:
             from ..quant.stream import run_quant
             qout = run_quant(tensors, quant)
+        from .block_types import block_types
+        kinds = block_types(tensors, self.name)
+        if kinds:
+            self.last_run["block_types"] = kinds
         return out, qout
 
     def run_stats(self, tensors: Sequence[TensorInfo], *, quantiles: bool = True,
