@@ -50,9 +50,15 @@ struct Work {      // statistics of n elements at p
   int dt;
   int hslot;          // histogram slot, -1: none
   int pad;
-  float* deq;         // a GGML block type (dt is its engine id): whole blocks at p are dequantized here
-                      // (ggml_blocks.hpp), then reduced as n float32 values; null for every other dtype
 };
+
+struct DWork {     // GGML blocks -> float32 (ggml_blocks.hpp): nblocks blocks of type ggml at src, values to dst
+  const uint8_t* src;
+  float* dst;
+  uint32_t nblocks;
+  int ggml;
+};
+constexpr uint32_t kDeqBlocks = 1024;     // GGML blocks per dequantization work item (one CUDA block each)
 
 struct QWork {     // quantization pass over n elements at p (whole rows / channels / groups)
   const uint8_t* p;

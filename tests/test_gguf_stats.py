@@ -129,12 +129,13 @@ def test_random_blocks_every_backend_agrees(tmp_path_factory, qtype, rows, block
     _check_reference(ref["w"], _reference(raw, qtype))
     _check_reference(ref["one"], _reference(one, qtype))
     for b in NATIVE_BACKENDS:
-        got, _ = _stats(path, b)
+        got, rep = _stats(path, b)
         for name in ("w", "one"):
-            if qtype in NUMPY_ONLY:
-                assert got[name] is None
+            if qtype in NUMPY_ONLY:   # the native engine hands these to the numpy backend: its very values
+                assert got[name] == ref[name]
             else:
                 _compare_cancelling(got[name], ref[name], _numel(raw if name == "w" else one, qtype))
+        assert rep.engine_info["block_types"][qtype]["values"] == ("numpy" if qtype in NUMPY_ONLY else b)
 
 
 @pytest.mark.parametrize("backend", NATIVE_BACKENDS)
@@ -187,4 +188,114 @@ def test_numpy_backend_without_gguf_counts_block_tensors(tmp_path, monkeypatch):
     finally:
         numpy_backend.ggml_dequantizer.cache_clear()
     assert got == {"w": None}
+    assert "gguf package is not installed" in rep.engine_info["block_types"]["Q8_0"]["why"]
     assert rep.tensors[0].numel == 2 * 3 * 32
+
+
+def _write_f32(path, tensors) -> str:
+    """A GGUF file of float32 tensors: (name, array)."""
+    w = gguf.GGUFWriter(str(path), "llama")
+    for name, x in tensors:
+        w.add_tensor(name, np.ascontiguousarray(x, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return str(path)
+
+
+def _dequantized(raw: np.ndarray, qtype: str) -> np.ndarray:
+    """gguf-py's float32 values of the block rows `raw`, shape (rows, elements per row)."""
+    size = GGML_TYPES_BY_NAME[qtype].type_size
+    v = gguf.quants.dequantize(raw.reshape(-1, size), gguf.GGMLQuantizationType[qtype])
+    return np.asarray(v, dtype=np.float32).reshape(raw.shape[0], -1)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(qtype=st.sampled_from(NATIVE_TYPES + NUMPY_ONLY), rows=st.integers(1, 3), blocks=st.integers(1, 5),
+       seed=st.integers(0, 2**32 - 1))
+def test_simulated_quant_of_block_tensors_is_that_of_their_dequantized_values(tmp_path_factory, qtype, rows,
+                                                                               blocks, seed):
+    """scan(quant="default") of a block tensor on each backend gives, bit for bit, the records of that backend
+    (of the numpy backend for NUMPY_ONLY types) for an F32 tensor of the same shape holding gguf-py's dequantized values (the nine default schemes: group,
+    channel and per-tensor-scale ones, the last in the second pass); the report says what was quantized."""
+    rng = np.random.default_rng(seed)
+    raw = _random_blocks(qtype, rows, blocks, rng, None)
+    d = tmp_path_factory.mktemp("q")
+    blk = _write(d / "b.gguf", [("w", qtype, raw)])
+    f32 = _write_f32(d / "f.gguf", [("w", _dequantized(raw, qtype))])
+    for b in ["numpy", *NATIVE_BACKENDS]:
+        # the numpy backend computes the types with no native dequantizer, under every backend
+        want = paramkit.scan(f32, backend="numpy" if qtype in NUMPY_ONLY else b, quant="default").tensors[0]
+        rep = paramkit.scan(blk, backend=b, quant="default")
+        got = rep.tensors[0]
+        assert got.shape == want.shape
+        assert got.quant is not None and got.quant.keys() == want.quant.keys()
+        assert got.quant == want.quant, b
+        assert got.stats == want.stats, b
+        q = rep.to_dict()["quant"]
+        g = GGML_TYPES_BY_NAME[qtype]
+        assert q["block_tensors"]["stored"] == {qtype: {"tensors": 1, "elements": raw.size // g.type_size * g.block,
+                                                         "bits_per_weight": g.type_size * 8 / g.block}}
+        assert "dequantized" in q["block_tensors"]["note"]
+
+
+@pytest.mark.parametrize("backend", ["numpy", *NATIVE_BACKENDS])
+def test_block_tensors_with_no_dequantizer_are_counted_with_the_reason(tmp_path, backend):
+    """Q8_K (llama.cpp's activation type: no dequantizer in paramkit or gguf-py) beside a Q8_0 tensor: counted,
+    no statistics, not quantized, and engine.block_types says why; the scan does not fail."""
+    k = np.random.default_rng(3).integers(0, 256, size=(2, 292), dtype=np.uint8)
+    q = _random_blocks("Q8_0", 2, 8, np.random.default_rng(4), None)
+    path = _write(tmp_path / "k.gguf", [("k", "Q8_K", k), ("q", "Q8_0", q)])
+    rep = paramkit.scan(path, backend=backend, quant="int8_channel")
+    by = {t.name: t for t in rep.tensors}
+    assert by["k"].numel == 2 * 256 and by["k"].stats is None and by["k"].quant is None
+    assert by["q"].stats is not None and by["q"].quant is not None
+    kinds = rep.to_dict()["engine"]["block_types"]
+    assert kinds["Q8_K"]["values"] is None and "neither paramkit nor gguf-py" in kinds["Q8_K"]["why"]
+    assert kinds["Q8_0"]["values"] == backend
+
+
+@pytest.mark.parametrize("backend", ["numpy", *NATIVE_BACKENDS])
+def test_empty_block_tensor(tmp_path, backend):
+    """A block tensor with no elements has the statistics of an empty F32 tensor and does not disturb the
+    tensors around it."""
+    q = _random_blocks("Q4_K", 1, 2, np.random.default_rng(5), None)
+    path = _write(tmp_path / "e.gguf", [("a", "Q4_K", q), ("e", "Q4_K", np.zeros((0, 144), np.uint8)),
+                                        ("b", "Q4_K", q)])
+    empty = _write_f32(tmp_path / "f.gguf", [("e", np.zeros((0, 256), np.float32))])
+    rep = paramkit.scan(path, backend=backend)
+    by = {t.name: t for t in rep.tensors}
+    assert by["e"].numel == 0 and by["e"].shape == (0, 256)
+    assert by["e"].stats == paramkit.scan(empty, backend=backend).tensors[0].stats
+    assert by["e"].stats["nan"] == 0 and by["e"].stats["min"] is None
+    assert by["a"].stats == by["b"].stats and by["a"].stats["min"] is not None
+
+
+@pytest.mark.parametrize("backend", NATIVE_BACKENDS)
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K"])
+def test_simulated_quant_of_big_block_tensors_across_batches(tmp_path, monkeypatch, backend, qtype):
+    """A block tensor of about 1.5M values under the default schemes, with a 1 MiB GPU ring (many batches,
+    every piece cut on whole blocks and whole groups, the per-tensor-scale schemes in the hold arena or the
+    re-read): records and statistics bit-identical to the same backend's of the dequantized F32 tensor."""
+    monkeypatch.setenv("PARAMKIT_CUDA_RING_MB", "1")
+    g = GGML_TYPES_BY_NAME[qtype]
+    raw = _random_blocks(qtype, 97, 16384 // g.block, np.random.default_rng(11), None)   # rows of 64 KiB as F32
+    blk = _write(tmp_path / "b.gguf", [("w", qtype, raw)])
+    f32 = _write_f32(tmp_path / "f.gguf", [("w", _dequantized(raw, qtype))])
+    want = paramkit.scan(f32, backend=backend, quant="default").tensors[0]
+    got = paramkit.scan(blk, backend=backend, quant="default").tensors[0]
+    assert got.numel == want.numel > 1_500_000
+    assert got.quant == want.quant and got.stats == want.stats
+
+
+@pytest.mark.skipif("cuda-emu" not in NATIVE_BACKENDS, reason="needs paramkit._cuda_emu (PARAMKIT_CUDA_EMU=ON)")
+def test_block_rows_longer_than_the_gpu_ring_go_to_the_cpu_engine(tmp_path, monkeypatch):
+    """A Q8_0 row of 2^18 + 32 values is over 1 MiB as float32: under int8_channel it does not fit a 1 MiB ring slot, so
+    the cuda engine hands the pass to the cpu engine and says so (as for an F32 row), never a ValueError."""
+    monkeypatch.setenv("PARAMKIT_CUDA_RING_MB", "1")
+    raw = _random_blocks("Q8_0", 2, (1 << 18) // 32 + 1, np.random.default_rng(12), None)
+    path = _write(tmp_path / "r.gguf", [("w", "Q8_0", raw)])
+    rep = paramkit.scan(path, backend="cuda-emu", quant="int8_channel")
+    assert "ring slot" in rep.engine_info["fallback"]
+    assert rep.tensors[0].quant == paramkit.scan(path, backend="cpu", quant="int8_channel").tensors[0].quant
