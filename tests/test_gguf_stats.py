@@ -299,3 +299,14 @@ def test_block_rows_longer_than_the_gpu_ring_go_to_the_cpu_engine(tmp_path, monk
     rep = paramkit.scan(path, backend="cuda-emu", quant="int8_channel")
     assert "ring slot" in rep.engine_info["fallback"]
     assert rep.tensors[0].quant == paramkit.scan(path, backend="cpu", quant="int8_channel").tensors[0].quant
+
+
+def test_export_refuses_block_tensors_and_writes_nothing(tmp_path):
+    """fake_quantize_file writes safetensors, which has no dtype for GGML blocks: a ValueError naming the
+    types, before anything is written (not a .safetensors file with Q8_0 "dtypes" in its header)."""
+    q = _random_blocks("Q8_0", 2, 4, np.random.default_rng(6), None)
+    path = _write(tmp_path / "q.gguf", [("w", "Q8_0", q)])
+    out = tmp_path / "out.safetensors"
+    with pytest.raises(ValueError, match=r"GGML block-quantized tensors \(Q8_0\)"):
+        paramkit.fake_quantize_file(path, "int8_channel", out)
+    assert not out.exists()
