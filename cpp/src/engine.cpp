@@ -252,8 +252,7 @@ EngineOutput run_engine(const std::vector<std::string>& files, const std::vector
         uint64_t n = pc.nbytes / c.unit_bytes * c.unit_elements;
         if (c.ggml >= 0) {   // whole blocks -> float32, then everything below runs as for an F32 piece
           dequant.resize(n);
-          for (uint64_t b = 0; b < pc.nbytes / c.unit_bytes; ++b)
-            ggml_dequantize_block(c.ggml, p + b * c.unit_bytes, dequant.data() + b * c.unit_elements);
+          K.dequantize(c.ggml, p, size_t(pc.nbytes / c.unit_bytes), dequant.data());
           p = reinterpret_cast<const uint8_t*>(dequant.data());
         }
         bool small = opt.stats && histogram_path(dt, qs != nullptr);
