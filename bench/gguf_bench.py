@@ -48,7 +48,8 @@ def big_gguf(size_gb: float) -> Path:
     w = gguf.GGUFWriter(str(path) + ".tmp", "llama")
     for name, qt, rows in plan:
         block, size = gguf.GGML_QUANT_SIZES[qt]
-        w.add_tensor_info(name, (rows, cols), np.dtype(np.uint8), rows * cols // block * size, raw_dtype=qt)
+        w.add_tensor_info(name, (rows, cols // block * size), np.dtype(np.uint8), rows * cols // block * size,
+                          raw_dtype=qt)   # a raw block tensor's shape is in bytes
     w.add_tensor_info("output_norm.weight", (cols,), np.dtype(np.float32), cols * 4)
     w.write_header_to_file()
     w.write_kv_data_to_file()

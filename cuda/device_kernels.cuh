@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "paramkit/ggml_blocks.hpp"
 #include "paramkit/quant.hpp"
 #include "paramkit/stats.hpp"
 
@@ -50,6 +51,14 @@ struct Work {      // statistics of n elements at p
   int hslot;          // histogram slot, -1: none
   int pad;
 };
+
+struct DWork {     // GGML blocks -> float32 (ggml_blocks.hpp): nblocks blocks of type ggml at src, values to dst
+  const uint8_t* src;
+  float* dst;
+  uint32_t nblocks;
+  int ggml;
+};
+constexpr uint32_t kDeqBlocks = 1024;     // GGML blocks per dequantization work item (one CUDA block each)
 
 struct QWork {     // quantization pass over n elements at p (whole rows / channels / groups)
   const uint8_t* p;

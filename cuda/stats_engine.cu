@@ -13,6 +13,7 @@
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
+#include <numeric>
 #include <cstring>
 #include <exception>
 #include <memory>
@@ -27,11 +28,23 @@ namespace {
 
 // ---------------------------------------------------------------- kernels
 
+// The dtype a task's values are reduced as: float32 for a GGML block type (dequantized first), else its own.
+PK_HD PK_INLINE int reduced(int dt) { return ggml_type_of_dtype(dt) >= 0 ? F32 : dt; }
+
 __global__ void __launch_bounds__(kThreads) stats_kernel(const Work* work, PieceStats* part, uint32_t* hist) {
   const Work w = work[blockIdx.x];
   uint32_t* h = w.hslot >= 0 ? hist + size_t(w.hslot) * kBins : nullptr;
   if (dtype_is_small(w.dt)) small_item(w.p, w.n, dtype_size(w.dt), h);
   else wide_item(w.p, w.n, w.dt, h, part + blockIdx.x);
+}
+
+// One block per DWork: its GGML blocks dequantized to float32, a thread per GGML block. A block tensor's
+// values live in the slot's d_deq from here on: statistics, quantization and the hold arena read them as F32.
+__global__ void __launch_bounds__(kThreads) dequant_kernel(const DWork* dw) {
+  const DWork w = dw[blockIdx.x];
+  const GgmlBlock b = ggml_block(w.ggml);
+  for (uint32_t i = threadIdx.x; i < w.nblocks; i += kThreads)
+    ggml_dequantize_block(w.ggml, w.src + size_t(i) * size_t(b.bytes), w.dst + size_t(i) * size_t(b.elements));
 }
 
 // One block per QWork: decode (into w.f when a group scheme needs it) and the finite absmax
@@ -45,7 +58,7 @@ __global__ void __launch_bounds__(kThreads) quant_kernel(const QWork* qw, const 
   float am = 0.0f;
   for (uint32_t i = threadIdx.x; i < w.n; i += kThreads) {
     float v = load_f32(w.dt, w.p, i);
-    if (w.f) w.f[i] = v;
+    if (w.f && static_cast<const void*>(w.f) != static_cast<const void*>(w.p)) w.f[i] = v;   // f == p: F32 in place
     float a = finite_abs(v);
     am = a > am ? a : am;
   }
@@ -151,6 +164,8 @@ struct Slot {
   HWork* h_hwork = nullptr; HWork* d_hwork = nullptr;
   QuantSums* h_hpart = nullptr; QuantSums* d_hpart = nullptr;
   float* d_f = nullptr;
+  float* d_deq = nullptr;   // the dequantized values of this batch's GGML block tensors
+  DWork* h_dwork = nullptr; DWork* d_dwork = nullptr;
   cudaEvent_t done = nullptr;
   cudaStream_t stream = nullptr;
   std::vector<Segment> segs;
@@ -169,10 +184,10 @@ struct Ring {
     for (auto s : streams) if (s) cudaStreamSynchronize(s);
     for (auto& s : slots) {
       for (void* h : {(void*)s.h_in, (void*)s.h_work, (void*)s.h_part, (void*)s.h_hist, (void*)s.h_qwork,
-                      (void*)s.h_qpart, (void*)s.h_hwork, (void*)s.h_hpart})
+                      (void*)s.h_qpart, (void*)s.h_hwork, (void*)s.h_hpart, (void*)s.h_dwork})
         if (h) cudaFreeHost(h);
       for (void* d : {(void*)s.d_in, (void*)s.d_work, (void*)s.d_part, (void*)s.d_hist, (void*)s.d_qwork,
-                      (void*)s.d_qpart, (void*)s.d_hwork, (void*)s.d_hpart, (void*)s.d_f})
+                      (void*)s.d_qpart, (void*)s.d_hwork, (void*)s.d_hpart, (void*)s.d_f, (void*)s.d_deq, (void*)s.d_dwork})
         if (d) cudaFree(d);
       if (s.done) cudaEventDestroy(s.done);
     }
@@ -182,6 +197,8 @@ struct Ring {
 };
 
 uint64_t round256(uint64_t x) { return (x + 255) / 256 * 256; }
+// The bytes of a task's values on the device: a GGML block tensor's are its dequantized float32 values.
+uint64_t held_bytes(const Task& T) { return ggml_type_of_dtype(T.dtype) >= 0 ? T.numel * 4 : T.nbytes; }
 
 }  // namespace
 
@@ -204,18 +221,21 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
   }
   // per task: schemes of the streaming pass, and the per-tensor-scale schemes left for a second pass
   std::vector<uint32_t> mask1(tasks.size(), 0), mask2(tasks.size(), 0);
-  bool any_quant = false, any_group = false;
+  bool any_quant = false, any_group = false, any_block = false;
   uint64_t want_hold = 0;
   for (size_t i = 0; i < tasks.size(); ++i) {
     const Task& T = tasks[i];
     if (T.mem == nullptr && T.dev == nullptr && (T.file < 0 || size_t(T.file) >= files.size()))
       throw std::invalid_argument("task names a missing file");
+    const bool block = ggml_type_of_dtype(T.dtype) >= 0;
+    if (block && T.dev) throw std::invalid_argument("device-resident tasks cannot be GGML block types");
+    any_block = any_block || (block && T.nbytes && (opt.stats || T.quant_mask));
     if (!T.quant_mask) continue;
     if (T.quant_mask >> std::min(ns, 31)) throw std::invalid_argument("quant_mask names a missing scheme");
-    if (!dtype_is_float(T.dtype)) throw std::invalid_argument("quantization needs a float dtype");
+    if (!block && !dtype_is_float(T.dtype)) throw std::invalid_argument("quantization needs a float dtype");
     if (T.dev) throw std::invalid_argument("device-resident tasks take no quantization schemes");
     const uint64_t pm = std::max<uint64_t>(T.piece_multiple, 1);
-    if (pm > ring / uint64_t(dtype_size(T.dtype)) || pm > (1ull << 31))
+    if (pm > ring / uint64_t(dtype_size(reduced(T.dtype))) || pm > (1ull << 31))
       throw std::invalid_argument("a quantization unit of " + std::to_string(pm) +
                                   " elements does not fit one ring slot (raise PARAMKIT_CUDA_RING_MB)");
     const bool known = T.tensor_absmax == T.tensor_absmax;
@@ -223,7 +243,7 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
     mask2[i] = known ? 0u : (T.quant_mask & second_bits);
     any_quant = true;
     any_group = any_group || (mask1[i] & group_bits);
-    if (mask2[i]) want_hold += round256(T.nbytes);
+    if (mask2[i]) want_hold += round256(held_bytes(T));
   }
 
   Files fh;
@@ -262,6 +282,10 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
       host_alloc(&s.h_qpart, kMaxWork * nsq); dev_alloc(&s.d_qpart, kMaxWork * nsq);
       if (any_group) dev_alloc(&s.d_f, ring);   // one float per ring byte: enough for any dtype
     }
+    if (any_block) {   // ring / 4 floats: a batch dequantizes at most as many values as an F32 ring holds
+      dev_alloc(&s.d_deq, ring / 4);
+      host_alloc(&s.h_dwork, kMaxWork); dev_alloc(&s.d_dwork, kMaxWork);
+    }
     if (want_hold) {
       host_alloc(&s.h_hwork, kMaxWork); dev_alloc(&s.d_hwork, kMaxWork);
       host_alloc(&s.h_hpart, kMaxWork * nsq); dev_alloc(&s.d_hpart, kMaxWork * nsq);
@@ -281,7 +305,7 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
     PK_CK(cudaMemGetInfo(&free_b, &total_b));
     arena = std::min<uint64_t>({opt.hold_bytes, uint64_t(free_b) / 2, want_hold}) / 256 * 256;
     if (arena) PK_CK(cudaMalloc(reinterpret_cast<void**>(&R.d_arena), arena));
-    for (size_t i = 0; i < tasks.size(); ++i) held[i] = mask2[i] && round256(tasks[i].nbytes) <= arena;
+    for (size_t i = 0; i < tasks.size(); ++i) held[i] = mask2[i] && round256(held_bytes(tasks[i])) <= arena;
     if (info) info->hold_capacity = arena;
   }
   // the setup's cudaMemset / cudaMemcpy ran on the legacy stream and may still be in flight: the
@@ -300,12 +324,12 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
   std::vector<uint64_t> aoff(tasks.size(), 0);   // a held tensor's place in the arena
   std::vector<Bin> bins;
   uint64_t bytes_done = 0;
-  auto needs_hist = [&](int dt) { return opt.stats && (dtype_is_small(dt) || qs != nullptr); };
+  auto needs_hist = [&](int dt) { return opt.stats && (dtype_is_small(reduced(dt)) || qs != nullptr); };
   auto finalize = [&](uint32_t t, const uint32_t* h32) {
     if (!opt.stats) return;
     const Task& T = tasks[t];
     TensorResult& r = out.stats[t];
-    const int dt = T.dtype;
+    const int dt = reduced(T.dtype);
     bins.clear();
     if (needs_hist(dt) && T.nbytes) {
       bool prefix = !dtype_is_small(dt);
@@ -327,7 +351,7 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
     PK_CK(cudaEventSynchronize(s.done));
     for (const Segment& g : s.segs) {
       const Task& T = tasks[g.task];
-      if (opt.stats && !dtype_is_small(T.dtype))
+      if (opt.stats && !dtype_is_small(reduced(T.dtype)))
         for (uint32_t w = 0; w < g.nwork; ++w) merge_piece(acc[g.task], s.h_part[g.first_work + w]);
       for (uint32_t q = 0; q < g.nq; ++q)
         for (int sc = 0; sc < ns; ++sc)
@@ -386,26 +410,37 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
     s.stream = R.streams[k % 2];   // per batch, not per slot: with 3 slots consecutive batches still alternate
     if (progress && !progress(bytes_done)) throw Cancelled();
     // pack segments into this slot
-    uint64_t pos = 0, fpos = 0;
-    uint32_t nwork = 0, nqw = 0, nhw = 0;
+    uint64_t pos = 0, fpos = 0, dpos = 0;   // dpos: floats of d_deq taken
+    uint32_t nwork = 0, nqw = 0, nhw = 0, ndw = 0;
     s.nh = 0;
     ops.clear();
     copies.clear();
     while (t < tasks.size()) {
       if (!active(t)) { finalize(uint32_t(t), nullptr); ++t; b = 0; continue; }
       const Task& T = tasks[t];
-      const uint64_t es = uint64_t(dtype_size(T.dtype));
+      // a unit: es bytes read, el values (one element, or one GGML block dequantized to el float32 values
+      // at vp in d_deq; from there on the values are F32 for statistics, quantization and the hold arena)
+      const int gt = ggml_type_of_dtype(T.dtype);
+      const uint64_t es = gt >= 0 ? uint64_t(ggml_block(gt).bytes) : uint64_t(dtype_size(T.dtype));
+      const uint64_t el = gt >= 0 ? uint64_t(ggml_block(gt).elements) : 1;
+      const int vdt = reduced(T.dtype);
+      const uint64_t ves = uint64_t(dtype_size(vdt));   // bytes per value
       const bool dev = T.dev != nullptr, quant = T.quant_mask != 0;
       const uint64_t at = dev ? 0 : (pos + 15) / 16 * 16;
       if (!dev && at >= ring) break;
       const uint64_t left = (T.nbytes - b) / es;
       uint64_t take = dev ? left : std::min(left, (ring - at) / es);
-      if (opt.stats) take = std::min<uint64_t>(take, uint64_t(kMaxWork - nwork) * kBlockElems);
+      if (opt.stats) take = std::min<uint64_t>(take, uint64_t(kMaxWork - nwork) * kBlockElems / el);
+      if (gt >= 0) {
+        take = std::min<uint64_t>(take, (ring / 4 - dpos) / el);              // room in d_deq
+        take = std::min<uint64_t>(take, uint64_t(kMaxWork - ndw) * kDeqBlocks);   // and in the DWork list
+      }
       const uint64_t pm = std::max<uint64_t>(T.piece_multiple, 1);
       const uint64_t qblk = std::max<uint64_t>(pm, kBlockElems / pm * pm);
       if (quant) {
-        take = std::min<uint64_t>(take, uint64_t(kMaxWork - nqw) * qblk);
-        if (take < left) take = take / pm * pm;   // pieces of whole rows / channels / groups
+        take = std::min<uint64_t>(take, uint64_t(kMaxWork - nqw) * qblk / el);
+        const uint64_t pmu = pm / std::gcd(pm, el);   // units of whole rows / channels / groups
+        if (take < left) take = take / pmu * pmu;     // pieces of whole rows / channels / groups
       }
       const bool hneed = needs_hist(T.dtype);
       if (take == 0 || (hneed && s.nh >= kHistSlots)) break;
@@ -416,7 +451,7 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
         if (nhw + hn > uint32_t(kMaxWork)) break;   // the next batch has room
       }
       if (held[t] && b == 0) {   // a place in the arena for the whole tensor
-        uint64_t need = round256(T.nbytes);
+        uint64_t need = round256(held_bytes(T));
         if (arena_head + need > arena) {
           if (!s.holds.empty()) break;   // a tensor finishing in this batch still uses its place
           drain_others(&s);              // every earlier second pass is done: start over
@@ -426,21 +461,31 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
         arena_head += need;
       }
       Segment g{uint32_t(t), b, take * es, hneed ? s.nh++ : -1, nwork, 0, nqw, 0};
-      const uint8_t* dp = dev ? T.dev + b : s.d_in + at;
+      const uint8_t* dp = dev ? T.dev + b : s.d_in + at;   // the bytes read
+      const uint8_t* vp = dp;                              // the values
+      const uint64_t nv = take * el, v0 = b / es * el;     // values in this segment, the first one's index
+      if (gt >= 0) {
+        float* dst = s.d_deq + dpos;
+        for (uint64_t u = 0; u < take; u += kDeqBlocks)
+          s.h_dwork[ndw++] = DWork{dp + u * es, dst + u * el, uint32_t(std::min<uint64_t>(kDeqBlocks, take - u)), gt};
+        vp = reinterpret_cast<const uint8_t*>(dst);
+        dpos += nv;
+      }
       if (opt.stats)
-        for (uint64_t e0 = 0; e0 < take; e0 += kBlockElems) {
-          s.h_work[nwork++] = Work{dp + e0 * es, uint32_t(std::min<uint64_t>(kBlockElems, take - e0)), T.dtype, g.hslot, 0};
+        for (uint64_t e0 = 0; e0 < nv; e0 += kBlockElems) {
+          s.h_work[nwork++] = Work{vp + e0 * ves, uint32_t(std::min<uint64_t>(kBlockElems, nv - e0)), vdt, g.hslot, 0};
           ++g.nwork;
         }
       if (quant) {
         const bool f = (mask1[t] & group_bits) != 0;
-        for (uint64_t e0 = 0; e0 < take; e0 += qblk) {
+        for (uint64_t e0 = 0; e0 < nv; e0 += qblk) {
           QWork q{};
-          q.p = dp + e0 * es; q.n = uint32_t(std::min(qblk, take - e0));
-          q.f = f ? s.d_f + fpos : nullptr;
-          q.row_len = T.row_len; q.chan_len = T.chan_len; q.task = uint32_t(t); q.mask = mask1[t]; q.dt = T.dtype;
+          q.p = vp + e0 * ves; q.n = uint32_t(std::min(qblk, nv - e0));
+          // group schemes read float32: a block tensor's dequantized values in place, else a decoded copy
+          q.f = !f ? nullptr : gt >= 0 ? reinterpret_cast<float*>(const_cast<uint8_t*>(q.p)) : s.d_f + fpos;
+          q.row_len = T.row_len; q.chan_len = T.chan_len; q.task = uint32_t(t); q.mask = mask1[t]; q.dt = vdt;
           q.absmax = T.tensor_absmax;
-          if (f) fpos += q.n;
+          if (f && gt < 0) fpos += q.n;
           s.h_qwork[nqw++] = q;
           ++g.nq;
         }
@@ -451,15 +496,15 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
                        v ? b : T.offset + b, take * es, s.h_in + at, T.mem ? T.mem + b : nullptr, v});
         pos = at + take * es;
       }
-      if (held[t]) copies.push_back({R.d_arena + aoff[t] + b, dp, take * es});
+      if (held[t]) copies.push_back({R.d_arena + aoff[t] + v0 * ves, vp, nv * ves});
       s.segs.push_back(g);
       b += take * es;
       if (hn) {
         HoldLaunch h{uint32_t(t), nhw, hn};
         for (uint32_t i = 0; i < hn; ++i) {
           uint64_t e0 = uint64_t(i) * hper;
-          s.h_hwork[nhw++] = HWork{R.d_arena + aoff[t] + e0 * es, uint32_t(std::min(hper, T.numel - e0)),
-                                   uint32_t(t), mask2[t], T.dtype};
+          s.h_hwork[nhw++] = HWork{R.d_arena + aoff[t] + e0 * ves, uint32_t(std::min(hper, T.numel - e0)),
+                                   uint32_t(t), mask2[t], vdt};
         }
         s.holds.push_back(h);
       }
@@ -471,6 +516,12 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
     }
     readers.run(ops);
     if (pos) PK_CK(cudaMemcpyAsync(s.d_in, s.h_in, pos, cudaMemcpyHostToDevice, s.stream));
+    if (ndw) {   // GGML blocks -> float32 first: everything below (and the hold copies) reads those values
+      PK_CK(cudaMemcpyAsync(s.d_dwork, s.h_dwork, sizeof(DWork) * ndw, cudaMemcpyHostToDevice, s.stream));
+      PK_LAUNCH(dequant_kernel, ndw, kThreads, s.stream, s.d_dwork);
+      PK_CK(cudaGetLastError());
+      if (info) info->launches++;
+    }
     for (const HoldCopy& c : copies) PK_CK(cudaMemcpyAsync(c.dst, c.src, c.bytes, cudaMemcpyDeviceToDevice, s.stream));
     if (nwork) {
       PK_CK(cudaMemcpyAsync(s.d_work, s.h_work, sizeof(Work) * nwork, cudaMemcpyHostToDevice, s.stream));

@@ -178,7 +178,7 @@ class Progress:
 
 
 def test_stats_dtypes_cover_the_table():
-    assert set(DTYPE_NAMES) == {n for n, d in DTYPES.items() if d.has_stats}
+    assert set(DTYPE_NAMES) == {n for n, d in DTYPES.items() if d.has_stats and d.kind != "block"}
     for n in DTYPE_NAMES:
         assert R.ITEMSIZE[n] * 8 == DTYPES[n].bits
 
@@ -585,7 +585,7 @@ def test_chunk_boundaries(dtype, chunk, monkeypatch, tmp_path):
 # ------------------------------------------------------------------------------------------------
 # dtypes without statistics: one clear error everywhere
 
-NO_STATS = [n for n, d in DTYPES.items() if not d.has_stats]
+NO_STATS = [n for n, d in DTYPES.items() if not d.has_stats and d.kind != "block"]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -600,6 +600,18 @@ def test_no_stats_dtype_is_the_same_error_on_every_backend(backend, name):
         get_engine(backend).array_stats(raw, name, quantiles=True)
     with pytest.raises(ValueError, match="unknown dtype"):
         get_engine(backend).array_stats(raw, "F12", quantiles=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["Q4_K", "Q8_0", "IQ2_XXS", "Q8_K"])
+def test_block_dtype_array_stats_point_to_the_gguf_scan(backend, name):
+    """GGML block types have statistics only inside a GGUF scan (tests/test_gguf_stats.py): tensor_stats on
+    their raw bytes is a TypeError saying so, on every backend."""
+    raw = np.zeros(292, np.uint8)
+    with pytest.raises(TypeError, match=f"{name} is a GGML block type"):
+        paramkit.tensor_stats(raw, dtype=name, backend=backend)
+    with pytest.raises(TypeError, match=f"{name} is a GGML block type"):
+        get_engine(backend).array_stats(raw, name, quantiles=True)
 
 
 # ------------------------------------------------------------------------------------------------

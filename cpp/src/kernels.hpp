@@ -25,6 +25,8 @@ struct Kernels {
   // float32 decode of an 8/16/32/64-bit float piece; returns its finite absmax and sets `base`
   // to the scheme-independent sums (n, nonfinite, sum_w2; the rest zero).
   float (*decode_for_quant)(int dt, const uint8_t* p, size_t n, float* out, QuantSums& base);
+  // nblocks whole blocks of GGML type t (one ggml_blocks.hpp dequantizes) -> float32
+  void (*dequantize)(int t, const uint8_t* p, size_t nblocks, float* out);
 };
 
 const Kernels& kernels_generic();

@@ -179,6 +179,9 @@ def render_scan(r, console, rows=None, *, wide: bool = False, more_hint: str = "
                      + (f", {t['gb_per_s']:.2f} GB/s" if t.get("gb_per_s") else "")))
     else:
         head.append(("statistics", "skipped (--no-stats)"))
+    for k, v in (r.engine_info.get("block_types") or {}).items():   # GGML block types not done natively
+        if v["values"] != r.backend:
+            head.append((f"{k} values", (f"{v['values']} backend: " if v["values"] else "") + v["why"]))
     console.print(key_values(head))
 
     tot = max(r.total_elements, 1)

@@ -146,6 +146,11 @@ def render_quant(r, console, *, wide: bool = False) -> None:
         most = max(rows, key=lambda x: x.get("tensors") or 0)
         head.append(("", f"{most.get('tensors', 0):,} of {len(r.tensors):,} tensors, "
                          f"{most.get('quantized_elements', most.get('n', 0)) or 0:,} elements"))
+    blocks = (d.get("block_tensors") or {}).get("stored")
+    if blocks:
+        head.append(("stored as", ", ".join(f"{k} ({v['bits_per_weight']:g} bits/weight, {v['tensors']:,} tensors)"
+                                            for k, v in blocks.items())))
+        head.append(("", d["block_tensors"]["note"]))
     console.print(key_values(head))
 
     rows.sort(key=lambda x: (x["bits_per_weight"] if x.get("bits_per_weight") is not None else math.inf,

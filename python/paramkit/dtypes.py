@@ -61,9 +61,18 @@ _ROWS = [
 SAFETENSORS_DTYPES: tuple[str, ...] = tuple(r[0] for r in _ROWS)
 
 
+# GGML block types the native engines dequantize (cpp/include/paramkit/ggml_blocks.hpp); their engine id is
+# GGML_DTYPE_BASE + the GGML type id, as there (tests/test_gguf_stats.py checks both sides agree). The other
+# block types get statistics from the numpy backend only (gguf.quants), where it can dequantize them.
+GGML_DTYPE_BASE = 64
+GGML_NATIVE = ("Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
+               "IQ4_NL", "IQ4_XS", "MXFP4")
+
+
 def _ggml_block_rows() -> list[DType]:
     from .ggml_types import GGML_TYPES
-    return [DType(g.name, 0, "block", -1, None, g.block, g.type_size)
+    return [DType(g.name, 0, "block", GGML_DTYPE_BASE + g.id if g.name in GGML_NATIVE else -1, None,
+                  g.block, g.type_size)
             for g in GGML_TYPES.values() if g.block > 1]
 
 
@@ -79,6 +88,8 @@ def stats_dtype(name: str) -> DType:
     d = DTYPES.get(name)
     if d is None:
         raise ValueError(f"unknown dtype {name!r} (safetensors dtypes: {', '.join(DTYPES)})")
+    if d.kind == "block":
+        raise TypeError(f"{name} is a GGML block type: its statistics come from scanning the GGUF file")
     if not d.has_stats:
         raise TypeError(f"no statistics for dtype {name} (paramkit computes statistics for "
                         + ", ".join(n for n, x in DTYPES.items() if x.has_stats) + ")")

@@ -95,6 +95,10 @@ def _json_safe(x):
     return x
 
 
+BLOCK_QUANT_NOTE = ("these tensors are stored GGML block-quantized: the simulated schemes quantize their "
+                    "dequantized float32 values, and their errors are against those values, not the original weights")
+
+
 class Deferred:
     """A value made on first use: ``make()``, called once (ScanReport.tensors of a header-only scan)."""
 
@@ -140,6 +144,19 @@ class ScanReport:
     engine_info: dict = field(default_factory=dict)
     quant_plan: Any = None        # paramkit.quant.plan.QuantPlan of the scan, or None
     ignored_files: list[dict] = field(default_factory=list)   # {"file", "reason"}: weight files not used
+
+    def quantized_block_types(self) -> dict[str, dict]:
+        """{GGML block type: {"tensors", "elements", "bits_per_weight"}} of the tensors the quant plan
+        quantizes that are stored block-quantized (the schemes took their dequantized values)."""
+        from .dtypes import DTYPES
+        out: dict[str, dict] = {}
+        for t, m in zip(self.tensors, self.quant_plan.masks):
+            d = DTYPES.get(t.dtype)
+            if m and d is not None and d.kind == "block":
+                e = out.setdefault(t.dtype, {"tensors": 0, "elements": 0, "bits_per_weight": d.bits_per_weight})
+                e["tensors"] += 1
+                e["elements"] += t.numel
+        return dict(sorted(out.items()))
 
     def quant_summary(self) -> list[dict]:
         """One row per scheme: bits/weight (scales and zero points included, over the quantized
@@ -235,6 +252,9 @@ class ScanReport:
         if self.quant_plan is not None:
             d["quant"] = {"schemes": [x.id for x in self.quant_plan.schemes], "policy": self.quant_plan.policy,
                           "summary": self.quant_summary()}
+            stored = self.quantized_block_types()
+            if stored:
+                d["quant"]["block_tensors"] = {"note": BLOCK_QUANT_NOTE, "stored": stored}
         d["unreferenced_files"] = list(self.unreferenced_files)
         d["ignored_files"] = [dict(f) for f in self.ignored_files]
         d["timing"] = dict(self.timing)

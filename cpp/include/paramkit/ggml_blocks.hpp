@@ -168,6 +168,14 @@ PK_HD PK_INLINE GgmlBlock ggml_block(int t) {
   }
 }
 
+// The engine dtype id of a GGML block type is GGML_DTYPE_BASE + its GGML type id (python/paramkit/dtypes.py
+// derives the same ids; tests/test_gguf_stats.py checks that both sides agree on which types have one).
+constexpr int GGML_DTYPE_BASE = 64;
+// The GGML type of an engine dtype id, -1 when it is no block type with a dequantizer here.
+PK_HD PK_INLINE int ggml_type_of_dtype(int dt) {
+  return dt >= GGML_DTYPE_BASE && ggml_block(dt - GGML_DTYPE_BASE).elements ? dt - GGML_DTYPE_BASE : -1;
+}
+
 // One block of type t at `block` -> ggml_block(t).elements floats at y (t must be one of the above).
 PK_HD PK_INLINE void ggml_dequantize_block(int t, const uint8_t* block, float* y) {
   switch (t) {

@@ -12,6 +12,7 @@ from ..stats import QUANTILE_LEVELS
 from ..table import TensorInfo
 from ..quant.plan import engine_kind
 from . import device_memory_refused
+from .block_types import block_types, numpy_fallback
 from .native_records import quant_sums, task_spec, to_stats
 
 # Piece size: results are merged per piece, so it is fixed (never derived from the thread count).
@@ -38,6 +39,28 @@ class CpuEngine:
 
     def run(self, tensors: Sequence[TensorInfo], *, stats: bool = True, quantiles: bool = True,
             threads: int | None = None, progress=None, quant=None):
+        """_run_native over every tensor, after the numpy backend has done the GGML block tensors this engine
+        cannot dequantize (block_types.numpy_fallback: first, so that progress only grows); the report's
+        engine.block_types says which backend computed which block type."""
+        self.last_run = {}
+        fb = [i for i, t in enumerate(tensors) if numpy_fallback(t.dtype)]
+        fb_got = None
+        if fb:
+            from .numpy_backend import ENGINE as numpy_engine
+            fb_got = numpy_engine.run([tensors[i] for i in fb], stats=stats, quantiles=quantiles, progress=progress,
+                                      quant=None if quant is None else quant.take(fb))
+        out, qout = self._run_native(tensors, stats=stats, quantiles=quantiles, threads=threads, progress=progress,
+                                     quant=quant)
+        if fb_got is not None:
+            for k, i in enumerate(fb):
+                out[i], qout[i] = fb_got[0][k], fb_got[1][k]
+        kinds = block_types(tensors, self.name)
+        if kinds:
+            self.last_run["block_types"] = kinds
+        return out, qout
+
+    def _run_native(self, tensors: Sequence[TensorInfo], *, stats: bool = True, quantiles: bool = True,
+                    threads: int | None = None, progress=None, quant=None):
         """One streaming pass: statistics and every row/group quantization scheme of `quant` (a
         paramkit.quant.plan.QuantPlan); per-tensor-scale schemes (int8_tensor, fp8_e4m3) need the
         tensor's absmax first, so they run in a second pass over just those tensors. To keep that

@@ -82,8 +82,9 @@ class CudaEngine(CpuEngine):
         """Bytes of the largest piece the engine must keep whole (piece_multiple elements)."""
         big = 0
         for t, m in zip(tensors, quant.masks):
-            if m and DTYPES[t.dtype].has_stats:
-                big = max(big, quant.piece_multiple(tuple(t.shape), m) * DTYPES[t.dtype].bits // 8)
+            d = DTYPES[t.dtype]
+            if m and d.has_stats:   # a GGML block tensor's unit is of its dequantized float32 values
+                big = max(big, quant.piece_multiple(tuple(t.shape), m) * (4 if d.kind == "block" else d.bits // 8))
         return big
 
     def _batches(self, tensors, where, masks, second) -> list[list[int]]:

@@ -91,7 +91,7 @@ def to_stats(rec: dict, row: int, dtype: str, quantiles: bool) -> dict:
     nfinite, mean, std, l2 = (float(x) for x in rec["moments"][row])
     if nonnan == 0:
         mn = mx = am = None
-    elif d.kind == "float":
+    elif d.kind in ("float", "block"):   # block: the dequantized float32 values
         mn, mx, am = (float(x) for x in rec["fext"][row])
     elif d.kind == "int":
         mn, mx = (int(x) for x in rec["iext"][row])

@@ -201,6 +201,22 @@ class ScaledMoments:
                 ldexp_finite(math.sqrt(max(self.ssq, 0.0)), self.exp))
 
 
+@functools.lru_cache(maxsize=None)
+def ggml_dequantizer(name: str):
+    """blocks (uint8, shape (n, block_bytes)) -> float32 values, by gguf-py's gguf.quants.dequantize for
+    the GGML type `name`; None when the gguf package is missing or cannot dequantize that type (its
+    tensors then get no statistics)."""
+    try:
+        import gguf.quants as gq
+        from gguf import GGMLQuantizationType
+    except ImportError:
+        return None
+    qtype = GGMLQuantizationType.__members__.get(name)
+    if qtype is None or qtype not in gq._type_traits:
+        return None
+    return lambda blocks: gq.dequantize(blocks, qtype)
+
+
 # ------------------------------------------------------------------------------------------------
 # the one chunk routine: an accumulator fed with consecutive chunks of one tensor
 
@@ -388,6 +404,10 @@ class NumpyEngine:
         if quant is not None:
             from ..quant.stream import run_quant
             qout = run_quant(tensors, quant)
+        from .block_types import block_types
+        kinds = block_types(tensors, self.name)
+        if kinds:
+            self.last_run["block_types"] = kinds
         return out, qout
 
     def run_stats(self, tensors: Sequence[TensorInfo], *, quantiles: bool = True,
@@ -407,7 +427,15 @@ class NumpyEngine:
             with open_source(path) as src:
                 for i in idxs:
                     t = tensors[i]
-                    if not DTYPES[t.dtype].has_stats:
+                    d = DTYPES[t.dtype]
+                    if d.kind == "block":   # None without a dequantizer (gguf missing, or no gguf.quants one)
+                        if ggml_dequantizer(t.dtype) is not None:
+                            results[i] = self._block_stats(src, t, d, quantiles)
+                        done += t.nbytes
+                        if progress is not None:
+                            progress(done)
+                        continue
+                    if not d.has_stats:
                         if t.nbytes:
                             done += t.nbytes
                             if progress is not None:
@@ -433,6 +461,25 @@ class NumpyEngine:
                     results[i] = acc.result()
         return results
 
+
+    @staticmethod
+    def _block_stats(src, t: TensorInfo, d, quantiles: bool) -> dict:
+        """Statistics of a GGML block-quantized tensor: whole blocks (about CHUNK_ELEMENTS elements per
+        chunk) dequantized by gguf.quants.dequantize to float32, then reduced as an F32 tensor."""
+        if t.nbytes != t.numel // d.block * d.block_bytes or t.numel % d.block:
+            raise ValueError(f"tensor {t.name!r}: {t.nbytes} bytes for {t.numel} {t.dtype} elements")
+        dequantize = ggml_dequantizer(t.dtype)
+        acc = _Accumulator("F32", quantiles)
+        step = max(int(CHUNK_ELEMENTS) // d.block, 1) * d.block_bytes
+        pos = 0
+        while pos < t.nbytes:
+            want = min(step, t.nbytes - pos)
+            buf = bytearray(want)
+            src.readinto_at(memoryview(buf), t.offset + pos)
+            blocks = np.frombuffer(buf, dtype=np.uint8).reshape(-1, d.block_bytes)
+            acc.update(np.ascontiguousarray(dequantize(blocks), dtype=np.float32).reshape(-1).view("<u4"))
+            pos += want
+        return acc.result()
 
     def array_quant(self, x: np.ndarray, scheme, *, want_values: bool, tensor_absmax: float | None = None):
         """The reference quantizer (paramkit.quant.numpy_quant) on the float32 array `x`."""

@@ -105,7 +105,8 @@ class NamePatterns:
                 pos[q, :len(x)] = x
                 have[q, :len(x)] = True
             code = self.code
-            d = self._buf[self._starts[:, None] + pos[code]] - np.uint8(48)
+            # clip: an empty last name starts at len(buf); its missing digits are zeroed below anyway
+            d = np.take(self._buf, self._starts[:, None] + pos[code], mode="clip") - np.uint8(48)
             d[~have[code]] = 0
             np.cumsum(d * _POW10[width - 1::-1], axis=1, out=self._cum[:, 1:])
         self._index: dict[str, int] | None = None

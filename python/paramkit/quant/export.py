@@ -212,6 +212,11 @@ def fake_quantize_file(path, scheme: str | Scheme, out, *, quant_tensors=None, b
     src = os.fspath(path)
     dst = os.fspath(out)
     table = open_table(src)
+    blocks = sorted({t.dtype for t in table.tensors if DTYPES[t.dtype].kind == "block"})
+    if blocks:   # a safetensors file has no dtype for them, and writing them back as GGUF is not done here
+        raise ValueError(f"{src!r} holds GGML block-quantized tensors ({', '.join(blocks)}): the export writes "
+                         "safetensors, which has no dtype for them; paramkit quant without --out (scan(quant=...)) "
+                         "measures the schemes on their dequantized values")
     if len(table.files) != 1:
         raise ValueError(f"fake_quantize_file exports one weight file; {src!r} is a sharded model "
                          f"of {len(table.files)} files: export each shard file on its own (every scheme "

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 from ..dtypes import DTYPES
+from ..backends.block_types import values_readable
 from .schemes import Scheme
 
 # engine ids of cpp/include/paramkit/quant.hpp QuantKind
@@ -17,8 +18,9 @@ DEFAULT_POLICY = "floating-point parameters with 2 or more dimensions (norms, bi
 
 
 def default_quant_policy(name: str, dtype: str, shape: Sequence[int], role: str) -> bool:
-    """The default: floating-point parameters with 2+ dimensions, as the common tools do."""
-    return role == "parameter" and DTYPES[dtype].kind == "float" and len(shape) >= 2
+    """The default: floating-point parameters with 2+ dimensions, as the common tools do (GGML block tensors
+    are floating-point too: the schemes take their dequantized values)."""
+    return role == "parameter" and DTYPES[dtype].kind in ("float", "block") and len(shape) >= 2
 
 
 def engine_kind(s: Scheme) -> tuple[int, int]:
@@ -77,8 +79,7 @@ def make_plan(tensors, roles: Sequence[str], schemes: Sequence[Scheme], quant_te
             rx = re.compile(quant_tensors)
         except re.error as e:
             raise ValueError(f"quant_tensors: {quant_tensors!r} is not a valid regular expression ({e})") from None
-        pick = lambda name, dtype, shape, role: bool(rx.search(name)) and DTYPES[dtype].kind == "float" \
-            and DTYPES[dtype].has_stats
+        pick = lambda name, dtype, shape, role: bool(rx.search(name)) and values_readable(dtype)
         policy = f"floating-point tensors whose name matches /{quant_tensors}/"
     elif callable(quant_tensors):
         pick = quant_tensors
@@ -88,8 +89,7 @@ def make_plan(tensors, roles: Sequence[str], schemes: Sequence[Scheme], quant_te
     masks, na = [], {}
     for i, (t, role) in enumerate(zip(tensors, roles)):
         mask = 0
-        d = DTYPES[t.dtype]
-        if d.kind == "float" and d.has_stats and role not in ("buffer", "quant_state") and \
+        if values_readable(t.dtype) and role not in ("buffer", "quant_state") and \
                 pick(t.name, t.dtype, tuple(t.shape), role):
             for k, s in enumerate(schemes):
                 try:

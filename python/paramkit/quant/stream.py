@@ -2,11 +2,12 @@
 reference (the numpy backend's quant pass, and the oracle the native fused pass is tested against)."""
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
 
-from ..backends.numpy_backend import decode
+from ..backends.numpy_backend import decode, ggml_dequantizer
 from ..dtypes import DTYPES
 from ..sources import open_source
 from ..table import TensorInfo
@@ -16,11 +17,22 @@ from .plan import QuantPlan
 CHUNK_ELEMENTS = 1 << 21
 
 
+def _bytes_of(t: TensorInfo, count: int) -> int:
+    """The stored bytes of `count` elements of tensor t (whole GGML blocks for a block type)."""
+    d = DTYPES[t.dtype]
+    return count // d.block * d.block_bytes if d.kind == "block" else count * (d.bits // 8)
+
+
 def read_values(src, t: TensorInfo, start: int, count: int) -> np.ndarray:
     """Elements [start, start+count) of tensor t, read through the source `src` (paramkit.sources), as
-    float32 (F64 rounds, the rest is exact)."""
-    es = DTYPES[t.dtype].bits // 8
-    raw = np.frombuffer(src.read_at(t.offset + start * es, count * es), dtype=np.uint8)
+    float32 (F64 rounds, the rest is exact; a GGML block type's dequantized values by gguf.quants, start and
+    count then whole blocks)."""
+    d = DTYPES[t.dtype]
+    raw = np.frombuffer(src.read_at(t.offset + _bytes_of(t, start), _bytes_of(t, count)), dtype=np.uint8)
+    if d.kind == "block":
+        if start % d.block or count % d.block:
+            raise ValueError(f"tensor {t.name!r}: {t.dtype} values are read in whole blocks of {d.block}")
+        return np.asarray(ggml_dequantizer(t.dtype)(raw.reshape(-1, d.block_bytes)), dtype=np.float32).reshape(-1)
     return np.asarray(decode(raw, t.dtype), dtype=np.float32)
 
 
@@ -39,7 +51,7 @@ def tensor_quant_sums(t: TensorInfo, plan: QuantPlan, mask: int, progress=None) 
     """{scheme id: error sums} for the schemes of `mask`, chunk by chunk (chunks start at the
     plan's piece multiple, so every group, row and channel is whole)."""
     shape = tuple(t.shape)
-    pm = plan.piece_multiple(shape, mask)
+    pm = math.lcm(plan.piece_multiple(shape, mask), DTYPES[t.dtype].block)   # whole GGML blocks too
     step = max(pm, CHUNK_ELEMENTS // pm * pm)
     picked = [s for k, s in enumerate(plan.schemes) if mask >> k & 1]
     out = {s.id: empty_error_sums() for s in picked}
@@ -53,7 +65,7 @@ def tensor_quant_sums(t: TensorInfo, plan: QuantPlan, mask: int, progress=None) 
                 sums = error_sums(view, s, tensor_absmax=absmax if s.needs_tensor_absmax else None)
                 out[s.id] = merge_error(out[s.id], sums)
             if progress:
-                progress(n * (DTYPES[t.dtype].bits // 8))
+                progress(_bytes_of(t, n))
     return out
 
 
