@@ -29,7 +29,7 @@ namespace {
 // ---------------------------------------------------------------- kernels
 
 // The dtype a task's values are reduced as: float32 for a GGML block type (dequantized first), else its own.
-PK_HD PK_INLINE int reduced(int dt) { return ggml_type_of_dtype(dt) >= 0 ? F32 : dt; }
+PK_HD PK_INLINE int reduced(int dt) { return storage_unit(dt).values; }
 
 __global__ void __launch_bounds__(kThreads) stats_kernel(const Work* work, PieceStats* part, uint32_t* hist) {
   const Work w = work[blockIdx.x];
@@ -420,10 +420,10 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
       const Task& T = tasks[t];
       // a unit: es bytes read, el values (one element, or one GGML block dequantized to el float32 values
       // at vp in d_deq; from there on the values are F32 for statistics, quantization and the hold arena)
-      const int gt = ggml_type_of_dtype(T.dtype);
-      const uint64_t es = gt >= 0 ? uint64_t(ggml_block(gt).bytes) : uint64_t(dtype_size(T.dtype));
-      const uint64_t el = gt >= 0 ? uint64_t(ggml_block(gt).elements) : 1;
-      const int vdt = reduced(T.dtype);
+      const StorageUnit su = storage_unit(T.dtype);
+      const int gt = su.ggml;
+      const uint64_t es = su.bytes, el = su.elements;
+      const int vdt = su.values;
       const uint64_t ves = uint64_t(dtype_size(vdt));   // bytes per value
       const bool dev = T.dev != nullptr, quant = T.quant_mask != 0;
       const uint64_t at = dev ? 0 : (pos + 15) / 16 * 16;

@@ -96,16 +96,12 @@ std::vector<Task> tasks_from_spec(const pybind11::array_t<int64_t, pybind11::arr
     t.numel = uint64_t(s(i, 3)); t.dtype = int(s(i, 4)); t.quant_mask = uint32_t(s(i, 5));
     t.row_len = uint64_t(std::max<int64_t>(1, s(i, 6))); t.chan_len = uint64_t(std::max<int64_t>(1, s(i, 7)));
     t.piece_multiple = uint64_t(std::max<int64_t>(1, s(i, 8))); t.tensor_absmax = float(a(i));
-    const int gt = ggml_type_of_dtype(t.dtype);
-    if ((t.dtype < 0 || t.dtype >= DTYPE_COUNT) && gt < 0) throw std::invalid_argument("bad dtype id");
-    if (gt >= 0) {
-      const GgmlBlock b = ggml_block(gt);
-      if (t.numel % uint64_t(b.elements) || t.nbytes != t.numel / uint64_t(b.elements) * uint64_t(b.bytes))
-        throw std::invalid_argument("nbytes != whole blocks of numel elements");
-    } else if (t.nbytes != t.numel * uint64_t(dtype_size(t.dtype))) {
-      throw std::invalid_argument("nbytes != numel * element size");
-    }
-    if (t.quant_mask && gt < 0 && !dtype_is_float(t.dtype)) throw std::invalid_argument("quantization needs a float dtype");
+    const bool block = ggml_type_of_dtype(t.dtype) >= 0;
+    if ((t.dtype < 0 || t.dtype >= DTYPE_COUNT) && !block) throw std::invalid_argument("bad dtype id");
+    const StorageUnit u = storage_unit(t.dtype);
+    if (t.numel % u.elements || t.nbytes != t.numel / u.elements * u.bytes)
+      throw std::invalid_argument("nbytes != numel * element size (whole blocks of a GGML block type)");
+    if (t.quant_mask && !dtype_is_float(u.values)) throw std::invalid_argument("quantization needs a float dtype");
     if (t.quant_mask >> std::min<size_t>(nschemes, 31)) throw std::invalid_argument("quant_mask names a missing scheme");
   }
   for (const ViewSpec& v : views) {

@@ -2,6 +2,7 @@
 #include "engine.hpp"
 
 #include <algorithm>
+#include <numeric>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -62,17 +63,6 @@ void dense_bins(int dt, bool prefix, const C* h, std::vector<Bin>& out) {
 // (h16_stats in kernels_impl.inl) beats the histogram's random scatter into 1 MiB of sub-histograms.
 bool histogram_path(int dt, bool quantiles) { return dtype_is_small(dt) && (quantiles || (dt != BF16 && dt != F16)); }
 
-// How a task's bytes are cut: GGML block types in whole blocks (each dequantized to float32 and then
-// reduced as F32), every other dtype in elements.
-struct Cut { int ggml; uint64_t unit_bytes, unit_elements; int reduced_dtype; };
-Cut cut_of(int dt) {
-  const int g = ggml_type_of_dtype(dt);
-  if (g < 0) return {-1, uint64_t(dtype_size(dt)), 1, dt};
-  const GgmlBlock b = ggml_block(g);
-  return {g, uint64_t(b.bytes), uint64_t(b.elements), F32};
-}
-uint64_t gcd_u64(uint64_t a, uint64_t b) { while (b) { uint64_t r = a % b; a = b; b = r; } return a; }
-
 }  // namespace
 
 const char* active_isa() { return select_kernels().isa; }
@@ -119,18 +109,18 @@ EngineOutput run_engine(const std::vector<std::string>& files, const std::vector
   std::unique_ptr<TaskState[]> st(new TaskState[tasks.size()]);
   for (uint32_t t = 0; t < tasks.size(); ++t) {
     const EngineTask& T = tasks[t];
-    const Cut c = cut_of(T.dtype);
-    uint64_t es = c.unit_bytes;                                   // bytes per element, or per block
+    const StorageUnit c = storage_unit(T.dtype);
+    uint64_t es = c.bytes;                                        // bytes per element, or per block
     uint64_t pm_el = std::max<uint64_t>(1, T.piece_multiple);     // in elements: whole rows / groups
-    uint64_t pm = pm_el / gcd_u64(pm_el, c.unit_elements);        // the same, in units (lcm / unit)
+    uint64_t pm = pm_el / std::gcd(pm_el, c.elements);            // the same, in units (lcm / unit)
     // units per piece: a block type's piece holds about as many (dequantized) values as an F32 piece
-    uint64_t pe = std::max<uint64_t>(1, c.ggml < 0 ? cb / es : cb / (4 * c.unit_elements));
+    uint64_t pe = std::max<uint64_t>(1, c.ggml < 0 ? cb / es : cb / (4 * c.elements));
     pe = std::max<uint64_t>(pm, pe / pm * pm);
     uint64_t pb = pe * es;
     uint32_t np = T.nbytes == 0 ? 1 : uint32_t((T.nbytes + pb - 1) / pb);
     st[t].npieces = np;
     st[t].left.store(np);
-    if (opt.stats && !histogram_path(c.reduced_dtype, qs != nullptr)) st[t].pieces.resize(np);
+    if (opt.stats && !histogram_path(c.values, qs != nullptr)) st[t].pieces.resize(np);
     if (T.quant_mask) { st[t].qpieces.resize(size_t(np) * size_t(ns)); st[t].qabsmax.assign(np, 0.0); }
     results[t].numel = T.numel;
     for (uint32_t k = 0; k < np; ++k) {
@@ -247,12 +237,12 @@ EngineOutput run_engine(const std::vector<std::string>& files, const std::vector
         TaskState& S = st[pc.task];
         const uint8_t* p = base + pos;
         pos += pc.nbytes;
-        const Cut c = cut_of(T.dtype);
-        const int dt = c.reduced_dtype;
-        uint64_t n = pc.nbytes / c.unit_bytes * c.unit_elements;
+        const StorageUnit c = storage_unit(T.dtype);
+        const int dt = c.values;
+        uint64_t n = pc.nbytes / c.bytes * c.elements;
         if (c.ggml >= 0) {   // whole blocks -> float32, then everything below runs as for an F32 piece
           dequant.resize(n);
-          K.dequantize(c.ggml, p, size_t(pc.nbytes / c.unit_bytes), dequant.data());
+          K.dequantize(c.ggml, p, size_t(pc.nbytes / c.bytes), dequant.data());
           p = reinterpret_cast<const uint8_t*>(dequant.data());
         }
         bool small = opt.stats && histogram_path(dt, qs != nullptr);

@@ -176,6 +176,17 @@ PK_HD PK_INLINE int ggml_type_of_dtype(int dt) {
   return dt >= GGML_DTYPE_BASE && ggml_block(dt - GGML_DTYPE_BASE).elements ? dt - GGML_DTYPE_BASE : -1;
 }
 
+// How the engines cut a task's bytes: units of `bytes` bytes holding `elements` values of dtype `values`
+// (a GGML block type: whole blocks, dequantized to float32 and then reduced and quantized as F32; every other
+// dtype: single elements of its own). The one place both engines and the task checks derive this from.
+struct StorageUnit { int ggml; uint64_t bytes, elements; int values; };
+PK_HD PK_INLINE StorageUnit storage_unit(int dt) {
+  const int g = ggml_type_of_dtype(dt);
+  if (g < 0) return {-1, uint64_t(dtype_size(dt)), 1, dt};
+  const GgmlBlock b = ggml_block(g);
+  return {g, uint64_t(b.bytes), uint64_t(b.elements), F32};
+}
+
 // One block of type t at `block` -> ggml_block(t).elements floats at y (t must be one of the above).
 PK_HD PK_INLINE void ggml_dequantize_block(int t, const uint8_t* block, float* y) {
   switch (t) {

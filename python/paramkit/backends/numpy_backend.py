@@ -217,6 +217,17 @@ def ggml_dequantizer(name: str):
     return lambda blocks: gq.dequantize(blocks, qtype)
 
 
+def block_values(src, t: TensorInfo, start: int, count: int) -> np.ndarray:
+    """Elements [start, start+count) of the GGML block tensor t (whole blocks), read through `src` and
+    dequantized by gguf.quants to float32 (the numpy backend's statistics and quantization stream)."""
+    d = DTYPES[t.dtype]
+    if start % d.block or count % d.block:
+        raise ValueError(f"tensor {t.name!r}: {t.dtype} values are read in whole blocks of {d.block}")
+    raw = np.frombuffer(src.read_at(t.offset + start // d.block * d.block_bytes, count // d.block * d.block_bytes),
+                        dtype=np.uint8)
+    return np.asarray(ggml_dequantizer(t.dtype)(raw.reshape(-1, d.block_bytes)), dtype=np.float32).reshape(-1)
+
+
 # ------------------------------------------------------------------------------------------------
 # the one chunk routine: an accumulator fed with consecutive chunks of one tensor
 
@@ -468,17 +479,10 @@ class NumpyEngine:
         chunk) dequantized by gguf.quants.dequantize to float32, then reduced as an F32 tensor."""
         if t.nbytes != t.numel // d.block * d.block_bytes or t.numel % d.block:
             raise ValueError(f"tensor {t.name!r}: {t.nbytes} bytes for {t.numel} {t.dtype} elements")
-        dequantize = ggml_dequantizer(t.dtype)
         acc = _Accumulator("F32", quantiles)
-        step = max(int(CHUNK_ELEMENTS) // d.block, 1) * d.block_bytes
-        pos = 0
-        while pos < t.nbytes:
-            want = min(step, t.nbytes - pos)
-            buf = bytearray(want)
-            src.readinto_at(memoryview(buf), t.offset + pos)
-            blocks = np.frombuffer(buf, dtype=np.uint8).reshape(-1, d.block_bytes)
-            acc.update(np.ascontiguousarray(dequantize(blocks), dtype=np.float32).reshape(-1).view("<u4"))
-            pos += want
+        step = max(int(CHUNK_ELEMENTS) // d.block, 1) * d.block
+        for start in range(0, t.numel, step):
+            acc.update(block_values(src, t, start, min(step, t.numel - start)).view("<u4"))
         return acc.result()
 
     def array_quant(self, x: np.ndarray, scheme, *, want_values: bool, tensor_absmax: float | None = None):

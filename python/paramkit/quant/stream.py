@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..backends.numpy_backend import decode, ggml_dequantizer
+from ..backends.numpy_backend import block_values, decode
 from ..dtypes import DTYPES
 from ..sources import open_source
 from ..table import TensorInfo
@@ -27,12 +27,10 @@ def read_values(src, t: TensorInfo, start: int, count: int) -> np.ndarray:
     """Elements [start, start+count) of tensor t, read through the source `src` (paramkit.sources), as
     float32 (F64 rounds, the rest is exact; a GGML block type's dequantized values by gguf.quants, start and
     count then whole blocks)."""
-    d = DTYPES[t.dtype]
-    raw = np.frombuffer(src.read_at(t.offset + _bytes_of(t, start), _bytes_of(t, count)), dtype=np.uint8)
-    if d.kind == "block":
-        if start % d.block or count % d.block:
-            raise ValueError(f"tensor {t.name!r}: {t.dtype} values are read in whole blocks of {d.block}")
-        return np.asarray(ggml_dequantizer(t.dtype)(raw.reshape(-1, d.block_bytes)), dtype=np.float32).reshape(-1)
+    if DTYPES[t.dtype].kind == "block":
+        return block_values(src, t, start, count)
+    es = DTYPES[t.dtype].bits // 8
+    raw = np.frombuffer(src.read_at(t.offset + start * es, count * es), dtype=np.uint8)
     return np.asarray(decode(raw, t.dtype), dtype=np.float32)
 
 
