@@ -29,8 +29,7 @@ def read_values(src, t: TensorInfo, start: int, count: int) -> np.ndarray:
     count then whole blocks)."""
     if DTYPES[t.dtype].kind == "block":
         return block_values(src, t, start, count)
-    es = DTYPES[t.dtype].bits // 8
-    raw = np.frombuffer(src.read_at(t.offset + start * es, count * es), dtype=np.uint8)
+    raw = np.frombuffer(src.read_at(t.offset + _bytes_of(t, start), _bytes_of(t, count)), dtype=np.uint8)
     return np.asarray(decode(raw, t.dtype), dtype=np.float32)
 
 
