@@ -1,7 +1,8 @@
 // pybind11 glue of the safetensors header fast path (cpp/src/safetensors_header.cpp): header bytes in,
 // columns out (numpy arrays, a list of names, the __metadata__ dict), or the reason it declined.
 // python/paramkit/formats/safetensors.py decides what to do with either. Also the GGUF string-array walker
-// (cpp/src/gguf_strings.hpp) that python/paramkit/formats/gguf_file.py calls on its read window.
+// (cpp/src/gguf_strings.hpp) that python/paramkit/formats/gguf_file.py calls on its read window, and the
+// name-pattern pass (cpp/src/name_patterns.hpp) behind python/paramkit/counting/patterns.py's NamePatterns.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -10,6 +11,7 @@
 #include <vector>
 
 #include "../src/gguf_strings.hpp"
+#include "../src/name_patterns.hpp"
 #include "../src/safetensors_header.hpp"
 
 namespace py = pybind11;
@@ -85,9 +87,46 @@ py::tuple walk_strings(const py::buffer& window, uint64_t pos, uint64_t count, b
   return py::make_tuple(w.done, w.pos);
 }
 
+// NamePatterns' columns of a list of names: (code int64[n], patterns list[str], cuts [(pattern, cut)],
+// masked digit positions per pattern, cum int64[n, width + 1]); None when a name is not an ASCII str without
+// NUL and newline characters (the Python class then keeps digits literal).
+py::object name_patterns_of(const py::list& names, int64_t max_masked) {
+  std::vector<std::string_view> views;
+  views.reserve(size_t(PyList_GET_SIZE(names.ptr())));
+  for (py::handle h : names) {
+    PyObject* s = h.ptr();
+    if (!PyUnicode_CheckExact(s) || !PyUnicode_IS_ASCII(s)) return py::none();
+    const char* p = reinterpret_cast<const char*>(PyUnicode_1BYTE_DATA(s));
+    const size_t len = size_t(PyUnicode_GET_LENGTH(s));
+    if (std::memchr(p, '\0', len) || std::memchr(p, '\n', len)) return py::none();
+    views.emplace_back(p, len);
+  }
+  if (views.empty()) return py::none();
+  NamePatternsOut out;
+  name_patterns(views, max_masked, out);   // the list holds the names: the views stay valid
+  py::list patterns;
+  for (const auto& s : out.patterns) patterns.append(py::str(s.data(), s.size()));
+  py::list cuts;
+  for (const auto& c : out.cuts) cuts.append(py::make_tuple(c.first, c.second));
+  py::list nul;
+  for (const auto& v : out.nul) {
+    py::list at;
+    for (int64_t k : v) at.append(k);
+    nul.append(at);
+  }
+  const py::ssize_t n = py::ssize_t(views.size()), w = py::ssize_t(out.width + 1);
+  py::array_t<int64_t> cum({n, w});
+  if (n * w) std::memcpy(cum.mutable_data(), out.cum.data(), size_t(n * w) * sizeof(int64_t));
+  return py::make_tuple(to_array(std::move(out.code)), patterns, cuts, nul, out.width, cum);
+}
+
 }  // namespace
 
 void register_header(py::module_& m) {
+  m.def("name_patterns", &name_patterns_of, py::arg("names"), py::arg("max_masked"),
+        "NamePatterns' pattern codes, patterns, refined patterns, masked digit positions and cumulative digit "
+        "columns of a list of names (python/paramkit/counting/patterns.py is the specification), or None "
+        "when a name is not ASCII or holds NUL or newline characters.");
   m.def("walk_gguf_strings", &walk_strings, py::arg("window"), py::arg("pos"), py::arg("count"),
         py::arg("big_endian"),
         "(strings walked, position after them): at most `count` GGUF strings (u64 length + bytes) of window[pos:], "

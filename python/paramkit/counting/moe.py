@@ -190,5 +190,8 @@ def _is_router(parts: list[str]) -> bool:
     return any(p in ("router", "switch_router") for p in parts[:-1])
 
 
+_DIGIT_RUN = re.compile(r"(\d+)")
+
+
 def _natural(s: str):
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", s)]
+    return [int(p) if p.isdigit() else p for p in _DIGIT_RUN.split(s)]

@@ -8,14 +8,30 @@ pattern. Names that are not all ASCII (or hold NUL or newline characters) are th
 literal; so are names with more than MAX_MASKED digits, and a leaf (last component) keeps its digits."""
 from __future__ import annotations
 
-import numpy as np
-
+import bisect
 import re
+
+import numpy as np
 
 MAX_MASKED = 18    # masked digits a pattern keeps: their value fits an int64
 _MASK = bytes.maketrans(b"0123456789", b"\0" * 10)
 _NUL = "\0"
 _POW10 = 10 ** np.arange(MAX_MASKED + 1, dtype=np.int64)
+_NON_DIGITS = re.compile(r"[^0-9]")
+_NO_DIGIT = re.compile(r"[^0-9\0\n]*\Z")   # an ASCII suffix without digits, NUL or newline characters
+
+
+def _native():
+    """paramkit._core's pass (cpp/src/name_patterns.hpp), None in a pure-Python install or an older _core."""
+    try:
+        from .. import _core
+    except ImportError:
+        return None
+    return getattr(_core, "name_patterns", None)
+
+
+# The tests set this to None to run the Python pass on the same names.
+_native_patterns = _native()
 
 
 class _Codes(dict):
@@ -65,6 +81,27 @@ class NamePatterns:
 
     def __init__(self, names: list[str]):
         self.names = names
+        self._index: dict[str, int] | None = None
+        got = _native_patterns(names, MAX_MASKED) if _native_patterns is not None and names else None
+        if got is not None:     # the same columns, computed by paramkit._core (cpp/src/name_patterns.hpp)
+            self.code, self.patterns, cuts, self._nul, self._width, self._cum = got
+            self._codes = _Codes(zip((p.encode("ascii") for p in self.patterns), range(len(self.patterns))))
+            self._refined = dict(cuts)
+            self.masked = True
+            self._group()
+        else:
+            self._in_python()
+
+    def _group(self) -> None:
+        """The members of each pattern (ascending) and the live patterns, from self.code."""
+        self._order = stable_argsort(self.code, len(self.patterns))
+        counts = np.bincount(self.code, minlength=len(self.patterns))
+        self._bounds = np.concatenate(([0], np.cumsum(counts)))
+        self.live = [p for p, k in enumerate(counts.tolist()) if k]     # the patterns with tensors
+
+    def _in_python(self) -> None:
+        """The specification of the native pass (and the fallback without paramkit._core)."""
+        names = self.names
         n = len(names)
         joined = "\n".join(names)
         self._codes = codes = _Codes()
@@ -75,21 +112,17 @@ class NamePatterns:
             buf = np.frombuffer(raw, dtype=np.uint8)
             newlines = np.flatnonzero(buf == 10)
         if newlines is not None and len(newlines) == n - 1:     # no name holds a newline
-            self._buf = buf
-            self._starts = np.concatenate(([0], newlines + 1))
+            self.masked = True
+            starts = np.concatenate(([0], newlines + 1))
             keys = raw.translate(_MASK).split(b"\n")
         else:
-            self._buf = self._starts = None
+            self.masked = False        # every pattern is a name (digits literal)
             keys = names
         self.code = np.fromiter(map(codes.__getitem__, keys), dtype=np.int64, count=n)
         self.patterns: list[str] = [k.decode("ascii") if type(k) is bytes else k for k in codes]
-        if self._buf is not None:
+        if self.masked:
             self._refine()
-        self.masked = self._buf is not None        # False: every pattern is a name (digits literal)
-        self._order = stable_argsort(self.code, len(self.patterns))
-        counts = np.bincount(self.code, minlength=len(self.patterns))
-        self._bounds = np.concatenate(([0], np.cumsum(counts)))
-        self.live = [p for p, k in enumerate(counts.tolist()) if k]     # the patterns with tensors
+        self._group()
         # the masked digits: _nul[p] their positions in pattern p (live patterns only)
         self._nul: list[list[int]] = [[] for _ in self.patterns]
         if self.masked:
@@ -106,10 +139,9 @@ class NamePatterns:
                 have[q, :len(x)] = True
             code = self.code
             # clip: an empty last name starts at len(buf); its missing digits are zeroed below anyway
-            d = np.take(self._buf, self._starts[:, None] + pos[code], mode="clip") - np.uint8(48)
+            d = np.take(buf, starts[:, None] + pos[code], mode="clip") - np.uint8(48)
             d[~have[code]] = 0
             np.cumsum(d * _POW10[width - 1::-1], axis=1, out=self._cum[:, 1:])
-        self._index: dict[str, int] | None = None
 
     def _refine(self) -> None:
         """Patterns with a masked digit in their leaf, or more than MAX_MASKED, get one pattern per distinct
@@ -160,9 +192,10 @@ class NamePatterns:
             if span is None:
                 continue
             a, b = span
-            ks = [k for k, at in enumerate(self._nul[p]) if a <= at < b]
-            if ks:
-                k1[p], k2[p] = ks[0], ks[-1] + 1
+            nul = self._nul[p]                  # the masked digits a <= at < b: nul[lo:hi] (positions ascend)
+            lo, hi = bisect.bisect_left(nul, a), bisect.bisect_left(nul, b)
+            if hi > lo:
+                k1[p], k2[p] = lo, hi
             elif number:
                 v = int(self.patterns[p][a:b])
                 if v >= 1 << 62 and const.dtype != object:     # literal digits beyond an int64: Python ints
@@ -177,8 +210,8 @@ class NamePatterns:
     def values(self, p: int, end: int) -> np.ndarray:
         """Per member of p, span_values of its first `end` characters."""
         m = self.members(p)
-        c = sum(1 for at in self._nul[p] if at < end)
-        return self._digits(m, 0, c) if c else np.zeros(len(m), dtype=np.int64)
+        c = bisect.bisect_left(self._nul[p], end)      # the masked digits before `end` (positions ascend)
+        return self._cum[m, c] // _POW10[self._width - c] if c else np.zeros(len(m), dtype=np.int64)
 
     def search(self, regexes: tuple[re.Pattern, re.Pattern], p: int):
         """regexes[1] (from digit_regex) matched on pattern p where digits are masked, else regexes[0]."""
@@ -197,9 +230,9 @@ class NamePatterns:
             head = self.patterns[p][:e]
             if self.masked and _NUL not in head:
                 # a refined pattern's literal digits, as a masked head and its digits' value
-                digits = [c for c in head if c.isdigit()]
+                digits = _NON_DIGITS.sub("", head)
                 if 0 < len(digits) <= MAX_MASKED:
-                    literal[p] = int("".join(digits))
+                    literal[p] = int(digits)
                     head = head.encode("ascii").translate(_MASK).decode("ascii")
             head_of[p] = heads.setdefault(head, len(heads))
         spans = [None if e is None or _NUL not in self.patterns[p][:e] else (0, e) for p, e in enumerate(ends)]
@@ -237,7 +270,7 @@ class NamePatterns:
 
     def find(self, name: str) -> int | None:
         """The index of the tensor called `name`, None without one."""
-        if self._buf is None:
+        if not self.masked:
             if self._index is None:
                 self._index = {s: i for i, s in enumerate(self.names)}
             return self._index.get(name)
@@ -263,8 +296,7 @@ class NamePatterns:
         out = np.full(len(m), -1, dtype=np.int64)
         pat = self.patterns[p]
         target = pat[:base_len] + suffix
-        if self._buf is not None and suffix.isascii() and not any(c.isdigit() or c == _NUL for c in suffix) \
-                and "\n" not in suffix:
+        if self.masked and suffix.isascii() and _NO_DIGIT.match(suffix):
             q = self._codes.get(target.encode("ascii"))
             if q is None:
                 return out          # no name has the sibling's pattern

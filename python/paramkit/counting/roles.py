@@ -65,6 +65,7 @@ def split_name(name: str) -> tuple[str, str]:
 
 
 _LAYER_PREFIX_RE = re.compile(r"^((?:[^.]*\.)*?\d+)\.")
+_DIGIT_RUNS = re.compile("\0+")      # masked digits of a NamePatterns pattern, run by run
 _LAYER_PATTERN_RE = digit_regex(_LAYER_PREFIX_RE.pattern)   # the same on NamePatterns patterns
 
 
@@ -285,6 +286,8 @@ class Classifier:
         self.detected: dict[str, int] = {}      # method detected from names -> tensors
         self.notes: list[str] = []
         self._events: list | None = None         # (tensor, order, method, count) while classify_columns runs
+        # _by_class: (pattern with digit runs as one NUL, dtype, shape) -> [(role, siblings record, events)]
+        self._decided: dict[tuple, list] = {}
         self._at = 0
 
     @functools.cached_property
@@ -432,44 +435,64 @@ class Classifier:
         return rc
 
     def _by_class(self, rc: RoleColumns, p: int, base: str, idx: np.ndarray, one_by_one: list) -> None:
-        """Roles of the tensors idx (of pattern p, one known dtype, no hint), one classify() per class."""
+        """Roles of the tensors idx (of pattern p, one known dtype, no hint), one classify() per class. A class
+        of a pattern that differs from an earlier one only in how many digits its numbers have (layers 1-9 and
+        10-99) takes that one's decision when its siblings are alike (classify() reads words, not digits)."""
         cols = self._table.columns
-        starts, ndim, dims = cols.starts(), cols.ndim, cols.dims
         members = self.patterns.members(p)
+        family = _DIGIT_RUNS.sub("\0", self.patterns.patterns[p])
         for group in _same_shape_groups(cols, idx):
             pending = group
+            key = (family, int(cols.dtype[pending[0]]), cols.shape(int(pending[0])))
+            decided = self._decided.setdefault(key, [])
             while len(pending):
                 rep = int(pending[0])
-                record: list = []
-                sub = Classifier(self._table, self.q)
-                sub.patterns = self.patterns
-                sub.by_name = _Siblings(sub, record)
-                sub._events, sub._at = [], rep
-                role = sub.classify(self.info(rep))
-                rbase = cols.names[rep][:len(base)]
-                if sub.notes or any(not q.startswith(rbase) for q, _ in record):
-                    one_by_one.append(pending)
-                    break
-                ok = np.ones(len(pending), dtype=bool)
                 at = np.searchsorted(members, pending)
-                for q, j in record:
-                    sib = self.patterns.sibling_indices(p, len(base), q[len(base):])[at]
-                    if j is None:
-                        ok &= sib < 0
-                        continue
-                    ok &= (sib >= 0) & (cols.dtype[sib] == cols.dtype[j]) & (ndim[sib] == ndim[j])
-                    for k in range(int(ndim[j])):
-                        ok &= np.where(ok, dims[np.where(ok, starts[sib], 0) + k], 0) == dims[starts[j] + k]
-                if not ok[0]:   # the representative is not its own class (two tensors of one name)
-                    one_by_one.append(pending)
-                    break
+                for role, record, events in decided:
+                    ok = self._siblings_alike(p, len(base), at, record)
+                    if ok[0]:
+                        break
+                else:
+                    record_names: list = []
+                    sub = Classifier(self._table, self.q)
+                    sub.patterns = self.patterns
+                    sub.by_name = _Siblings(sub, record_names)
+                    sub._events, sub._at = [], rep
+                    role = sub.classify(self.info(rep))
+                    rbase = cols.names[rep][:len(base)]
+                    if sub.notes or any(not q.startswith(rbase) for q, _ in record_names):
+                        one_by_one.append(pending)
+                        break
+                    record = [(q[len(base):], j) for q, j in record_names]
+                    ok = self._siblings_alike(p, len(base), at, record)
+                    if not ok[0]:   # the representative is not its own class (two tensors of one name)
+                        one_by_one.append(pending)
+                        break
+                    events = [(order, method) for _, order, method, _ in sub._events]
+                    decided.append((role, record, events))
                 same = pending[ok]
                 rc.kind[same] = rc.add_kind(role)
                 rc.code[same] = ROLE_CODE[role.role]
                 rc.logical[same] = role.logical_numel
-                for _, order, method, _ in sub._events:
+                for order, method in events:
                     self._events.append((rep, order, method, len(same)))
                 pending = pending[~ok]
+
+    def _siblings_alike(self, p: int, base_len: int, at: np.ndarray, record: list) -> np.ndarray:
+        """Per member at[k] of pattern p: whether each sibling name[:base_len] + suffix of `record` exists
+        exactly where it did for the decided representative (j None: absent) with j's dtype and shape."""
+        cols = self._table.columns
+        starts, ndim, dims = cols.starts(), cols.ndim, cols.dims
+        ok = np.ones(len(at), dtype=bool)
+        for suffix, j in record:
+            sib = self.patterns.sibling_indices(p, base_len, suffix)[at]
+            if j is None:
+                ok &= sib < 0
+                continue
+            ok &= (sib >= 0) & (cols.dtype[sib] == cols.dtype[j]) & (ndim[sib] == ndim[j])
+            for k in range(int(ndim[j])):
+                ok &= np.where(ok, dims[np.where(ok, starts[sib], 0) + k], 0) == dims[starts[j] + k]
+        return ok
 
     # --- the rules
     def classify(self, t: TensorInfo) -> TensorRole:
