@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -26,23 +27,30 @@ struct NamePatternsOut {
 // names[i] = (pointer, length) of ASCII bytes without NUL or newline (the caller checks).
 inline void name_patterns(const std::vector<std::string_view>& names, int64_t max_masked, NamePatternsOut& out) {
   const size_t n = names.size();
-  std::unordered_map<std::string, int64_t> codes;
+  // keys are views into `masked` (every name, digits masked, back to back: no allocation per name) and,
+  // for refined patterns, into strings of `refined_keys` (a deque: its strings never move)
+  size_t total = 0;
+  for (const auto& v : names) total += v.size();
+  std::string masked(total, '\0');
+  std::deque<std::string> refined_keys;
+  std::unordered_map<std::string_view, int64_t> codes;
   codes.reserve(256);
   out.code.assign(n, 0);
-  std::string key;
-  auto code_of = [&](const std::string& k) -> int64_t {   // copies the key only when it is new
+  auto code_of = [&](std::string_view k) -> int64_t {
     auto it = codes.find(k);
     if (it != codes.end()) return it->second;
     const int64_t c = int64_t(out.patterns.size());
-    out.patterns.push_back(k);
+    out.patterns.emplace_back(k);
     codes.emplace(k, c);
     return c;
   };
+  size_t at = 0;
   for (size_t i = 0; i < n; ++i) {
-    key.assign(names[i].data(), names[i].size());
-    for (char& ch : key)
-      if (ch >= '0' && ch <= '9') ch = '\0';
-    out.code[i] = code_of(key);
+    const std::string_view v = names[i];
+    char* key = &masked[at];
+    for (size_t k = 0; k < v.size(); ++k) key[k] = (v[k] >= '0' && v[k] <= '9') ? '\0' : v[k];
+    out.code[i] = code_of(std::string_view(key, v.size()));
+    at += v.size();
   }
   // refine: patterns with a masked digit in their leaf, or more than max_masked before it
   const size_t first_pass = out.patterns.size();
@@ -76,7 +84,7 @@ inline void name_patterns(const std::vector<std::string_view>& names, int64_t ma
       const size_t cut = size_t(pc.second);
       const std::string head = out.patterns[size_t(pc.first)].substr(0, cut);
       for (size_t i : members[size_t(pc.first)]) {
-        std::string k = head;
+        std::string& k = refined_keys.emplace_back(head);
         k.append(names[i].data() + cut, names[i].size() - cut);
         out.code[i] = code_of(k);
       }
