@@ -481,9 +481,11 @@ class Classifier:
     def _siblings_alike(self, p: int, base_len: int, at: np.ndarray, record: list) -> np.ndarray:
         """Per member at[k] of pattern p: whether each sibling name[:base_len] + suffix of `record` exists
         exactly where it did for the decided representative (j None: absent) with j's dtype and shape."""
+        ok = np.ones(len(at), dtype=bool)
+        if not record:
+            return ok
         cols = self._table.columns
         starts, ndim, dims = cols.starts(), cols.ndim, cols.dims
-        ok = np.ones(len(at), dtype=bool)
         for suffix, j in record:
             sib = self.patterns.sibling_indices(p, base_len, suffix)[at]
             if j is None:
