@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import socket
 import struct
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import quote, unquote, urlsplit
@@ -43,9 +45,19 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self) -> None:
+        owner = self.server.owner
         self.req_path = unquote(urlsplit(self.path).path)
         self.req_headers = {k.lower(): v for k, v in self.headers.items()}
-        self.server.owner.handle(self, self.req_path, self.req_headers)
+        with owner.lock:
+            owner.inflight += 1
+            owner.max_inflight = max(owner.max_inflight, owner.inflight)
+        try:
+            if owner.delay:
+                time.sleep(owner.delay)
+            owner.handle(self, self.req_path, self.req_headers)
+        finally:
+            with owner.lock:
+                owner.inflight -= 1
 
     # helpers for the owners: each logs the request before it answers (the client may look at once)
     def record(self, status: int, nbytes: int) -> tuple[int, int]:
@@ -84,6 +96,8 @@ class _Base:
     def __init__(self):
         self.lock = threading.Lock()
         self.log: list[Request] = []
+        self.delay = 0.0          # seconds each request waits before it is answered (to see concurrency)
+        self.inflight = self.max_inflight = 0
         self._httpd = _Server(("127.0.0.1", 0), _Handler)
         self._httpd.owner = self
         self.port = self._httpd.server_address[1]
@@ -132,6 +146,13 @@ class RangeServer(_Base):
     def add_file(self, path: str, local: str) -> str:
         with open(local, "rb") as f:
             return self.add(path, f.read())
+
+    def add_dir(self, prefix: str, local: str) -> str:
+        """Serve every file of the local directory `local` under `prefix`/; returns the directory's URL."""
+        for name in os.listdir(local):
+            if os.path.isfile(os.path.join(local, name)):
+                self.add_file(f"{prefix}/{name}", os.path.join(local, name))
+        return self.url(prefix)
 
     def fault(self, path: str, *faults: Fault) -> None:
         self.faults.setdefault("/" + path.lstrip("/"), []).extend(faults)

@@ -51,6 +51,7 @@ class Session:
         from .http import default_client
         self.client = client if client is not None else default_client()
         self.transfer = Transfer()
+        self.sizes: dict[str, int] = {}        # URL -> size of every object opened
         self.listings: dict[str, list[str]] = {}
         self.revision: dict | None = None      # hf://: {"repo", "revision", "commit"}
 
@@ -91,4 +92,6 @@ def open_url(url: str, **kw):
         return HttpFile(url, **kw)
     kw.setdefault("client", s.client)
     s.transfer.add(files=1)
-    return HttpFile(url, transfer=Transfer(s.transfer), **kw)
+    src = HttpFile(url, transfer=Transfer(s.transfer), **kw)
+    s.sizes[url] = src.size
+    return src

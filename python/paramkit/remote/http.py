@@ -122,15 +122,17 @@ class HttpClient:
         self.max_retry_after = max_retry_after
         self._tokens: dict[tuple, str] = {}
         from .. import __version__
+        self._agent = f"paramkit/{__version__}"
         self._pool = urllib3.PoolManager(num_pools=pool_size, maxsize=pool_size, retries=False,
-                                         timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout),
-                                         headers={"User-Agent": f"paramkit/{__version__}"})
+                                         timeout=urllib3.Timeout(connect=self.timeout, read=self.timeout))
         self._errors = (urllib3.exceptions.HTTPError, OSError)
 
     def set_token(self, url: str, token: str | None) -> None:
-        """Send `Authorization: Bearer token` to the origin of `url` (and only there)."""
+        """Send `Authorization: Bearer token` to the origin of `url` (and only there); None: send none."""
         if token:
             self._tokens[origin(url)] = f"Bearer {token}"
+        else:
+            self._tokens.pop(origin(url), None)
 
     def get(self, url: str, *, start: int | None = None, end: int | None = None, max_body: int | None = None,
             transfer: Transfer | None = None) -> Response:
@@ -154,7 +156,7 @@ class HttpClient:
 
     def _send(self, url: str, headers: dict, ranged: bool, max_body: int | None, transfer: Transfer) -> Response:
         """One hop, retried: 5xx and broken connections with exponential backoff, 429 after its Retry-After."""
-        h = dict(headers)
+        h = {"User-Agent": self._agent, **headers}
         token = self._tokens.get(origin(url))
         if token is not None:
             h["Authorization"] = token
