@@ -41,6 +41,10 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: "_Server"
 
+    def setup(self) -> None:
+        super().setup()   # headers and body go out in two writes: no Nagle wait on the second
+        self.request.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
     def log_message(self, *args) -> None:   # quiet
         pass
 

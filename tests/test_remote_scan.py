@@ -275,3 +275,24 @@ def test_cli_scan_and_plan_of_a_url(server, tmp_path, capsys):
     assert capsys.readouterr().out
     assert main(["scan", f"{base}/{name}"]) == 1
     assert "stats=False" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["pytorch", "npz"])
+def test_zip_headers_without_the_data(server, tmp_path, kind):
+    """A zip (torch.save, np.savez) whose members lie far apart: its directory from the end, the local headers
+    (and .npy headers) fetched together ahead of their reads, never the tensor data between them."""
+    d = tmp_path / f"zip-{kind}"
+    d.mkdir()
+    arrays = {f"layer.{i}.w": np.full((128, 256), i, np.float32) for i in range(30)}   # 128 KiB each
+    if kind == "pytorch":
+        import torch
+        torch.save({k: torch.from_numpy(v) for k, v in arrays.items()}, str(d / "pytorch_model.bin"))
+        name = "pytorch_model.bin"
+    else:
+        np.savez(str(d / "w.npz"), **arrays)
+        name = "w.npz"
+    size = (d / name).stat().st_size
+    _, transfer = _scan_both(server, d, name)
+    got = server.requests(f"zip-{kind}/{name}")
+    assert len(got) <= 2 + len(arrays) + 8          # first bytes, the end, the members' headers
+    assert sum(r.nbytes for r in got) < size // 10   # not the data

@@ -22,6 +22,9 @@ MAX_RETRY_AFTER = 60.0        # a 429 asking to wait longer than this is an erro
 MAX_REDIRECTS = 10
 FIRST_WINDOW = 100_000        # the first request of every file: bytes 0..99,999 (a safetensors header fits)
 MAX_WINDOW = 16 << 20         # read-ahead doubles per miss up to this
+SCATTER_WINDOW = 64 << 10     # a small read that does not continue the last fetch reads this much
+MERGE_GAP = 16 << 10          # prefetch: ranges closer than this are fetched as one (the gap with them)
+PREFETCH_WORKERS = 8
 CACHE_LIMIT = 64 << 20        # bytes of fetched ranges an HttpFile keeps
 _RETRY_STATUS = frozenset({500, 502, 503, 504})
 _REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
@@ -302,6 +305,7 @@ class HttpFile:
         self._blocks: list[tuple[int, bytes]] = []    # disjoint fetched ranges, sorted by start
         self._cached = 0
         self._window = window
+        self._next = 0            # where the last fetch ended: a miss there is a sequential read
         self._validator: str | None = None
         self.size: int = -1
         data = self._fetch(0, window)
@@ -363,6 +367,7 @@ class HttpFile:
         if len(r.data) != want_end - start:
             raise RemoteError(self.name, f"short body: {len(r.data):,} bytes for bytes {start:,}..{want_end - 1:,} "
                               "(truncated answer)", r.status)
+        self._next = want_end
         return r.data
 
     # ---- the cache -----------------------------------------------------------------------------------------
@@ -377,16 +382,19 @@ class HttpFile:
         self._cached += len(data)
 
     def _span(self, a: int, b: int) -> tuple[int, int]:
-        """The range to fetch for the uncached run a..b-1: for a small read the next window (read forward up to
-        the next cached block, or, near the end of the object, back from its end down to the previous cached
-        block), else the run itself."""
+        """The range to fetch for the uncached run a..b-1: for a small read a window (one that doubles per
+        miss when the read continues the last fetch, a sequential header; SCATTER_WINDOW for one elsewhere),
+        read forward up to the next cached block, or, near the end of the object, back from its end down to
+        the previous cached block; a larger read is fetched as asked."""
         prev_end = max((s + len(d) for s, d in self._blocks if s + len(d) <= a), default=0)
         next_start = min((s for s, _ in self._blocks if s >= b), default=self.size)
-        if b - a <= self.read_size:     # a small read: read ahead, a window that doubles per miss
+        if b - a > self.read_size:        # a read of a known length (a whole header): as asked
+            want = b - a
+        elif a == self._next:             # a sequential reader ran past the last fetch: double the window
             self._window = min(self._window * 2, MAX_WINDOW)
             want = self._window
-        else:                             # a read of a known length (a whole header): as asked
-            want = b - a
+        else:
+            want = SCATTER_WINDOW
         if self.size - a <= want and next_start == self.size:
             return max(prev_end, self.size - want, 0), self.size
         return a, min(max(b, a + want), next_start)
@@ -417,6 +425,32 @@ class HttpFile:
                 pos = run_end
                 self._keep(a, data)
             return bytes(out)
+
+    def _covered(self, a: int, b: int) -> bool:
+        return any(s <= a and b <= s + len(d) for s, d in self._blocks)
+
+    def prefetch(self, ranges) -> None:
+        """Fetch the (offset, length) ranges that are not cached ahead of their reads: coalesced (gaps under
+        MERGE_GAP) and at once by a bounded thread pool, so the scattered small reads of a zip's local headers
+        cost one round of parallel requests instead of one request after another."""
+        spans: list[list[int]] = []
+        with self._lock:
+            for a, n in sorted(ranges):
+                a, b = max(0, a), min(self.size, a + n)
+                if b <= a or self._covered(a, b):
+                    continue
+                if spans and a - spans[-1][1] <= MERGE_GAP:
+                    spans[-1][1] = max(spans[-1][1], b)
+                else:
+                    spans.append([a, b])
+        if not spans:
+            return
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(min(PREFETCH_WORKERS, len(spans)), thread_name_prefix="paramkit-prefetch") as pool:
+            got = list(pool.map(lambda span: self._fetch(*span), spans))
+        with self._lock:
+            for (a, _), data in zip(spans, got):
+                self._keep(a, data)
 
     def close(self) -> None:
         with self._lock:
