@@ -173,12 +173,16 @@ class HttpClient:
                 try:
                     status = r.status
                     if status in _RETRY_STATUS or status == 429:
-                        wait = self._retry_wait(url, r, attempt)
                         _discard(r)
+                        wait = self._retry_wait(url, r, attempt)
                     else:
                         data = self._body(url, r, ranged, max_body)
                         transfer.add(nbytes=len(data))
                         return Response(status, r.headers, data, url, r.reason or "")
+                except BaseException as e:
+                    if not isinstance(e, RemoteError):   # (those discarded the body themselves)
+                        r.close()    # a body not read to its end: the connection is not reused
+                    raise
                 finally:
                     r.release_conn()
             except self._errors as e:
