@@ -342,8 +342,10 @@ def test_corpus_covers_every_single_file_code():
     single_file = {c[4] for c in CORPUS} | {"file_too_short"}
     multi = {"no_weights", "index_ambiguous", "index_invalid", "shard_missing", "tensor_missing_from_shard",
              "tensor_duplicate", "tensor_not_in_index", "config_invalid"}
-    # every code of the safetensors reader and of the resolver (shards_mixed: tests/test_formats_resolver.py)
-    assert single_file | multi == (set(st.ERROR_CODES) | set(resolver.ERROR_CODES)) - {"shards_mixed"}
+    # every code of the safetensors reader and of the resolver (shards_mixed: tests/test_formats_resolver.py;
+    # the remote ones, shard_outside_model and url_not_a_file: tests/test_remote_scan.py)
+    assert single_file | multi == (set(st.ERROR_CODES) | set(resolver.ERROR_CODES)) - {
+        "shards_mixed", "shard_outside_model", "url_not_a_file"}
     assert set(st.ERROR_CODES) <= set(ERROR_CODES) and set(resolver.ERROR_CODES) <= set(ERROR_CODES)
     assert all(isinstance(v, str) and v for v in ERROR_CODES.values())
 

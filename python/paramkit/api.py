@@ -43,6 +43,10 @@ def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "au
     from .counting.ties import confirm_with_statistics
     from .formats import open_table
 
+    from .remote import is_url
+    if (stats or quant) and is_url(os.fspath(path)):
+        raise NotImplementedError("statistics over the network: not yet; download the file or use stats=False "
+                                  "(paramkit scan --no-stats), which reads the headers remotely")
     t0 = time.perf_counter()
     # gc paused while building ~10 acyclic objects per tensor (1M for a 100k-tensor header), not
     # during the data pass
@@ -108,7 +112,7 @@ def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "au
                             options={"stats": stats, "quantiles": quantiles if stats else None, "threads": threads,
                                      "strict": strict, **chosen_option},
                             timing=timing, engine_info=engine_info,
-                            quant_plan=plan)
+                            quant_plan=plan, transfer=table.transfer)
         if stats:
             report.aggregates = aggregate(report.tensors, counting.role_columns.counted.tolist())
         return report

@@ -430,7 +430,7 @@ def main(argv=None) -> int:
         what = f"{e.filename}: {e.strerror}" if e.filename is not None and e.strerror else str(e)
         print(f"paramkit: error: {what}", file=sys.stderr)
         return 1
-    except (BackendUnavailable, ValueError, TypeError, ImportError) as e:
+    except (BackendUnavailable, ValueError, TypeError, ImportError, NotImplementedError) as e:
         print(f"paramkit: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -144,6 +144,7 @@ class ScanReport:
     engine_info: dict = field(default_factory=dict)
     quant_plan: Any = None        # paramkit.quant.plan.QuantPlan of the scan, or None
     ignored_files: list[dict] = field(default_factory=list)   # {"file", "reason"}: weight files not used
+    transfer: dict | None = None  # remote scans: requests, bytes, retries, files (None for local files)
 
     def quantized_block_types(self) -> dict[str, dict]:
         """{GGML block type: {"tensors", "elements", "bits_per_weight"}} of the tensors the quant plan
@@ -259,6 +260,8 @@ class ScanReport:
         d["ignored_files"] = [dict(f) for f in self.ignored_files]
         d["timing"] = dict(self.timing)
         d["engine"] = dict(self.engine_info)
+        if self.transfer is not None:
+            d["transfer"] = dict(self.transfer)
         with gc_paused():   # 100k acyclic dicts for an MoE header: generational passes would double the time
             d["tensors"] = [t.to_dict() for t in self.tensors]
         return d

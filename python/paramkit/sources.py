@@ -1,7 +1,8 @@
 """Byte sources: the one place paramkit opens a weight file for its bytes. A source has a name (for
 messages and the report), a size, an identity (what a resumable job compares) and range reads: a local
 file (LocalFile), a member of a zip archive (ZipMember: stored members are a range of their archive,
-deflated ones are inflated as they are read, with bounded memory); remote objects plug in here. Format
+deflated ones are inflated as they are read, with bounded memory) and remote objects (paramkit.remote's
+HttpFile: range GETs, path None; open_source gives it for http(s) URLs). Format
 readers take a source; the numpy reference, the quantization stream and the export read tensor bytes
 through one, and the native engines get its local path and byte ranges (they pread the same file)."""
 from __future__ import annotations
@@ -202,6 +203,21 @@ class ZipMember:
         self.close()
 
 
-def open_source(path: str | os.PathLike) -> LocalFile:
-    """The source for `path` (a local file today; remote objects plug in here)."""
+def is_whole(source) -> bool:
+    """Whether `source` is a whole file or remote object (LocalFile, HttpFile), which tables name by its name,
+    rather than a part of another file (a zip member)."""
+    if getattr(source, "kind", None) == "http":
+        return True
+    return source.path is not None and source.path == source.name and not source.file_offset
+
+
+def open_source(path: str | os.PathLike, **kw) -> Source:
+    """The source for `path`: an http:// or https:// URL is a paramkit.remote HttpFile (range reads; needs the
+    `paramkit[remote]` extra; keywords go to it: timeout=, client=), anything else a LocalFile."""
+    if isinstance(path, str) and path.lower().startswith(("http://", "https://")):
+        from .remote import open_url
+        return open_url(path, **kw)
+    if isinstance(path, str) and path.lower().startswith("hf://"):
+        raise ValueError(f"{path}: an hf:// address names a model or a file of a hub repository; "
+                         "paramkit.scan and open_table resolve it (open_source takes a path or an http(s) URL)")
     return LocalFile(path)

@@ -326,6 +326,8 @@ class TensorTable:
         self.unreferenced_files = [] if unreferenced_files is None else unreferenced_files  # not in the index
         self.header_bytes = header_bytes        # bytes of headers read (all shards)
         self.ignored_files = [] if ignored_files is None else ignored_files   # {"file", "reason"}: not used, why
+        self.transfer: dict | None = None        # remote tables: requests and bytes of reading them (paramkit.remote)
+        self.file_sizes: dict[str, int] | None = None   # remote tables: each URL's size (no os.path.getsize)
         self._tensors = tensors                 # model order: shard order, then byte offset
         self._columns = columns
 

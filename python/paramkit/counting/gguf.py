@@ -57,9 +57,10 @@ def gguf_summary(table, rc: RoleColumns) -> dict:
     param_bytes = int(nbytes[is_param].sum())
     tensor_bytes = int(nbytes.sum())
     total_params = int(params.sum())
+    sizes = table.file_sizes     # remote files' sizes, from their range answers
     try:
-        file_bytes = sum(os.path.getsize(f) for f in table.files)
-    except OSError:      # a table not of files on this machine: no padding figure
+        file_bytes = sum(sizes[f] if sizes is not None else os.path.getsize(f) for f in table.files)
+    except (OSError, KeyError):      # a table not of files on this machine: no padding figure
         file_bytes = None
     ft = meta.get("general.file_type")
     return {

@@ -10,6 +10,7 @@ import os
 import re
 
 from ..dtypes import DTYPES
+from ..sources import is_whole
 from ..table import TensorColumns, TensorInfo, ViewLayout
 from .resolver import FileTable, Reader
 from .stored import ParsedArchive, StoredTensor, is_contiguous
@@ -44,8 +45,8 @@ def file_table(arch: ParsedArchive, path: str, size: int) -> FileTable:
 
 def _open_with(parse):
     def open_archive(source, strict: bool) -> FileTable:
-        if source.path is None or source.path != source.name or source.file_offset:
-            raise ValueError(f"{source.name}: the {parse.__name__} reader takes a whole local file "
+        if not is_whole(source):
+            raise ValueError(f"{source.name}: the {parse.__name__} reader takes a whole file "
                              "(the engines read its members at their offsets in it)")
         return file_table(parse(source), source.name, source.size)
     return open_archive

@@ -98,7 +98,8 @@ class GGUFHeader:
 
 
 class _Cursor:
-    """Sequential reads of a source in the file's byte order, through a window of about 1 MiB; every read past
+    """Sequential reads of a source in the file's byte order, through a window of about 1 MiB (or the source's
+    read_size: an HttpFile reads ahead in growing ranges itself); every read past
     `end` is FormatError gguf_truncated (never a short read, never a read outside the file)."""
 
     def __init__(self, source: Source, byteorder: str, pos: int = 0, end: int | None = None):
@@ -108,6 +109,7 @@ class _Cursor:
         self.end = source.size if end is None else end
         self._base = pos
         self._buf = b""
+        self._window = getattr(source, "read_size", _WINDOW)   # a remote source reads ahead itself
 
     def _need(self, n: int, what: str) -> memoryview:
         if n > self.end - self.pos:
@@ -116,7 +118,7 @@ class _Cursor:
         lo = self.pos - self._base
         if lo < 0 or lo + n > len(self._buf):
             self._base = self.pos
-            self._buf = self.src.read_at(self.pos, min(max(n, _WINDOW), self.end - self.pos))
+            self._buf = self.src.read_at(self.pos, min(max(n, self._window), self.end - self.pos))
             lo = 0
         self.pos += n
         return memoryview(self._buf)[lo:lo + n]

@@ -15,8 +15,10 @@ import numpy as np
 
 from ..dtypes import DTYPES
 from ..errors import FormatError
+from ..sources import is_whole
 from ..table import DTYPE_NAMES, TensorColumns, TensorInfo, ViewLayout
 from .gguf_file import GGUF_MAGIC, GGUFArray, parse_gguf
+from .locations import basename, dirname, is_file, join
 from .resolver import FileTable, Reader
 from .stored import StoredBlob, c_strides
 
@@ -47,13 +49,13 @@ def _text(v) -> str:
 
 def _open(source, strict: bool) -> FileTable:
     from .gguf_config import config_from_gguf
-    if source.path is None or source.path != source.name or source.file_offset:
-        raise ValueError(f"{source.name}: the GGUF reader takes a whole local file")
+    if not is_whole(source):
+        raise ValueError(f"{source.name}: the GGUF reader takes a whole file")
     h = parse_gguf(source)
     ts = h.tensors
     dims = [d for t in ts for d in reversed(t.ne)]
     columns = TensorColumns([t.name for t in ts], DTYPE_NAMES, np.array([_CODE[t.type_name] for t in ts], np.uint8),
-                            (source.path,), np.zeros(len(ts), np.uint32), [t.offset for t in ts],
+                            (source.name,), np.zeros(len(ts), np.uint32), [t.offset for t in ts],
                             [t.nbytes for t in ts], [t.numel for t in ts], [len(t.ne) for t in ts], dims)
     metadata = {k: _text(v) for k, v in h.metadata.items()}
     metadata["gguf.version"] = str(h.version)
@@ -84,7 +86,7 @@ def _big_endian_tensors(columns: TensorColumns) -> list[TensorInfo]:
 def split_files(path: str) -> list[str]:
     """All files of the model that GGUF file `path` belongs to, in split order: `path` alone unless its name
     is a split's (name-0000K-of-0000N.gguf), whose N files must all exist (gguf_split_missing)."""
-    d, name = os.path.split(path)
+    d, name = dirname(path), basename(path)
     m = _SPLIT_NAME.match(name)
     if m is None:
         return [path]
@@ -92,10 +94,10 @@ def split_files(path: str) -> list[str]:
     if not 1 <= int(m["no"]) <= count:
         raise FormatError("gguf_split_invalid", f"file name says split {int(m['no'])} of {count}", path=path)
     width = len(m["no"])
-    files = [os.path.join(d, f"{m['base']}-{k:0{width}d}-of-{m['count']}.gguf") for k in range(1, count + 1)]
+    files = [join(d, f"{m['base']}-{k:0{width}d}-of-{m['count']}.gguf") for k in range(1, count + 1)]
     for f in files:
-        if not os.path.isfile(f):
-            raise FormatError("gguf_split_missing", f"split {os.path.basename(f)} of this {count}-file model "
+        if not is_file(f):
+            raise FormatError("gguf_split_missing", f"split {basename(f)} of this {count}-file model "
                               "does not exist", path=path)
     return files
 

@@ -14,6 +14,8 @@ from typing import Any, Callable
 from ..errors import FormatError
 from ..sources import Source
 from ..table import TensorColumns, TensorInfo, TensorTable
+from .locations import (basename, dirname, has_query, is_file, is_url, join, leaves_directory, listable, listdir,
+                        normpath, urlsplit_path)
 
 # Codes raised here (formats.ERROR_CODES merges them with the readers' codes; the README prints them).
 ERROR_CODES: dict[str, str] = {
@@ -34,7 +36,14 @@ ERROR_CODES: dict[str, str] = {
                         "index assigns it to",
     "tensor_not_in_index": "a shard contains a tensor that the index does not list",
     "config_invalid": "config.json beside the weights is not a valid JSON object",
+    "shard_outside_model": "a remote index's weight_map names a file outside the index's directory (an absolute "
+                           "URL or path, another host or repository, a '..' part): refused, so that no request "
+                           "(and no token) goes elsewhere; in a local index such a name is index_invalid",
+    "url_not_a_file": "an http(s) URL names a directory (it ends in '/'): a plain HTTP server gives no file list; "
+                      "pass the URL of the weight file or of its index, or an hf:// address",
 }
+
+_REMOTE_WORKERS = 8             # shards of one remote model whose headers are fetched at once
 
 _INDEX_MAX_SIZE = 100_000_000   # a *.index.json or config.json larger than this is not one
 
@@ -96,7 +105,7 @@ def _reader_for_file(path: str, head: bytes, readers: list[Reader]) -> Reader:
     does not read is unsupported_format; else the file's extension decides, and an unknown extension goes
     to the safetensors reader (whose own checks say what is wrong)."""
     from .known_magics import identify_unsupported, unsupported_format_error
-    name = os.path.basename(path)
+    name = basename(path)
     for r in readers:
         if r.sniff(head, name):
             return r
@@ -153,9 +162,19 @@ def read_config(path: str) -> dict:
     return cfg
 
 
-def _read_config(directory: str) -> dict | None:
-    cpath = os.path.join(directory, "config.json")
-    return read_config(cpath) if os.path.isfile(cpath) else None
+def _read_config(directory: str | None) -> dict | None:
+    """config.json in `directory` when there is one (None: no directory to look in, a signed URL's)."""
+    if directory is None:
+        return None
+    cpath = join(directory, "config.json")
+    if not is_url(directory):
+        return read_config(cpath) if os.path.isfile(cpath) else None
+    if not is_file(cpath):
+        return None
+    try:
+        return read_config(cpath)
+    except (FileNotFoundError, PermissionError):   # a plain server without one (403: a store hiding absence)
+        return None
 
 
 # ---- merging files -------------------------------------------------------------------------------------------
@@ -164,7 +183,33 @@ def _merge_meta(into: dict[str, str], meta: dict[str, str]) -> None:
         into.setdefault(k, v)  # first file wins
 
 
-def _read_files(files: list[str], strict: bool) -> tuple[str, list[FileTable], dict, int]:
+def _tables(files: list[str], strict: bool, index: str | None):
+    """The files' FileTables in order: local files read one by one as they are asked for; remote files' headers
+    fetched at once by a bounded thread pool (each in the caller's remote session), errors raised in file order.
+    `index`: the index naming them, whose missing remote shards are shard_missing."""
+    if len(files) < 2 or not is_url(files[0]):
+        yield from (read_weight_file(fp, strict) for fp in files)
+        return
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+    from ..remote.http import RemoteNotFound
+    with ThreadPoolExecutor(min(_REMOTE_WORKERS, len(files)), thread_name_prefix="paramkit-remote") as pool:
+        futures = [pool.submit(contextvars.copy_context().run, read_weight_file, fp, strict) for fp in files]
+        try:
+            for fp, fut in zip(files, futures):
+                try:
+                    yield fut.result()
+                except RemoteNotFound as e:
+                    if index is None:
+                        raise
+                    raise _err("shard_missing", f"shard file does not exist ({e.strerror}); the index "
+                               f"{basename(index)} assigns tensors to it", fp) from None
+        finally:
+            for fut in futures:
+                fut.cancel()
+
+
+def _read_files(files: list[str], strict: bool, index: str | None = None) -> tuple[str, list[FileTable], dict, int]:
     """(format, the files' tables, merged metadata, header bytes) of the weight files of one model; a tensor
     name in two files is tensor_duplicate; files of different formats are shards_mixed."""
     parts: list[FileTable] = []
@@ -172,8 +217,7 @@ def _read_files(files: list[str], strict: bool) -> tuple[str, list[FileTable], d
     header_bytes = 0
     where: dict[str, str] = {}
     fmt = None
-    for fp in files:
-        ft = read_weight_file(fp, strict)
+    for fp, ft in zip(files, _tables(files, strict, index)):
         if fmt is None:
             fmt = ft.format
         elif ft.format != fmt:
@@ -201,12 +245,12 @@ def _table(user_path: str, fmt: str, files: list[str], parts: list[FileTable], *
     return TensorTable(path=user_path, format=fmt, files=list(files), tensors=tensors, **kw)
 
 
-def _model_config(parts: list[FileTable], directory: str) -> dict | None:
+def _model_config(parts: list[FileTable], directory: str | None) -> dict | None:
     """The model's config: what its first file carries (GGUF metadata), else config.json beside the weights."""
     return parts[0].config if parts and parts[0].config is not None else _read_config(directory)
 
 
-def _open_files(user_path: str, files: list[str], directory: str, strict: bool,
+def _open_files(user_path: str, files: list[str], directory: str | None, strict: bool,
                 ignored: list[dict]) -> TensorTable:
     fmt, parts, metadata, header_bytes = _read_files(files, strict)
     _reader_of_format(fmt).check_files(files, parts)
@@ -227,23 +271,27 @@ def _open_index(user_path: str, index_path: str, strict: bool, ignored: list[dic
     if index_meta is not None and type(index_meta) is not dict:
         raise _err("index_invalid", f"'metadata' is {_show(index_meta)}; expected an object", index_path)
 
-    base = os.path.dirname(index_path)
-    shard_of_value: dict[str, str] = {}     # weight_map value -> absolute shard path
+    base = dirname(index_path)
+    remote = is_url(base)
+    shard_of_value: dict[str, str] = {}     # weight_map value -> absolute shard path (or URL)
     for name, v in wm.items():
         if type(v) is str and v in shard_of_value:
             continue
+        if remote and type(v) is str and v and leaves_directory(v):
+            raise _err("shard_outside_model", f"weight_map assigns the tensor to {_show(v)}, outside the index's "
+                       "directory; a remote index may only name files beside it or below it", index_path, name)
         if type(v) is not str or not v or os.path.isabs(v) or ".." in re.split(r"[\\/]", v):
             raise _err("index_invalid", f"weight_map assigns the tensor to {_show(v)}; expected a shard file "
                        "name relative to the index's directory", index_path, name)
-        shard_of_value[v] = os.path.normpath(os.path.join(base, v))
+        shard_of_value[v] = join(base, v) if remote else os.path.normpath(os.path.join(base, v))
     shards = list(dict.fromkeys(shard_of_value.values()))  # order of first appearance in weight_map
     for sp in shards:
-        if not os.path.isfile(sp):
+        if not is_file(sp):
             example = next(k for k, v in wm.items() if shard_of_value[v] == sp)
             raise _err("shard_missing", f"shard file does not exist (or is not a file); the index "
-                       f"{os.path.basename(index_path)} assigns tensors to it, e.g. {example!r}", sp)
+                       f"{basename(index_path)} assigns tensors to it, e.g. {example!r}", sp)
 
-    fmt, parts, metadata, header_bytes = _read_files(shards, strict)
+    fmt, parts, metadata, header_bytes = _read_files(shards, strict, index_path)
     # Design choice: a shard tensor the index does not list is an error (tensor_not_in_index): the
     # index is the model's table of contents, and a loader going by it would silently skip the tensor.
     found = 0
@@ -252,7 +300,7 @@ def _open_index(user_path: str, index_path: str, strict: bool, ignored: list[dic
             v = wm.get(name)
             if v is None:
                 raise _err("tensor_not_in_index", f"shard contains a tensor that the index "
-                           f"{os.path.basename(index_path)} does not list", sp, name)
+                           f"{basename(index_path)} does not list", sp, name)
             if shard_of_value[v] != sp:
                 raise _err("tensor_duplicate", f"tensor is stored in this shard, but the index assigns it to "
                            f"{v}", sp, name)
@@ -266,7 +314,8 @@ def _open_index(user_path: str, index_path: str, strict: bool, ignored: list[dic
 
     reader = next(r for r in _readers() if r.format == fmt)
     referenced = set(shards)
-    unreferenced = [p for p in _weight_files(base, reader) if os.path.normpath(p) not in referenced]
+    unreferenced = [p for p in _weight_files(base, reader) if normpath(p) not in referenced] \
+        if listable(base) else []
     return _table(user_path, fmt, shards, parts, metadata=metadata, index_metadata=index_meta,
                   config=_read_config(base), unreferenced_files=unreferenced, ignored_files=list(ignored or []),
                   header_bytes=header_bytes)
@@ -276,16 +325,16 @@ def _open_index(user_path: str, index_path: str, strict: bool, ignored: list[dic
 def _weight_files(directory: str, reader: Reader, names: list[str] | None = None) -> list[str]:
     """Absolute paths of the regular files of `directory` that `reader` takes by name, sorted by name."""
     out = []
-    for name in names if names is not None else sorted(os.listdir(directory)):
+    for name in names if names is not None else listdir(directory):
         if name.lower().endswith(reader.extensions):
-            p = os.path.join(directory, name)
-            if os.path.isfile(p):
+            p = join(directory, name)
+            if is_file(p):
                 out.append(p)
     return out
 
 
 def _indexes(directory: str, reader: Reader, names: list[str]) -> list[str]:
-    return [n for n in names if n.endswith(reader.index_suffix) and os.path.isfile(os.path.join(directory, n))]
+    return [n for n in names if n.endswith(reader.index_suffix) and is_file(join(directory, n))]
 
 
 def _unsupported_in(directory: str, names: list[str], most: int = 64) -> list[str]:
@@ -294,6 +343,8 @@ def _unsupported_in(directory: str, names: list[str], most: int = 64) -> list[st
     from ..sources import open_source
     from .known_magics import HEAD_BYTES, identify_unsupported
     found = set()
+    if is_url(directory):    # a hub repository: not worth a request per file for a hint
+        return []
     for n in names[:most]:
         p = os.path.join(directory, n)
         if not os.path.isfile(p):
@@ -312,7 +363,7 @@ def _unsupported_in(directory: str, names: list[str], most: int = 64) -> list[st
 def _open_directory(user_path: str, ap: str, strict: bool) -> TensorTable:
     """The model in a directory: the first format (in precedence order) with an index or weight files wins;
     the other formats' files are listed in ignored_files with the reason."""
-    names = sorted(os.listdir(ap))
+    names = listdir(ap)
     readers = _readers()
     found = [(r, _indexes(ap, r, names), _weight_files(ap, r, names)) for r in readers]
     chosen = next(((r, idx, files) for r, idx, files in found if idx or files), None)
@@ -326,7 +377,7 @@ def _open_directory(user_path: str, ap: str, strict: bool) -> TensorTable:
     for r, ridx, rfiles in found:
         if r is reader:
             continue
-        for p in [os.path.join(ap, n) for n in ridx] + rfiles:
+        for p in [join(ap, n) for n in ridx] + rfiles:
             ignored.append({"file": p, "reason": f"{reader.format} weights are in this directory and take "
                             f"precedence over {r.format} ones (as transformers loads them)"})
     if idx:
@@ -337,7 +388,7 @@ def _open_directory(user_path: str, ap: str, strict: bool) -> TensorTable:
         else:
             raise _err("index_ambiguous", f"directory has several indexes ({', '.join(idx)}) and no "
                        f"{reader.standard_index}; pass the index file to use", ap)
-        return _open_index(user_path, os.path.join(ap, pick), strict, ignored)
+        return _open_index(user_path, join(ap, pick), strict, ignored)
     return _open_files(user_path, files, ap, strict, ignored)
 
 
@@ -352,6 +403,9 @@ def open_table(path, *, strict: bool = True) -> TensorTable:
     user_path = os.fspath(path)
     if isinstance(user_path, bytes):
         user_path = os.fsdecode(user_path)
+    from ..remote import is_url as is_remote
+    if is_remote(user_path):
+        return _open_remote(user_path, strict)
     st = os.stat(user_path)  # FileNotFoundError / PermissionError stay OSError
     ap = os.path.abspath(user_path)
     if stat.S_ISDIR(st.st_mode):
@@ -364,6 +418,31 @@ def open_table(path, *, strict: bool = True) -> TensorTable:
     return _open_files(user_path, files, os.path.dirname(ap), strict, [])
 
 
+def _open_remote(user_path: str, strict: bool) -> TensorTable:
+    """open_table of an http(s) URL (a weight file or an index) or an hf:// address, in one remote session whose
+    transfer totals the table keeps (table.transfer)."""
+    from ..remote import HUB_SCHEME, session
+    with session() as s:
+        if user_path.lower().startswith(HUB_SCHEME):
+            from ..remote.hub import resolve
+            url, is_dir = resolve(user_path, s)
+        else:
+            url, is_dir = user_path, urlsplit_path(user_path).endswith("/")
+            if is_dir:
+                raise _err("url_not_a_file", "the URL names a directory, which a plain HTTP server does not list; "
+                           "pass the URL of the weight file or of its index (or an hf:// address)", user_path)
+        if is_dir:
+            table = _open_directory(user_path, url, strict)
+        elif basename(url).endswith(".json"):
+            table = _open_index(user_path, url, strict)
+        else:
+            directory = None if has_query(url) else dirname(url)
+            table = _open_files(user_path, _model_files(url), directory, strict, [])
+        table.transfer = s.report()
+        table.file_sizes = dict(s.sizes)
+    return table
+
+
 def _reader_of_format(fmt: str) -> Reader:
     return next(r for r in _readers() if r.format == fmt)
 
@@ -371,5 +450,5 @@ def _reader_of_format(fmt: str) -> Reader:
 def _model_files(path: str) -> list[str]:
     """The files of the model that weight file `path` is one of: itself, or all files of a GGUF split (told by
     the file's name, so no byte is read here)."""
-    low = path.lower()
+    low = basename(path).lower()
     return next((r.model_files(path) for r in _readers() if low.endswith(r.extensions)), [path])

@@ -166,8 +166,9 @@ def read_columns(source, *, strict: bool = True) -> tuple[TensorColumns, dict[st
         from ..sources import open_source
         with open_source(source) as src:
             return read_columns(src, strict=strict)
+    from ..sources import is_whole
     columns, metadata, header_bytes = _read_columns(source, strict)
-    if source.path != source.name or source.file_offset:   # a part of another file (a stored zip member)
+    if not is_whole(source):   # a part of another file (a stored zip member)
         columns = TensorColumns(columns.names, columns.dtype_names, columns.dtype, (source.path,), columns.file,
                                 columns.offset + np.uint64(source.file_offset), columns.nbytes, columns.numel,
                                 columns.ndim, columns.dims)

@@ -41,6 +41,7 @@ _MAX_DEFLATE_SLACK = 1024
 _LOCAL_HEADER = struct.Struct("<4s5H3L2H")   # signature .. extra length, 30 bytes
 _LOCAL_SIGNATURE = b"PK\x03\x04"
 _MIN_MEMBER_BYTES = 30 + 46                  # a local header plus a central-directory entry, names empty
+_PREFETCH_SLACK = 512    # remote prefetch: bytes after a local header and its name (extra field, an .npy header)
 _DEFAULT_CHUNK = 1 << 20
 
 
@@ -175,6 +176,9 @@ def read_zip_members(source: Source) -> dict[str, StoredBlob]:
     if len(infos) * _MIN_MEMBER_BYTES > source.size:
         raise _zip_error(source, f"the central directory lists {len(infos):,} members, more than a "
                          f"{source.size:,}-byte file can hold")
+    prefetch = getattr(source, "prefetch", None)   # a remote source: the local headers (and a little after) at once
+    if prefetch is not None:
+        prefetch([(i.header_offset, _LOCAL_HEADER.size + 4 * len(i.orig_filename) + _PREFETCH_SLACK) for i in infos])
     members: dict[str, StoredBlob] = {}
     spans: list[tuple[int, int, str]] = []
     for info in infos:

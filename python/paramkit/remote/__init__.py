@@ -1,0 +1,97 @@
+"""Remote weights: weight files read over HTTP(S) range requests (http.HttpFile, one more Source) and models
+resolved on a Hugging Face hub (hf://org/model[@revision][/path], hub.py). Needs the optional extra
+`paramkit[remote]` (urllib3), imported only when a URL is opened, so `import paramkit` never depends on it."""
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+
+__all__ = ["Session", "Transfer", "is_url", "open_url", "session"]
+
+URL_SCHEMES = ("http://", "https://")
+HUB_SCHEME = "hf://"
+
+
+def is_url(path) -> bool:
+    """Whether `path` (a str) is a URL paramkit reads remotely: http://, https:// or hf://."""
+    return isinstance(path, str) and path.lower().startswith((*URL_SCHEMES, HUB_SCHEME))
+
+
+class Transfer:
+    """Requests made and body bytes received (thread-safe); `parent` gets the same counts (a scan's total)."""
+
+    def __init__(self, parent: "Transfer | None" = None):
+        self.requests = 0
+        self.bytes = 0
+        self.retries = 0
+        self.files = 0
+        self.parent = parent
+        self._lock = threading.Lock()
+
+    def add(self, requests: int = 0, nbytes: int = 0, retries: int = 0, files: int = 0) -> None:
+        with self._lock:
+            self.requests += requests
+            self.bytes += nbytes
+            self.retries += retries
+            self.files += files
+        if self.parent is not None:
+            self.parent.add(requests, nbytes, retries, files)
+
+    def to_dict(self) -> dict:
+        """requests (retries and redirects included), bytes (bodies received), retries, files (opened)."""
+        return {"requests": self.requests, "bytes": self.bytes, "retries": self.retries, "files": self.files}
+
+
+class Session:
+    """What one remote open_table shares: the HTTP client (its connection pool and tokens), the transfer totals,
+    and the file lists a hub gave (hub directory URL -> names), so the resolver can list and check files."""
+
+    def __init__(self, client=None):
+        from .http import default_client
+        self.client = client if client is not None else default_client()
+        self.transfer = Transfer()
+        self.sizes: dict[str, int] = {}        # URL -> size of every object opened
+        self.listings: dict[str, list[str]] = {}
+        self.revision: dict | None = None      # hf://: {"repo", "revision", "commit"}
+
+    def report(self) -> dict:
+        d = self.transfer.to_dict()
+        if self.revision is not None:
+            d["hub"] = dict(self.revision)
+        return d
+
+
+_current: contextvars.ContextVar[Session | None] = contextvars.ContextVar("paramkit_remote_session", default=None)
+
+
+def current() -> Session | None:
+    return _current.get()
+
+
+@contextlib.contextmanager
+def session(client=None):
+    """The remote session of one open_table (nested calls share the outer one)."""
+    s = _current.get()
+    if s is not None:
+        yield s
+        return
+    s = Session(client)
+    token = _current.set(s)
+    try:
+        yield s
+    finally:
+        _current.reset(token)
+
+
+def open_url(url: str, **kw):
+    """The HttpFile of an http(s) URL, counted in the current session's transfer totals when there is one."""
+    from .http import HttpFile
+    s = _current.get()
+    if s is None:
+        return HttpFile(url, **kw)
+    kw.setdefault("client", s.client)
+    s.transfer.add(files=1)
+    src = HttpFile(url, transfer=Transfer(s.transfer), **kw)
+    s.sizes[url] = src.size
+    return src
