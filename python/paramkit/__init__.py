@@ -1,7 +1,7 @@
 """paramkit: read neural-network weight files at disk speed — exact parameter counts, per-tensor
 statistics, quantization error, what it takes to run a model. Start with paramkit.scan(path).
 
-The API: scan, scan_many, tensor_stats, fake_quantize, quant_error, fake_quantize_file, plan, backends,
+The API: scan, scan_many, tensor_stats, fake_quantize, quant_error, fake_quantize_file, plan, ingest, backends,
 FormatError, BackendUnavailable, __version__. Public submodules: paramkit.quant (the quantization schemes),
 paramkit.planning (the Plan that plan() returns, its tables and formulas), paramkit.config_params (the
 parameter tensors of an architecture from its config.json). dir(paramkit) lists exactly these."""
@@ -13,7 +13,7 @@ from .backends import backends
 from .api import fake_quantize, plan, quant_error, scan, scan_many, tensor_stats
 
 __all__ = ["scan", "scan_many", "tensor_stats", "fake_quantize", "quant_error", "fake_quantize_file", "plan",
-           "backends", "FormatError", "BackendUnavailable", "__version__"]
+           "ingest", "backends", "FormatError", "BackendUnavailable", "__version__"]
 _PUBLIC_SUBMODULES = ("quant", "planning", "config_params")
 
 
@@ -22,6 +22,12 @@ def fake_quantize_file(path, scheme, out, **kw):
     in their original dtype (see paramkit.quant.export.fake_quantize_file)."""
     from .quant.export import fake_quantize_file as _f
     return _f(path, scheme, out, **kw)
+
+
+def ingest(sources, out, **kw):
+    """Scan many models into a Parquet dataset (see paramkit.ingestion.ingest; needs the `ingest` extra)."""
+    from .ingestion import ingest as _ingest
+    return _ingest(sources, out, **kw)
 
 
 def __dir__():

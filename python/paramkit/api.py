@@ -290,6 +290,17 @@ def quant_error(array, scheme: str, *, backend: str = "auto") -> dict:
     return finalize_error(sums, s, shape)
 
 
+def error_dict(e: Exception, path: str) -> dict:
+    """A failed scan as scan_many and ingest record it: "code" (the FormatError code, "os_error" for an OSError,
+    which adds "errno", else "error"), "type", "message", "path", "tensor"."""
+    if isinstance(e, FormatError):
+        return {**e.to_dict(), "type": type(e).__name__}
+    if isinstance(e, OSError):
+        return {"code": "os_error", "type": type(e).__name__, "message": str(e), "path": path, "tensor": None,
+                "errno": e.errno}
+    return {"code": "error", "type": type(e).__name__, "message": str(e), "path": path, "tensor": None}
+
+
 def scan_many(paths, **kw) -> Iterator[tuple[str, ScanReport | None, dict | None]]:
     """Scan checkpoints one after another with scan(path, **kw), yielding one (path, report, error) per item of
     `paths` (an iterable of paths; a single str, bytes or os.PathLike is one path), in order, as each finishes.
@@ -312,14 +323,8 @@ def scan_many(paths, **kw) -> Iterator[tuple[str, ScanReport | None, dict | None
             path = os.fsdecode(path)
         try:
             report = scan(p, **kw)
-        except FormatError as e:
-            yield path, None, {**e.to_dict(), "type": type(e).__name__}
-        except OSError as e:
-            yield path, None, {"code": "os_error", "type": type(e).__name__, "message": str(e), "path": path,
-                               "tensor": None, "errno": e.errno}
-        except Exception as e:   # a bug, or an argument scan() rejects: that file's error, not the batch's
-            yield path, None, {"code": "error", "type": type(e).__name__, "message": str(e), "path": path,
-                               "tensor": None}
+        except Exception as e:   # a bug, or an argument scan() rejects, too: that file's error, not the batch's
+            yield path, None, error_dict(e, path)
         else:
             yield path, report, None
 

@@ -398,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "backend whether it can run here and why.")
     doc.add_argument("--json", action="store_true", help="print the same as JSON")
     doc.set_defaults(func=cmd_doctor)
-    for mod in ("cli_plan", "cli_quant"):
+    for mod in ("cli_plan", "cli_quant", "cli_ingest"):
         try:
             m = __import__(f"paramkit.{mod}", fromlist=["register"])
         except ImportError:
@@ -430,7 +430,7 @@ def main(argv=None) -> int:
         what = f"{e.filename}: {e.strerror}" if e.filename is not None and e.strerror else str(e)
         print(f"paramkit: error: {what}", file=sys.stderr)
         return 1
-    except (BackendUnavailable, ValueError, TypeError, ImportError, NotImplementedError) as e:
+    except (BackendUnavailable, ValueError, TypeError, ImportError, NotImplementedError, FileExistsError) as e:
         print(f"paramkit: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -100,6 +100,13 @@ def _readers() -> list[Reader]:
     return [safetensors.READER, archives.TORCH_READER, archives.NUMPY_READER, gguf_table.GGUF_READER]
 
 
+def model_file_kinds() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(the weight file extensions, the index file suffixes) of every registered format: what a directory
+    search (paramkit ingest) takes for a model's files."""
+    readers = _readers()
+    return tuple(e for r in readers for e in r.extensions), tuple(r.index_suffix for r in readers)
+
+
 def _reader_for_file(path: str, head: bytes, readers: list[Reader]) -> Reader:
     """The reader for one weight file: a reader that recognises its first bytes; a known format paramkit
     does not read is unsupported_format; else the file's extension decides, and an unknown extension goes

@@ -1,0 +1,221 @@
+"""Running the scans of an ingest: the task (one source -> its rows, never raising: retries of transient errors,
+a deadline), and the executors that run tasks with bounded tasks in flight -- a local process pool (a worker
+that dies has its task rescheduled) and a Dask client (a LocalCluster, or an existing cluster)."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+from .schema import error_row, model_row, tensor_rows
+from .sources import identity
+
+
+class ScanTimeout(Exception):
+    """The scan of one source ran past --timeout."""
+
+
+# errors worth another try: the network and the file system's transient failures, not a missing file or a
+# malformed one
+_PERMANENT_OS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+
+
+def _transient(e: BaseException) -> bool:
+    from ..errors import FormatError
+    if isinstance(e, (FormatError, ScanTimeout)) or isinstance(e, _PERMANENT_OS):
+        return False
+    return isinstance(e, (OSError, ConnectionError, TimeoutError))
+
+
+@contextmanager
+def _deadline(seconds: float | None):
+    """ScanTimeout in this thread after `seconds` (SIGALRM: only in a process's main thread; elsewhere -- Dask
+    worker threads -- the caller enforces the deadline on the future instead)."""
+    if not seconds or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise ScanTimeout(f"the scan ran past --timeout {seconds:g} s")
+    old = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def scan_source(source: str, options: dict) -> dict:
+    """One model's rows: {"source", "model": models row, "tensors": tensors rows}. Never raises for the model's own
+    errors (they become its error row); transient ones are retried options["retries"] times with backoff."""
+    from .. import __version__, scan
+    from ..api import error_dict
+    retries = int(options.get("retries", 0))
+    attempts = options.get("attempts_before", 0)
+    while True:
+        attempts += 1
+        t0 = time.perf_counter()
+        try:
+            ident = identity(source)
+            with _deadline(options.get("timeout")):
+                report = scan(source, stats=options.get("stats", True), quant=options.get("quant"), progress=False)
+                d = report.to_dict()
+                try:
+                    plan = report.plan().to_dict()
+                except Exception:     # a plan that cannot be made is no reason to lose the model's row
+                    plan = None
+            tensors = d.pop("tensors", [])
+            return {"source": source,
+                    "model": model_row(source, d, identity=ident, attempts=attempts, scan_s=time.perf_counter() - t0,
+                                       worker=worker_name(), plan=plan),
+                    "tensors": tensor_rows(source, tensors)}
+        except ScanTimeout as e:
+            err = {"code": "timeout", "type": "ScanTimeout", "message": str(e)}
+        except Exception as e:
+            if _transient(e) and attempts <= retries:
+                time.sleep(min(0.1 * 2 ** (attempts - 1), 5.0))
+                continue
+            err = error_dict(e, source)
+        return {"source": source, "model": error_row(source, err, attempts=attempts, worker=worker_name(),
+                                                     version=__version__), "tensors": []}
+
+
+def _task(source: str, options: dict) -> dict:
+    """What the pool runs: scan_source looked up when the task runs (a picklable reference)."""
+    return scan_source(source, options)
+
+
+def died_row(source: str, attempts: int, why: str) -> dict:
+    from .. import __version__
+    return {"source": source, "model": error_row(source, {"code": "worker_died", "type": "WorkerDied",
+                                                          "message": why}, attempts=attempts,
+                                                 worker="", version=__version__), "tensors": []}
+
+
+def timeout_row(source: str, attempts: int, seconds: float) -> dict:
+    from .. import __version__
+    return {"source": source, "model": error_row(source, {"code": "timeout", "type": "ScanTimeout",
+                                                          "message": f"the scan ran past --timeout {seconds:g} s"},
+                                                 attempts=attempts, worker="", version=__version__), "tensors": []}
+
+
+def run_pool(sources: Iterator[str], options: dict, workers: int, on_result: Callable[[dict], None]) -> None:
+    """Tasks on a local process pool, at most 2 x workers in flight. A worker process that dies (killed, out of
+    memory) breaks the pool, and the pool cannot say which task it was running: the tasks in flight then run
+    again one at a time, each alone in a pool of its own, so that only the task that kills its worker is
+    charged: when its worker dies in retries + 1 runs alone, its row says worker_died (attempts counts the run
+    in the pool that broke too). Nothing is lost, and a source gets one row."""
+    limit = 2 * workers
+    retries = int(options.get("retries", 0))
+    pending = iter(sources)
+    tries: dict[str, int] = {}
+    while True:
+        pool = ProcessPoolExecutor(max_workers=workers)
+        inflight: dict = {}
+        suspects: list[str] = []
+        try:
+            while not suspects:
+                while len(inflight) < limit:
+                    src = next(pending, None)
+                    if src is None:
+                        break
+                    try:
+                        inflight[pool.submit(_task, src, dict(options, attempts_before=0))] = src
+                    except BrokenProcessPool:
+                        suspects.append(src)
+                        break
+                if not inflight and not suspects:
+                    return
+                done, _ = wait(list(inflight), return_when=FIRST_COMPLETED) if inflight else (set(), set())
+                for fut in done:
+                    src = inflight.pop(fut)
+                    try:
+                        on_result(fut.result())
+                    except BrokenProcessPool:
+                        suspects.append(src)
+                if suspects:
+                    suspects += list(inflight.values())
+                    inflight.clear()
+        finally:
+            pool.shutdown(wait=not suspects, cancel_futures=True)
+        for src in suspects:
+            _run_alone(src, options, retries, tries, on_result)
+
+
+def _run_alone(src: str, options: dict, retries: int, tries: dict, on_result) -> None:
+    """One task in a pool of one process, again while its worker dies and tries are left."""
+    while True:
+        pool = ProcessPoolExecutor(max_workers=1)
+        try:
+            result = pool.submit(_task, src, dict(options, attempts_before=tries.get(src, 0) + 1)).result()
+        except BrokenProcessPool:
+            tries[src] = tries.get(src, 0) + 1
+            if tries[src] > retries:
+                on_result(died_row(src, tries[src] + 1, f"the worker process died while scanning it "
+                                                        f"({tries[src] + 1} time(s))"))
+                return
+            continue
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+        on_result(result)
+        return
+
+
+def run_serial(sources: Iterator[str], options: dict, on_result: Callable[[dict], None]) -> None:
+    for src in sources:
+        on_result(scan_source(src, options))
+
+
+def run_dask(sources: Iterator[str], options: dict, client, on_result: Callable[[dict], None]) -> None:
+    """Tasks on a Dask cluster, at most 2 x its worker threads in flight (at least 4). Dask reruns the tasks
+    of a worker that dies; a task past --timeout gets a timeout row here and is cancelled (Dask cannot stop a
+    running thread: that worker thread finishes its scan and the result is dropped)."""
+    from distributed import wait as dwait
+    nthreads = sum(client.nthreads().values()) or 1
+    limit = max(4, 2 * nthreads)
+    timeout = options.get("timeout")
+    pending = iter(sources)
+    inflight: dict = {}
+    started: dict = {}
+    exhausted = False
+    while True:
+        while not exhausted and len(inflight) < limit:
+            src = next(pending, None)
+            if src is None:
+                exhausted = True
+                break
+            fut = client.submit(_task, src, options, key=f"paramkit-scan-{len(started)}-{hash(src)}",
+                                pure=False, retries=0)
+            inflight[fut] = src
+            started[fut] = time.monotonic()
+        if not inflight:
+            return
+        done, _ = dwait(list(inflight), timeout=1.0 if timeout else None, return_when="FIRST_COMPLETED")
+        for fut in done:
+            src = inflight.pop(fut)
+            started.pop(fut, None)
+            try:
+                on_result(fut.result())
+            except Exception as e:   # the task itself never raises: a cluster-side failure (KilledWorker, ...)
+                from .. import __version__
+                on_result({"source": src, "model": error_row(src, {"code": "worker_died", "type": type(e).__name__,
+                                                                   "message": str(e)}, attempts=1, worker="",
+                                                             version=__version__), "tensors": []})
+        if timeout:
+            now = time.monotonic()
+            for fut in [f for f, t in started.items() if now - t > timeout + 5 and f in inflight]:
+                src = inflight.pop(fut)
+                started.pop(fut)
+                fut.cancel()
+                on_result(timeout_row(src, 1, timeout))
