@@ -23,7 +23,9 @@ _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 class Fault:
     """One injected fault for the next request of a path: kind "status" (answer `status` with `headers`),
     "reset" (close the connection with a TCP RST, no answer), "truncate" (announce the body,
-    send half, reset), "short" (a complete answer whose body is half the range its Content-Range names)."""
+    send half, reset), "short" (a complete answer whose body is half the range its Content-Range names), "pass"
+    (answered as usual: faults queued after it hit later requests), "etag" (the object changes: its ETag becomes
+    headers["ETag"] from this request on)."""
     kind: str
     status: int = 500
     headers: dict = field(default_factory=dict)
@@ -169,6 +171,9 @@ class RangeServer(_Base):
             return h.answer(fault.status, b"injected", fault.headers)
         if fault is not None and fault.kind == "reset":
             return h.reset()
+        if fault is not None and fault.kind == "etag":
+            with self.lock:
+                self.etags[path] = fault.headers["ETag"]
         if path in self.redirects:
             return h.answer(302, b"", {"Location": self.redirects[path]})
         data = self.files.get(path)

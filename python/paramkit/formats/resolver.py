@@ -440,6 +440,7 @@ def _open_remote(user_path: str, strict: bool) -> TensorTable:
             table = _open_files(user_path, _model_files(url), directory, strict, [])
         table.transfer = s.report()
         table.file_sizes = dict(s.sizes)
+        table.remote = s
     return table
 
 

@@ -52,11 +52,26 @@ class Session:
         self.client = client if client is not None else default_client()
         self.transfer = Transfer()
         self.sizes: dict[str, int] = {}        # URL -> size of every object opened
+        self.validators: dict[str, str | None] = {}   # URL -> its ETag (else Last-Modified) when first read
+        self.data: Transfer | None = None      # the statistics pass's requests and bytes (in `transfer` too)
         self.listings: dict[str, list[str]] = {}
         self.revision: dict | None = None      # hf://: {"repo", "revision", "commit"}
 
+    def data_source(self, url: str):
+        """A source of `url` for the statistics pass: range reads checked against the size and validator its
+        header read saw (RemoteChanged when the object changed since), with no request made to open it; its
+        requests and bytes are counted in `data` (and in the totals)."""
+        from .http import HttpFile
+        if self.data is None:
+            self.data = Transfer(self.transfer)
+        return HttpFile(url, client=self.client, transfer=self.data, expect=(self.sizes[url], self.validators[url]))
+
     def report(self) -> dict:
+        """The report's `transfer`: the totals, the statistics pass's share ("data") and, for hf://, the hub
+        revision."""
         d = self.transfer.to_dict()
+        if self.data is not None:
+            d["data"] = {k: v for k, v in self.data.to_dict().items() if k != "files"}
         if self.revision is not None:
             d["hub"] = dict(self.revision)
         return d
@@ -94,4 +109,5 @@ def open_url(url: str, **kw):
     s.transfer.add(files=1)
     src = HttpFile(url, transfer=Transfer(s.transfer), **kw)
     s.sizes[url] = src.size
+    s.validators[url] = src.validator
     return src

@@ -299,7 +299,8 @@ class HttpFile:
     read_size = 64 << 10    # the read size sequential header readers should use: this source reads ahead
 
     def __init__(self, url: str, *, client: HttpClient | None = None, timeout: float | None = None,
-                 transfer: Transfer | None = None, window: int = FIRST_WINDOW):
+                 transfer: Transfer | None = None, window: int = FIRST_WINDOW,
+                 expect: tuple[int, str | None] | None = None):
         self.name = url
         self.client = client if client is not None else (HttpClient(timeout=timeout) if timeout is not None
                                                          else default_client())
@@ -312,6 +313,9 @@ class HttpFile:
         self._next = 0            # where the last fetch ended: a miss there is a sequential read
         self._validator: str | None = None
         self.size: int = -1
+        if expect is not None:    # (size, validator) known from an earlier read: no request now, every answer
+            self.size, self._validator = expect     # is checked against them (RemoteChanged)
+            return
         data = self._fetch(0, window)
         if data:
             self._keep(0, data)
@@ -320,6 +324,11 @@ class HttpFile:
     def identity(self) -> tuple:
         """(URL, size, ETag or Last-Modified): changes when the object is replaced."""
         return (self.name, self.size, self._validator)
+
+    @property
+    def validator(self) -> str | None:
+        """The ETag (else Last-Modified) of the first answer: what later reads are checked against."""
+        return self._validator
 
     @property
     def requests(self) -> int:
@@ -373,6 +382,14 @@ class HttpFile:
                               "(truncated answer)", r.status)
         self._next = want_end
         return r.data
+
+    def fetch_range(self, start: int, end: int) -> bytes:
+        """Bytes start..end-1 (inside the object) in one range GET, not kept in the read-ahead cache (the data
+        pass of a remote scan: paramkit.remote.stream); RemoteError for a short answer, RemoteChanged when the
+        object is no longer the one first read."""
+        if not 0 <= start <= end <= self.size:
+            raise ValueError(f"{self.name}: bytes {start:,}..{end:,} are not inside the {self.size:,}-byte object")
+        return self._fetch(start, end) if end > start else b""
 
     # ---- the cache -----------------------------------------------------------------------------------------
     def _keep(self, start: int, data: bytes) -> None:
