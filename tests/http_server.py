@@ -131,7 +131,8 @@ class _Base:
 class RangeServer(_Base):
     """Files (path -> bytes) served with Range support. `faults[path]`: Faults used up one per request;
     `redirects[path]`: a URL to answer 302 with; `ignore_range`: answer every request 200 with the whole body;
-    `etags[path]`: the ETag to send (default: a hash of the content; set it to simulate a changed object)."""
+    `etags[path]`: the ETag to send (default: a hash of the content; set it to simulate a changed object);
+    `conditional`: answer If-None-Match with 304 when it names the current ETag (False: ignore it)."""
 
     def __init__(self):
         super().__init__()
@@ -140,6 +141,7 @@ class RangeServer(_Base):
         self.faults: dict[str, list[Fault]] = {}
         self.redirects: dict[str, str] = {}
         self.ignore_range = False
+        self.conditional = True   # If-None-Match with the current ETag: 304 Not Modified
         self.send_etag = True
         self.last_modified = "Wed, 21 Oct 2015 07:28:00 GMT"   # sent instead of an ETag when send_etag is False
 
@@ -180,6 +182,8 @@ class RangeServer(_Base):
         if data is None:
             return h.answer(404, b"not found")
         extra = {"ETag": self.etags[path]} if self.send_etag else {"Last-Modified": self.last_modified}
+        if self.conditional and self.send_etag and headers.get("if-none-match") == self.etags[path]:
+            return h.answer(304, b"", extra)
         m = _RANGE.match(headers.get("range", ""))
         if m is None or self.ignore_range:
             return h.answer(200, data, extra)

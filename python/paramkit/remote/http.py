@@ -12,7 +12,7 @@ import threading
 import time
 from urllib.parse import urljoin, urlsplit
 
-from . import Transfer
+from . import Transfer, cache
 from .ranged import FIRST_WINDOW, RangedSource
 
 DEFAULT_TIMEOUT = 30.0        # seconds, per connect and per read (PARAMKIT_HTTP_TIMEOUT)
@@ -133,13 +133,15 @@ class HttpClient:
             self._tokens.pop(origin(url), None)
 
     def get(self, url: str, *, start: int | None = None, end: int | None = None, max_body: int | None = None,
-            transfer: Transfer | None = None) -> Response:
+            transfer: Transfer | None = None, headers: dict | None = None) -> Response:
         """GET `url`, following redirects; with start/end the bytes start..end-1 (a Range request: a 200 answer
         with the whole body is refused, RemoteError). The body is read when the answer is 2xx (at most
         `max_body` bytes, else RemoteError). Non-2xx answers (after retries) raise RemoteError (404:
-        RemoteNotFound, 401/403: RemoteAccessDenied)."""
+        RemoteNotFound, 401/403: RemoteAccessDenied). `headers`: more request headers (If-None-Match: a 304 answer
+        is returned, with no body)."""
         transfer = transfer if transfer is not None else Transfer()
-        headers = {} if start is None else {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
+        headers = {**(headers or {}),
+                   **({} if start is None else {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"})}
         for _ in range(MAX_REDIRECTS + 1):
             r = self._send(url, headers, start is not None, max_body, transfer)
             if r.status not in _REDIRECT_STATUS:
@@ -219,7 +221,7 @@ class HttpClient:
             raise RemoteError(url, "the server ignores HTTP Range requests (it answered 200 with the whole "
                               f"{_length_text(r)} body): paramkit reads headers with range requests and does not "
                               "download whole files; download the file and scan it locally", 200)
-        if ranged and status == 416:
+        if (ranged and status == 416) or status == 304:     # 304: the answer to a conditional request
             _discard(r)
             return b""
         if not 200 <= status < 300:
@@ -304,19 +306,48 @@ class HttpFile(RangedSource):
         if expect is not None:    # (size, validator) known from an earlier read: no request now, every answer
             self.size, self._validator = expect     # is checked against them (RemoteChanged)
             return
+        kept = cache.load(url)
+        if kept is not None and self._still(*kept[:2]):    # the header cache's ranges of this very object
+            self.size, self._validator = kept[:2]
+            for start, data in kept[2]:
+                self._keep(start, data)
+            self._next = max(start + len(data) for start, data in kept[2])
+            self._dirty = False
+            return
         data = self._fetch(0, window)
         if data:
             self._keep(0, data)
 
+    def _still(self, size: int, validator: str) -> bool:
+        """Whether the object is still the one a header cache entry was made of: one request of at most one
+        byte, conditional on its ETag (a 304 answer), else compared by the answer's size and validator."""
+        etag = validator.startswith(('"', 'W/"'))
+        r = self._get(0, 1, {"If-None-Match": validator} if etag else None)
+        if r.status == 304:
+            return True
+        cr = _CONTENT_RANGE.match(r.headers.get("Content-Range", "") or "")
+        return (cr is not None and cr.group(3) == str(size)
+                and (r.headers.get("ETag") or r.headers.get("Last-Modified")) == validator)
+
+    def close(self) -> None:
+        """Forget the fetched ranges, first keeping them in the header cache (when it is on, and they are new)."""
+        with self._lock:
+            if self._dirty and self._validator and self._blocks and cache.directory():
+                cache.store(self.name, self.size, self._validator, list(self._blocks))
+            self._dirty = False
+        super().close()
+
     # ---- requests ----------------------------------------------------------------------------------------
-    def _get(self, start: int, end: int) -> Response:
+    def _get(self, start: int, end: int, headers: dict | None = None) -> Response:
         try:
-            r = self.client.get(self._target, start=start, end=end, max_body=end - start, transfer=self.transfer)
+            r = self.client.get(self._target, start=start, end=end, max_body=end - start, transfer=self.transfer,
+                                headers=headers)
         except (RemoteNotFound, RemoteAccessDenied):
             if self._target == self.name:
                 raise
             self._target = self.name     # a redirect's target that no longer answers (an expired signed URL)
-            r = self.client.get(self._target, start=start, end=end, max_body=end - start, transfer=self.transfer)
+            r = self.client.get(self._target, start=start, end=end, max_body=end - start, transfer=self.transfer,
+                                headers=headers)
         if r.url != self._target:
             self._target = r.url
         return r

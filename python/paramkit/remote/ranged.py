@@ -32,6 +32,7 @@ class RangedSource:
         self._cached = 0
         self._window = window
         self._next = 0            # where the last fetch ended: a miss there is a sequential read
+        self._dirty = False       # ranges fetched since the source was opened (the header cache keeps them)
 
     def _fetch(self, start: int, end: int) -> bytes:
         raise NotImplementedError
@@ -70,6 +71,7 @@ class RangedSource:
             _, old = self._blocks.pop(0)
             self._cached -= len(old)
         self._blocks.append((start, data))
+        self._dirty = True
         self._blocks.sort(key=lambda b: b[0])
         self._cached += len(data)
 
@@ -149,7 +151,7 @@ class RangedSource:
             self._blocks = []
             self._cached = 0
 
-    def __enter__(self) -> "HttpFile":
+    def __enter__(self) -> "RangedSource":
         return self
 
     def __exit__(self, *exc) -> None:
