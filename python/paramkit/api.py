@@ -23,6 +23,8 @@ def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "au
          progress=None, strict: bool = True, quant=None, quant_tensors=None, tensors=None) -> ScanReport:
     """Read a weight file (safetensors, PyTorch .bin/.pt/.pth/.ckpt, NumPy .npy/.npz, GGUF), an index
     (``model.safetensors.index.json``, ``pytorch_model.bin.index.json``) or a directory and report what is in it.
+    `path` may be a URL: http(s)://, hf://org/model or any fsspec URL (s3://, memory:// ...), read with range
+    requests; its statistics are streamed through a bounded window (README "Remote weights").
 
     stats=False reads the headers only (milliseconds, no tensor data). quantiles=False skips the
     quantile histograms. backend: "auto" (cuda -> cpu -> numpy, or $PARAMKIT_BACKEND), "cuda",
