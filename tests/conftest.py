@@ -185,3 +185,21 @@ def emu_read_error(run, k: int) -> OSError:
     finally:
         _cuda_emu.fail_read(0)
     return e.value
+
+
+@pytest.fixture
+def server():
+    """A loopback range server (tests/http_server.py) for the remote-weights tests, closed afterwards."""
+    from http_server import RangeServer
+    s = RangeServer()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def sleeps(monkeypatch):
+    """The waits between HTTP retries, recorded instead of slept."""
+    import paramkit.remote.http as rh
+    got: list[float] = []
+    monkeypatch.setattr(rh, "_sleep", got.append)
+    return got

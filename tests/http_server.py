@@ -23,7 +23,9 @@ _RANGE = re.compile(r"bytes=(\d+)-(\d*)$")
 class Fault:
     """One injected fault for the next request of a path: kind "status" (answer `status` with `headers`),
     "reset" (close the connection with a TCP RST, no answer), "truncate" (announce the body,
-    send half, reset), "short" (a complete answer whose body is half the range its Content-Range names)."""
+    send half, reset), "short" (a complete answer whose body is half the range its Content-Range names), "pass"
+    (answered as usual: faults queued after it hit later requests), "etag" (the object changes: its ETag becomes
+    headers["ETag"] from this request on)."""
     kind: str
     status: int = 500
     headers: dict = field(default_factory=dict)
@@ -129,7 +131,8 @@ class _Base:
 class RangeServer(_Base):
     """Files (path -> bytes) served with Range support. `faults[path]`: Faults used up one per request;
     `redirects[path]`: a URL to answer 302 with; `ignore_range`: answer every request 200 with the whole body;
-    `etags[path]`: the ETag to send (default: a hash of the content; set it to simulate a changed object)."""
+    `etags[path]`: the ETag to send (default: a hash of the content; set it to simulate a changed object);
+    `conditional`: answer If-None-Match with 304 when it names the current ETag (False: ignore it)."""
 
     def __init__(self):
         super().__init__()
@@ -138,6 +141,7 @@ class RangeServer(_Base):
         self.faults: dict[str, list[Fault]] = {}
         self.redirects: dict[str, str] = {}
         self.ignore_range = False
+        self.conditional = True   # If-None-Match with the current ETag: 304 Not Modified
         self.send_etag = True
         self.last_modified = "Wed, 21 Oct 2015 07:28:00 GMT"   # sent instead of an ETag when send_etag is False
 
@@ -169,12 +173,17 @@ class RangeServer(_Base):
             return h.answer(fault.status, b"injected", fault.headers)
         if fault is not None and fault.kind == "reset":
             return h.reset()
+        if fault is not None and fault.kind == "etag":
+            with self.lock:
+                self.etags[path] = fault.headers["ETag"]
         if path in self.redirects:
             return h.answer(302, b"", {"Location": self.redirects[path]})
         data = self.files.get(path)
         if data is None:
             return h.answer(404, b"not found")
         extra = {"ETag": self.etags[path]} if self.send_etag else {"Last-Modified": self.last_modified}
+        if self.conditional and self.send_etag and headers.get("if-none-match") == self.etags[path]:
+            return h.answer(304, b"", extra)
         m = _RANGE.match(headers.get("range", ""))
         if m is None or self.ignore_range:
             return h.answer(200, data, extra)

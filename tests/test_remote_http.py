@@ -24,21 +24,6 @@ from paramkit.sources import open_source                             # noqa: E40
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture
-def server():
-    s = RangeServer()
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def sleeps(monkeypatch):
-    """The waits between retries, recorded instead of slept."""
-    got: list[float] = []
-    monkeypatch.setattr(rh, "_sleep", got.append)
-    return got
-
-
 def _blob(n: int, seed: int = 0) -> bytes:
     return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8).tobytes()
 

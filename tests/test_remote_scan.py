@@ -106,13 +106,6 @@ def _write_gguf(d, tokens: int = 10) -> str:
     return "model.gguf"
 
 
-@pytest.fixture
-def server():
-    s = RangeServer()
-    yield s
-    s.close()
-
-
 def _serve(server, d) -> str:
     return server.add_dir(d.name, str(d))
 
@@ -243,15 +236,6 @@ def test_signed_url_has_no_sibling_config(server, tmp_path):
     assert r.config is None and [q.path for q in server.requests()] == ["/signed/model.safetensors"]
 
 
-def test_stats_over_the_network_not_yet(server, tmp_path):
-    d = tmp_path / "st"
-    name = _write_safetensors(d)
-    base = _serve(server, d)
-    with pytest.raises(NotImplementedError, match="stats=False"):
-        paramkit.scan(f"{base}/{name}")
-    assert server.requests() == []
-
-
 def test_plan_of_a_url(server, tmp_path):
     d = tmp_path / "pl"
     name = _write_safetensors(d)
@@ -273,8 +257,10 @@ def test_cli_scan_and_plan_of_a_url(server, tmp_path, capsys):
     assert "parameters" in capsys.readouterr().out
     assert main(["plan", f"{base}/{name}"]) == 0
     assert capsys.readouterr().out
-    assert main(["scan", f"{base}/{name}"]) == 1
-    assert "stats=False" in capsys.readouterr().err
+    server.clear_log()
+    assert main(["scan", f"{base}/{name}"]) == 0      # statistics over the network (test_remote_stats.py)
+    assert "parameters" in capsys.readouterr().out
+    assert len(server.requests()) > 4
 
 
 @pytest.mark.parametrize("kind", ["pytorch", "npz"])

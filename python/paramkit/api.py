@@ -23,6 +23,8 @@ def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "au
          progress=None, strict: bool = True, quant=None, quant_tensors=None, tensors=None) -> ScanReport:
     """Read a weight file (safetensors, PyTorch .bin/.pt/.pth/.ckpt, NumPy .npy/.npz, GGUF), an index
     (``model.safetensors.index.json``, ``pytorch_model.bin.index.json``) or a directory and report what is in it.
+    `path` may be a URL: http(s)://, hf://org/model or any fsspec URL (s3://, memory:// ...), read with range
+    requests; its statistics are streamed through a bounded window (README "Remote weights").
 
     stats=False reads the headers only (milliseconds, no tensor data). quantiles=False skips the
     quantile histograms. backend: "auto" (cuda -> cpu -> numpy, or $PARAMKIT_BACKEND), "cuda",
@@ -43,10 +45,6 @@ def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "au
     from .counting.ties import confirm_with_statistics
     from .formats import open_table
 
-    from .remote import is_url
-    if (stats or quant) and is_url(os.fspath(path)):
-        raise NotImplementedError("statistics over the network: not yet; download the file or use stats=False "
-                                  "(paramkit scan --no-stats), which reads the headers remotely")
     t0 = time.perf_counter()
     # gc paused while building ~10 acyclic objects per tensor (1M for a 100k-tensor header), not
     # during the data pass
@@ -79,20 +77,27 @@ def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "au
             total = data_bytes
             if plan is not None and plan.second_pass_bits:
                 total += sum(t.nbytes for t, m in zip(table.tensors, plan.masks) if m & plan.second_pass_bits)
-            cb, close = make_progress(progress, total)
-            try:
-                with pause.resumed(), plain_tensors(read, engine_reads_views=engine.reads_views) as plain:
-                    # the data pass: gc as the caller had it
-                    got, qgot = engine.run(plain, stats=stats, quantiles=quantiles, threads=threads,
-                                           progress=cb, quant=run_plan)
-            finally:
-                close()
+            if table.remote is not None:    # over the network: fetched into a window batch by batch
+                from .remote.stream import remote_run
+                with pause.resumed():
+                    got, qgot, engine_info = remote_run(table.remote, engine, read, stats=stats, quantiles=quantiles,
+                                                        threads=threads, progress=progress, quant=run_plan)
+                table.transfer = table.remote.report()
+            else:
+                cb, close = make_progress(progress, total)
+                try:
+                    with pause.resumed(), plain_tensors(read, engine_reads_views=engine.reads_views) as plain:
+                        # the data pass: gc as the caller had it
+                        got, qgot = engine.run(plain, stats=stats, quantiles=quantiles, threads=threads,
+                                               progress=cb, quant=run_plan)
+                finally:
+                    close()
+                engine_info = dict(getattr(engine, "last_run", {}) or {})
             if chosen is None:
                 results, qsums = got, qgot
             else:
                 for k, i in enumerate(chosen):
                     results[i], qsums[i] = got[k], qgot[k]
-            engine_info = dict(getattr(engine, "last_run", {}) or {})
         t_stats = time.perf_counter()
         if stats:   # a tie that config.json claims, checked against the statistics (counting read no values)
             counting = confirm_with_statistics(counting, table, results)

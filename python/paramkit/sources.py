@@ -2,7 +2,8 @@
 messages and the report), a size, an identity (what a resumable job compares) and range reads: a local
 file (LocalFile), a member of a zip archive (ZipMember: stored members are a range of their archive,
 deflated ones are inflated as they are read, with bounded memory) and remote objects (paramkit.remote's
-HttpFile: range GETs, path None; open_source gives it for http(s) URLs). Format
+HttpFile: range GETs, path None; open_source gives it for http(s) URLs, and an fsspec FsspecFile for other
+URLs). Format
 readers take a source; the numpy reference, the quantization stream and the export read tensor bytes
 through one, and the native engines get its local path and byte ranges (they pread the same file)."""
 from __future__ import annotations
@@ -206,18 +207,17 @@ class ZipMember:
 def is_whole(source) -> bool:
     """Whether `source` is a whole file or remote object (LocalFile, HttpFile), which tables name by its name,
     rather than a part of another file (a zip member)."""
-    if getattr(source, "kind", None) == "http":
+    if getattr(source, "kind", None) in ("http", "fsspec"):
         return True
     return source.path is not None and source.path == source.name and not source.file_offset
 
 
 def open_source(path: str | os.PathLike, **kw) -> Source:
     """The source for `path`: an http:// or https:// URL is a paramkit.remote HttpFile (range reads; needs the
-    `paramkit[remote]` extra; keywords go to it: timeout=, client=), anything else a LocalFile."""
-    if isinstance(path, str) and path.lower().startswith(("http://", "https://")):
+    `paramkit[remote]` extra; keywords go to it: timeout=, client=), another scheme:// URL an fsspec FsspecFile
+    (hf:// is a ValueError: scan and open_table resolve it), anything else a LocalFile."""
+    from .remote import is_url
+    if is_url(path):
         from .remote import open_url
         return open_url(path, **kw)
-    if isinstance(path, str) and path.lower().startswith("hf://"):
-        raise ValueError(f"{path}: an hf:// address names a model or a file of a hub repository; "
-                         "paramkit.scan and open_table resolve it (open_source takes a path or an http(s) URL)")
     return LocalFile(path)

@@ -328,6 +328,7 @@ class TensorTable:
         self.ignored_files = [] if ignored_files is None else ignored_files   # {"file", "reason"}: not used, why
         self.transfer: dict | None = None        # remote tables: requests and bytes of reading them (paramkit.remote)
         self.file_sizes: dict[str, int] | None = None   # remote tables: each URL's size (no os.path.getsize)
+        self.remote = None     # remote tables: the paramkit.remote.Session that read them (client, validators)
         self._tensors = tensors                 # model order: shard order, then byte offset
         self._columns = columns
 

@@ -1,43 +1,46 @@
 """The few path operations the model resolver needs, for local paths and URLs alike: local paths go to os.path
-and os.listdir exactly as before; http(s) URLs are split on their path (percent-encoded names), are listed and
-checked through the file list a hub gave (paramkit.remote.Session.listings), and otherwise cannot be listed."""
+and os.listdir exactly as before; http(s) URLs are split on their path (percent-encoded names), other URLs (fsspec
+stores) on '/' as they are; URLs are listed and checked through the file lists the session holds (a hub's, or a
+store directory's: paramkit.remote.Session.listings), and otherwise cannot be listed."""
 from __future__ import annotations
 
 import os
 import posixpath
 from urllib.parse import quote, unquote, urlsplit
 
-from ..remote import URL_SCHEMES
-
-
-def is_url(path: str) -> bool:
-    return path.lower().startswith(URL_SCHEMES)
+from ..remote import is_http, is_url
 
 
 def basename(path: str) -> str:
-    if is_url(path):
+    if is_http(path):
         return unquote(posixpath.basename(urlsplit(path).path))
+    if is_url(path):
+        return path.rstrip("/").rsplit("/", 1)[-1]
     return os.path.basename(path)
 
 
 def dirname(path: str) -> str:
-    """The directory of a path; of a URL: scheme://host/dir (the query and fragment dropped)."""
-    if is_url(path):
+    """The directory of a path; of an http(s) URL: scheme://host/dir (the query and fragment dropped)."""
+    if is_http(path):
         u = urlsplit(path)
         return f"{u.scheme}://{u.netloc}{posixpath.dirname(u.path)}"
+    if is_url(path):
+        head, _, _ = path.rstrip("/").rpartition("/")
+        return head if not head.endswith(":/") else head + "/"
     return os.path.dirname(path)
 
 
 def join(directory: str, name: str) -> str:
-    """`name` (a relative path, '/'-separated for URLs) inside `directory`; for a URL it is percent-encoded."""
+    """`name` (a relative path, '/'-separated for URLs) inside `directory`; for an http(s) URL it is
+    percent-encoded (a store's object names are used as they are)."""
     if is_url(directory):
-        return directory.rstrip("/") + "/" + quote(name, safe="/")
+        return directory.rstrip("/") + "/" + (quote(name, safe="/") if is_http(directory) else name)
     return os.path.join(directory, name)
 
 
 def has_query(path: str) -> bool:
-    """A URL with a query string (a signed URL): its siblings have no address of their own."""
-    return is_url(path) and bool(urlsplit(path).query)
+    """An http(s) URL with a query string (a signed URL): its siblings have no address of their own."""
+    return is_http(path) and bool(urlsplit(path).query)
 
 
 def _listing(directory: str) -> list[str] | None:

@@ -426,13 +426,20 @@ def open_table(path, *, strict: bool = True) -> TensorTable:
 
 
 def _open_remote(user_path: str, strict: bool) -> TensorTable:
-    """open_table of an http(s) URL (a weight file or an index) or an hf:// address, in one remote session whose
+    """open_table of an http(s) URL (a weight file or an index), an hf:// address or an fsspec URL (a file, an
+    index, a directory or prefix), in one remote session whose
     transfer totals the table keeps (table.transfer)."""
-    from ..remote import HUB_SCHEME, session
+    from ..remote import HUB_SCHEME, is_http, session
     with session() as s:
         if user_path.lower().startswith(HUB_SCHEME):
             from ..remote.hub import resolve
             url, is_dir = resolve(user_path, s)
+        elif not is_http(user_path):    # an fsspec store: a directory (prefix) is listed like a local one
+            from ..remote.objstore import is_directory, list_files
+            url, is_dir = user_path, is_directory(user_path, s.transfer)
+            if is_dir:
+                url = url.rstrip("/")
+                s.listings[url] = list_files(url, s.transfer)
         else:
             url, is_dir = user_path, urlsplit_path(user_path).endswith("/")
             if is_dir:
@@ -447,6 +454,7 @@ def _open_remote(user_path: str, strict: bool) -> TensorTable:
             table = _open_files(user_path, _model_files(url), directory, strict, [])
         table.transfer = s.report()
         table.file_sizes = dict(s.sizes)
+        table.remote = s
     return table
 
 

@@ -1,7 +1,7 @@
 """HTTP(S) for remote weight files: HttpClient (one urllib3 connection pool; bounded retries with exponential
 backoff on 5xx and broken connections, Retry-After on 429, timeouts, redirects followed by hand so that a token
 only ever goes to the host it belongs to) and HttpFile, the Source of one remote object: range GETs through a
-small read-ahead cache, so a format reader's many small header reads cost one or two requests."""
+read-ahead cache (ranged.RangedSource), so a format reader's many small header reads cost one or two requests."""
 from __future__ import annotations
 
 import email.utils
@@ -12,7 +12,8 @@ import threading
 import time
 from urllib.parse import urljoin, urlsplit
 
-from . import Transfer
+from . import Transfer, cache
+from .ranged import FIRST_WINDOW, RangedSource
 
 DEFAULT_TIMEOUT = 30.0        # seconds, per connect and per read (PARAMKIT_HTTP_TIMEOUT)
 DEFAULT_RETRIES = 4           # retries after the first attempt (PARAMKIT_HTTP_RETRIES)
@@ -20,12 +21,6 @@ BACKOFF = 0.5                 # seconds before the first retry, doubling, at mos
 MAX_BACKOFF = 8.0
 MAX_RETRY_AFTER = 60.0        # a 429 asking to wait longer than this is an error, not a wait
 MAX_REDIRECTS = 10
-FIRST_WINDOW = 100_000        # the first request of every file: bytes 0..99,999 (a safetensors header fits)
-MAX_WINDOW = 16 << 20         # read-ahead doubles per miss up to this
-SCATTER_WINDOW = 64 << 10     # a small read that does not continue the last fetch reads this much
-MERGE_GAP = 16 << 10          # prefetch: ranges closer than this are fetched as one (the gap with them)
-PREFETCH_WORKERS = 8
-CACHE_LIMIT = 64 << 20        # bytes of fetched ranges an HttpFile keeps
 _RETRY_STATUS = frozenset({500, 502, 503, 504})
 _REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
 _CONTENT_RANGE = re.compile(r"bytes\s+(?:(\d+)-(\d+)|\*)/(\d+|\*)\s*$", re.I)
@@ -138,13 +133,15 @@ class HttpClient:
             self._tokens.pop(origin(url), None)
 
     def get(self, url: str, *, start: int | None = None, end: int | None = None, max_body: int | None = None,
-            transfer: Transfer | None = None) -> Response:
+            transfer: Transfer | None = None, headers: dict | None = None) -> Response:
         """GET `url`, following redirects; with start/end the bytes start..end-1 (a Range request: a 200 answer
         with the whole body is refused, RemoteError). The body is read when the answer is 2xx (at most
         `max_body` bytes, else RemoteError). Non-2xx answers (after retries) raise RemoteError (404:
-        RemoteNotFound, 401/403: RemoteAccessDenied)."""
+        RemoteNotFound, 401/403: RemoteAccessDenied). `headers`: more request headers (If-None-Match: a 304 answer
+        is returned, with no body)."""
         transfer = transfer if transfer is not None else Transfer()
-        headers = {} if start is None else {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"}
+        headers = {**(headers or {}),
+                   **({} if start is None else {"Range": f"bytes={start}-{end - 1}", "Accept-Encoding": "identity"})}
         for _ in range(MAX_REDIRECTS + 1):
             r = self._send(url, headers, start is not None, max_body, transfer)
             if r.status not in _REDIRECT_STATUS:
@@ -224,7 +221,7 @@ class HttpClient:
             raise RemoteError(url, "the server ignores HTTP Range requests (it answered 200 with the whole "
                               f"{_length_text(r)} body): paramkit reads headers with range requests and does not "
                               "download whole files; download the file and scan it locally", 200)
-        if ranged and status == 416:
+        if (ranged and status == 416) or status == 304:     # 304: the answer to a conditional request
             _discard(r)
             return b""
         if not 200 <= status < 300:
@@ -285,7 +282,7 @@ def default_client() -> HttpClient:
         return _client
 
 
-class HttpFile:
+class HttpFile(RangedSource):
     """A remote object as a Source: name = the URL, size and validator (ETag, else Last-Modified) from the
     first ranged answer's headers (no HEAD), path None (the native engines cannot pread it), read_at by Range
     GETs. Fetched ranges are kept (up to CACHE_LIMIT bytes): a miss fetches at least the current window, which
@@ -294,50 +291,63 @@ class HttpFile:
     are checked against the first (RemoteChanged); a short body is RemoteError (an OSError naming the URL)."""
 
     kind = "http"
-    path = None
-    file_offset = 0
-    read_size = 64 << 10    # the read size sequential header readers should use: this source reads ahead
 
     def __init__(self, url: str, *, client: HttpClient | None = None, timeout: float | None = None,
-                 transfer: Transfer | None = None, window: int = FIRST_WINDOW):
+                 transfer: Transfer | None = None, window: int = FIRST_WINDOW,
+                 expect: tuple[int, str | None] | None = None):
         self.name = url
         self.client = client if client is not None else (HttpClient(timeout=timeout) if timeout is not None
                                                          else default_client())
         self.transfer = transfer if transfer is not None else Transfer()
         self._target = url        # where the last answer came from (a redirect's target, reused)
-        self._lock = threading.RLock()
-        self._blocks: list[tuple[int, bytes]] = []    # disjoint fetched ranges, sorted by start
-        self._cached = 0
-        self._window = window
-        self._next = 0            # where the last fetch ended: a miss there is a sequential read
+        self._init_cache(window)
         self._validator: str | None = None
         self.size: int = -1
+        if expect is not None:    # (size, validator) known from an earlier read: no request now, every answer
+            self.size, self._validator = expect     # is checked against them (RemoteChanged)
+            return
+        kept = cache.load(url)
+        if kept is not None and self._still(*kept[:2]):    # the header cache's ranges of this very object
+            self.size, self._validator = kept[:2]
+            for start, data in kept[2]:
+                self._keep(start, data)
+            self._next = max(start + len(data) for start, data in kept[2])
+            self._dirty = False
+            return
         data = self._fetch(0, window)
         if data:
             self._keep(0, data)
 
-    @property
-    def identity(self) -> tuple:
-        """(URL, size, ETag or Last-Modified): changes when the object is replaced."""
-        return (self.name, self.size, self._validator)
+    def _still(self, size: int, validator: str) -> bool:
+        """Whether the object is still the one a header cache entry was made of: one request of at most one
+        byte, conditional on its ETag (a 304 answer), else compared by the answer's size and validator."""
+        etag = validator.startswith(('"', 'W/"'))
+        r = self._get(0, 1, {"If-None-Match": validator} if etag else None)
+        if r.status == 304:
+            return True
+        cr = _CONTENT_RANGE.match(r.headers.get("Content-Range", "") or "")
+        return (cr is not None and cr.group(3) == str(size)
+                and (r.headers.get("ETag") or r.headers.get("Last-Modified")) == validator)
 
-    @property
-    def requests(self) -> int:
-        return self.transfer.requests
-
-    @property
-    def bytes_received(self) -> int:
-        return self.transfer.bytes
+    def close(self) -> None:
+        """Forget the fetched ranges, first keeping them in the header cache (when it is on, and they are new)."""
+        with self._lock:
+            if self._dirty and self._validator and self._blocks and cache.directory():
+                cache.store(self.name, self.size, self._validator, list(self._blocks))
+            self._dirty = False
+        super().close()
 
     # ---- requests ----------------------------------------------------------------------------------------
-    def _get(self, start: int, end: int) -> Response:
+    def _get(self, start: int, end: int, headers: dict | None = None) -> Response:
         try:
-            r = self.client.get(self._target, start=start, end=end, max_body=end - start, transfer=self.transfer)
+            r = self.client.get(self._target, start=start, end=end, max_body=end - start, transfer=self.transfer,
+                                headers=headers)
         except (RemoteNotFound, RemoteAccessDenied):
             if self._target == self.name:
                 raise
             self._target = self.name     # a redirect's target that no longer answers (an expired signed URL)
-            r = self.client.get(self._target, start=start, end=end, max_body=end - start, transfer=self.transfer)
+            r = self.client.get(self._target, start=start, end=end, max_body=end - start, transfer=self.transfer,
+                                headers=headers)
         if r.url != self._target:
             self._target = r.url
         return r
@@ -373,96 +383,3 @@ class HttpFile:
                               "(truncated answer)", r.status)
         self._next = want_end
         return r.data
-
-    # ---- the cache -----------------------------------------------------------------------------------------
-    def _keep(self, start: int, data: bytes) -> None:
-        if len(data) > CACHE_LIMIT // 4:
-            return
-        while self._blocks and self._cached + len(data) > CACHE_LIMIT:
-            _, old = self._blocks.pop(0)
-            self._cached -= len(old)
-        self._blocks.append((start, data))
-        self._blocks.sort(key=lambda b: b[0])
-        self._cached += len(data)
-
-    def _span(self, a: int, b: int) -> tuple[int, int]:
-        """The range to fetch for the uncached run a..b-1: for a small read a window (one that doubles per
-        miss when the read continues the last fetch, a sequential header; SCATTER_WINDOW for one elsewhere),
-        read forward up to the next cached block, or, near the end of the object, back from its end down to
-        the previous cached block; a larger read is fetched as asked."""
-        prev_end = max((s + len(d) for s, d in self._blocks if s + len(d) <= a), default=0)
-        next_start = min((s for s, _ in self._blocks if s >= b), default=self.size)
-        if b - a > self.read_size:        # a read of a known length (a whole header): as asked
-            want = b - a
-        elif a == self._next:             # a sequential reader ran past the last fetch: double the window
-            self._window = min(self._window * 2, MAX_WINDOW)
-            want = self._window
-        else:
-            want = SCATTER_WINDOW
-        if self.size - a <= want and next_start == self.size:
-            return max(prev_end, self.size - want, 0), self.size
-        return a, min(max(b, a + want), next_start)
-
-    def read_at(self, offset: int, length: int) -> bytes:
-        if offset < 0 or length < 0:
-            raise ValueError(f"read_at({offset}, {length}): negative offset or length")
-        end = offset + length
-        if end > self.size:
-            raise OSError(errno.EIO, f"{self.name}: bytes {offset:,}..{end:,} lie beyond the end of the "
-                          f"{self.size:,}-byte object")
-        if length == 0:
-            return b""
-        with self._lock:
-            out = bytearray()
-            pos = offset
-            while pos < end:
-                block = next(((s, d) for s, d in self._blocks if s <= pos < s + len(d)), None)
-                if block is not None:
-                    s, d = block
-                    out += d[pos - s:min(end, s + len(d)) - s]
-                    pos = min(end, s + len(d))
-                    continue
-                run_end = min([end] + [s for s, _ in self._blocks if pos < s < end])
-                a, b = self._span(pos, run_end)
-                data = self._fetch(a, b)
-                out += data[pos - a:run_end - a]
-                pos = run_end
-                self._keep(a, data)
-            return bytes(out)
-
-    def _covered(self, a: int, b: int) -> bool:
-        return any(s <= a and b <= s + len(d) for s, d in self._blocks)
-
-    def prefetch(self, ranges) -> None:
-        """Fetch the (offset, length) ranges that are not cached ahead of their reads: coalesced (gaps under
-        MERGE_GAP) and at once by a bounded thread pool, so the scattered small reads of a zip's local headers
-        cost one round of parallel requests instead of one request after another."""
-        spans: list[list[int]] = []
-        with self._lock:
-            for a, n in sorted(ranges):
-                a, b = max(0, a), min(self.size, a + n)
-                if b <= a or self._covered(a, b):
-                    continue
-                if spans and a - spans[-1][1] <= MERGE_GAP:
-                    spans[-1][1] = max(spans[-1][1], b)
-                else:
-                    spans.append([a, b])
-        if not spans:
-            return
-        from concurrent.futures import ThreadPoolExecutor
-        with ThreadPoolExecutor(min(PREFETCH_WORKERS, len(spans)), thread_name_prefix="paramkit-prefetch") as pool:
-            got = list(pool.map(lambda span: self._fetch(*span), spans))
-        with self._lock:
-            for (a, _), data in zip(spans, got):
-                self._keep(a, data)
-
-    def close(self) -> None:
-        with self._lock:
-            self._blocks = []
-            self._cached = 0
-
-    def __enter__(self) -> "HttpFile":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
