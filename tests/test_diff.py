@@ -241,6 +241,17 @@ def test_diff_of_a_model_with_itself_is_identical(small_checkpoint, backend):
     assert d.to_dict()["identical"] is True
 
 
+def test_thread_count_does_not_change_the_results(tmp_path):
+    rng = np.random.default_rng(8)
+    a = {f"t{i}": rng.standard_normal(3000 + i).astype(np.float32) for i in range(9)}
+    b = {k: (v * 1.01).astype(np.float32) for k, v in a.items()}
+    pa, pb = save(tmp_path / "a.safetensors", a), save(tmp_path / "b.safetensors", b)
+    runs = [paramkit.diff(pa, pb, threads=n).to_dict() for n in (1, 2, 5)]
+    for r in runs:
+        r.pop("timing"), r.pop("options")
+    assert runs[0] == runs[1] == runs[2]
+
+
 def test_minilm_against_itself(minilm_path):
     d = paramkit.diff(minilm_path, minilm_path)
     assert d.identical and len(d.tensors) == len(paramkit.scan(minilm_path, stats=False).tensors)

@@ -480,10 +480,10 @@ class NumpyEngine:
 
 
     def run_diff(self, pairs, *, threads: int | None = None, progress=None) -> list[dict]:
-        """The diff pass of paramkit.backends.numpy_diff (one pair after another; `threads` is ignored)."""
+        """The diff pass of paramkit.backends.numpy_diff (pairs shared among `threads` threads)."""
         from .numpy_diff import run_diff
         self.last_run = {"diff": self.name}
-        return run_diff(pairs, progress=progress)
+        return run_diff(pairs, progress=progress, threads=threads)
 
     @staticmethod
     def _block_stats(src, t: TensorInfo, d, quantiles: bool) -> dict:

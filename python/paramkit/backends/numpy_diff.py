@@ -4,6 +4,9 @@ float64 values; the statistics of A - B come from the numpy backend's own accumu
 from __future__ import annotations
 
 import math
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Sequence
 
 import numpy as np
@@ -83,10 +86,6 @@ class PairDiff:
         return {"sums": self.sums, "delta": delta}
 
 
-def _values_of(raw: bytes, t) -> np.ndarray:
-    return stored_values(raw, t.dtype)
-
-
 def diff_pair(src_a, src_b, p, progress=None) -> dict:
     """Compare the tensors of DiffPair `p` (paramkit.diff_match), read through the sources src_a and src_b:
     {"bytes_equal": bool} plus, when the values are compared and the bytes differ, "sums" and "delta". While
@@ -125,8 +124,8 @@ def diff_pair(src_a, src_b, p, progress=None) -> dict:
                 break
             for s in range(0, equal_until, step):     # the equal prefix, now needed for the sums
                 pa, pb = read(s, min(step, equal_until - s))
-                acc.update(_values_of(pa, ta), _values_of(pb, tb))
-        acc.update(_values_of(ra, ta), _values_of(rb, tb))
+                acc.update(stored_values(pa, ta.dtype), stored_values(pb, tb.dtype))
+        acc.update(stored_values(ra, ta.dtype), stored_values(rb, tb.dtype))
     if not same_layout and not values:
         bytes_equal = False
     out = {"bytes_equal": bytes_equal}
@@ -135,22 +134,33 @@ def diff_pair(src_a, src_b, p, progress=None) -> dict:
     return out
 
 
-def run_diff(pairs: Sequence, progress=None) -> list[dict]:
-    """diff_pair of every pair, in order; each file opened once. progress(total bytes read so far)."""
+def run_diff(pairs: Sequence, progress=None, threads: int | None = None) -> list[dict]:
+    """diff_pair of every pair, each file opened once (sources pread: thread-safe), the pairs shared among
+    `threads` worker threads (default: every core; NumPy releases the GIL in the array work). Each pair is
+    computed by one thread from its own chunks, so the results do not depend on the thread count.
+    progress(total bytes read so far)."""
     sources: dict[str, object] = {}
+    for p in pairs:
+        for path in (p.a.file, p.b.file):
+            if path not in sources:
+                sources[path] = open_source(path)
     done = 0
-
-    def src(path: str):
-        if path not in sources:
-            sources[path] = open_source(path)
-        return sources[path]
+    lock = threading.Lock()
 
     def advance(nbytes: int) -> None:
         nonlocal done
-        done += nbytes
-        progress(done)
+        with lock:
+            done += nbytes
+            progress(done)
+
+    def one(p) -> dict:
+        return diff_pair(sources[p.a.file], sources[p.b.file], p, advance if progress else None)
     try:
-        return [diff_pair(src(p.a.file), src(p.b.file), p, advance if progress else None) for p in pairs]
+        workers = min(threads or os.cpu_count() or 1, max(len(pairs), 1))
+        if workers == 1:
+            return [one(p) for p in pairs]
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(one, pairs))
     finally:
         for s in sources.values():
             s.close()
