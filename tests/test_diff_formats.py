@@ -272,3 +272,50 @@ def test_gemma_gguf_with_one_block_changed(gemma, tmp_path):
     row = next(x for x in d.tensors if x.name == t.name).to_dict()
     check(row, a, b)
     assert 0 < row["elements_changed"] <= 256
+
+
+# ---- other formats and layouts ----------------------------------------------------------------------------
+def test_npz_big_endian_and_sharded_directory_against_safetensors(tmp_path):
+    """A big-endian .npz (plain and deflated) and a sharded safetensors directory against one file: identical."""
+    import json
+    rng = np.random.default_rng(31)
+    x = rng.standard_normal((10, 7)).astype(np.float32)
+    y = rng.standard_normal(5)
+    one = save(tmp_path / "one.safetensors", {"x": x, "y": y})
+    np.savez(tmp_path / "m.npz", x=x, y=y.astype(">f8"))
+    np.savez_compressed(tmp_path / "mc.npz", x=x.astype(">f4"), y=y)
+    shards = tmp_path / "sharded"
+    shards.mkdir()
+    save(shards / "model-00001-of-00002.safetensors", {"x": x})
+    save(shards / "model-00002-of-00002.safetensors", {"y": y})
+    (shards / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {"x": "model-00001-of-00002.safetensors",
+                                        "y": "model-00002-of-00002.safetensors"}}))
+    for other in (tmp_path / "m.npz", tmp_path / "mc.npz", shards):
+        d = paramkit.diff(one, str(other))
+        assert d.identical and len(d.tensors) == 2, other
+    z = y.copy()
+    z[2] = np.nan
+    np.savez(tmp_path / "edit.npz", x=x, y=z.astype(">f8"))
+    t = next(t for t in paramkit.diff(one, str(tmp_path / "edit.npz")).to_dict()["tensors"] if t["name"] == "y")
+    check(t, y, z)
+
+
+def test_memory_stays_bounded(tmp_path):
+    """Two 48 MB tensors diffed with one thread: the pass holds a few chunks, not a tensor (tracemalloc sees
+    NumPy's buffers)."""
+    import tracemalloc
+    n = 12 * 2**20
+    x = np.linspace(-1, 1, n, dtype=np.float32)
+    pa = save(tmp_path / "a.safetensors", {"x": x})
+    x[::3] += np.float32(1e-3)
+    pb = save(tmp_path / "b.safetensors", {"x": x})
+    del x
+    tracemalloc.start()
+    try:
+        d = paramkit.diff(pa, pb, threads=1)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert d.tensors[0].status == "changed" and d.tensors[0].metrics["elements_changed"] > n // 4
+    assert peak < 40 * 2**20, peak

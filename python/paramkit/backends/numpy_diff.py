@@ -17,8 +17,10 @@ from ..quant.stream import stored_bytes, stored_values
 from ..sources import open_source
 from .numpy_backend import _Accumulator
 
-# Elements per chunk (rounded to the pair's alignment): a few float64 arrays of 8 MiB at once
-CHUNK_ELEMENTS = 1 << 20
+# Elements per chunk (rounded to the pair's alignment): about eight float64 arrays of 4 MiB alive per worker thread
+CHUNK_ELEMENTS = 1 << 19
+# default worker threads at most (memory: about 30 MiB per thread)
+DEFAULT_MAX_THREADS = 8
 # counts kept beside the error sums (paramkit.quant.numpy_quant's keys, merged by merge_error)
 EXTRA_KEYS = ("sum_abs", "changed", "nonfinite_changed")
 
@@ -136,7 +138,8 @@ def diff_pair(src_a, src_b, p, progress=None) -> dict:
 
 def run_diff(pairs: Sequence, progress=None, threads: int | None = None) -> list[dict]:
     """diff_pair of every pair, each file opened once (sources pread: thread-safe), the pairs shared among
-    `threads` worker threads (default: every core; NumPy releases the GIL in the array work). Each pair is
+    `threads` worker threads (default: every core, at most DEFAULT_MAX_THREADS; NumPy releases the GIL in the
+    array work). Each pair is
     computed by one thread from its own chunks, so the results do not depend on the thread count.
     progress(total bytes read so far)."""
     sources: dict[str, object] = {}
@@ -156,7 +159,7 @@ def run_diff(pairs: Sequence, progress=None, threads: int | None = None) -> list
     def one(p) -> dict:
         return diff_pair(sources[p.a.file], sources[p.b.file], p, advance if progress else None)
     try:
-        workers = min(threads or os.cpu_count() or 1, max(len(pairs), 1))
+        workers = min(threads or min(os.cpu_count() or 1, DEFAULT_MAX_THREADS), max(len(pairs), 1))
         if workers == 1:
             return [one(p) for p in pairs]
         with ThreadPoolExecutor(workers) as pool:
