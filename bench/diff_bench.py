@@ -10,9 +10,12 @@ import argparse
 import math
 import os
 import subprocess
-import time
+import sys
 
 import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gguf_bench import timed  # noqa: E402  (the median-of-N timer the other benches use)
 
 
 def make_pair(d: str, size_mb: int, dtype: str) -> tuple[str, str, str]:
@@ -58,15 +61,6 @@ def naive(a_path: str, b_path: str) -> dict:
                   "delta": {"min": float(d.min()), "max": float(d.max()), "mean": float(d.mean()),
                             "std": float(d.std())}}
     return out
-
-
-def timed(fn, rounds: int) -> float:
-    best = []
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        best.append(time.perf_counter() - t)
-    return sorted(best)[len(best) // 2]
 
 
 def main() -> None:
