@@ -300,3 +300,31 @@ def test_errors(tmp_path):
         paramkit.diff(good, str(tmp_path / "missing.safetensors"))
     with pytest.raises(ValueError):
         paramkit.diff(good, good, threads=0)
+
+
+def _raw_safetensors(path, tensors: dict[str, tuple[str, list, bytes]]) -> str:
+    """A safetensors file written byte by byte (for dtypes numpy cannot hold, such as F4)."""
+    import json
+    import struct
+    header, data = {}, b""
+    for name, (dtype, shape, raw) in tensors.items():
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)) + h + data)
+    return str(path)
+
+
+def test_dtype_without_values_compared_byte_for_byte(tmp_path):
+    """F4 (two elements a byte, no decoder): identical when the bytes are, else changed with a note."""
+    pa = _raw_safetensors(tmp_path / "a.safetensors", {"w": ("F4", [2, 8], bytes(range(8))),
+                                                       "v": ("F4", [8], bytes(4))})
+    pb = _raw_safetensors(tmp_path / "b.safetensors", {"w": ("F4", [2, 8], bytes(range(8))),
+                                                       "v": ("F4", [8], b"\x00\x00\x00\x01")})
+    d = paramkit.diff(pa, pb)
+    rows = {t.name: t for t in d.tensors}
+    assert rows["w"].status == "identical" and rows["v"].status == "changed"
+    assert rows["v"].metrics is None and "no decoding for dtype F4" in rows["v"].note
+    assert not d.identical and paramkit.diff(pa, pa).identical

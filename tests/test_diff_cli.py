@@ -122,3 +122,17 @@ def test_help_names_every_option(capsys):
                 "--backend", "--threads", "--progress"):
         assert opt in text, opt
     assert "exit" in text.lower()
+
+
+def test_mapped_names_get_a_column_of_their_own(tmp_path, capsys, monkeypatch):
+    from test_diff_formats import hf_llama, write_llama_gguf
+    hf = hf_llama(np.random.default_rng(1), np.float32)
+    st = save(tmp_path / "m.safetensors", hf)
+    gg = str(tmp_path / "m.gguf")
+    write_llama_gguf(gg, hf)
+    monkeypatch.setenv("COLUMNS", "200")
+    rc, out, _ = run(capsys, st, gg)
+    assert rc == 0 and "name in B" in out and "blk.1.attn_q.weight" in out
+    assert "conversion: rows un-permuted (llama.cpp Q/K permutation, 4 heads) (2 tensors)" in out
+    rc, out, _ = run(capsys, st, st)
+    assert rc == 0 and "name in B" not in out

@@ -14,6 +14,7 @@ from .cli_render import Col, drop_order, fit_table, fmt_value, human, key_values
 #: per-tensor columns of the table (drop rank: the highest goes first when the terminal is too narrow)
 DIFF_COLUMNS: tuple[tuple[str, Col], ...] = (
     ("name", Col("name", fit="name", min_width=28)),
+    ("name_b", Col("name in B", fit="name", min_width=16, drop=8)),     # only when names were mapped
     ("status", Col("status")),
     ("dtype", Col("dtype", drop=6)),
     ("shape", Col("shape", drop=7)),
@@ -86,6 +87,8 @@ def _cell(t, key: str) -> str:
     m = t.metrics or {}
     if key == "name":
         return t.name
+    if key == "name_b":
+        return t.name_b or ""
     if key == "status":
         return t.status
     if key == "dtype":
@@ -118,7 +121,10 @@ def fmt_metric(key: str, v) -> str:
 
 
 def tensor_table(rows, width: int, *, wide: bool, title: str):
-    return fit_table([c for _, c in DIFF_COLUMNS], [[_cell(t, k) for k, _ in DIFF_COLUMNS] for t in rows], width,
+    """The tensor rows; the "name in B" column only when some tensor of `rows` has another name in B."""
+    mapped = any(t.name_b is not None and t.name_b != t.name for t in rows)
+    cols = [(k, c) for k, c in DIFF_COLUMNS if k != "name_b" or mapped]
+    return fit_table([c for _, c in cols], [[_cell(t, k) for k, _ in cols] for t in rows], width,
                      title=title, wide=wide, hint="--wide shows every column, --format json every value")
 
 

@@ -19,6 +19,8 @@ from .numpy_backend import _Accumulator
 
 # Elements per chunk (rounded to the pair's alignment): about eight float64 arrays of 4 MiB alive per worker thread
 CHUNK_ELEMENTS = 1 << 19
+# bytes per range when only the bytes are compared (dtypes without values)
+CHUNK_BYTES = 4 << 20
 # default worker threads at most (memory: about 30 MiB per thread)
 DEFAULT_MAX_THREADS = 8
 # counts kept beside the error sums (paramkit.quant.numpy_quant's keys, merged by merge_error)
@@ -96,6 +98,8 @@ def diff_pair(src_a, src_b, p, progress=None) -> dict:
     ta, tb = p.a, p.b
     same_layout = ta.dtype == tb.dtype and tuple(ta.shape) == tuple(tb.shape)
     values = p.values and ta.numel == tb.numel
+    if not values and p.undo_a is None and p.undo_b is None:
+        return {"bytes_equal": same_layout and same_bytes(src_a, src_b, ta, tb, progress)}
     n = ta.numel if same_layout or values else 0
     align = p.align
     step = max(align, CHUNK_ELEMENTS // align * align)
@@ -134,6 +138,21 @@ def diff_pair(src_a, src_b, p, progress=None) -> dict:
     if acc is not None and not bytes_equal:
         out.update(acc.result())
     return out
+
+
+def same_bytes(src_a, src_b, ta, tb, progress=None) -> bool:
+    """Whether the stored bytes of ta and tb are equal, compared in byte ranges of CHUNK_BYTES (any dtype,
+    sub-byte ones such as F4 included); stops at the first range that differs."""
+    if ta.nbytes != tb.nbytes:
+        return False
+    for at in range(0, ta.nbytes, CHUNK_BYTES):
+        n = min(CHUNK_BYTES, ta.nbytes - at)
+        ra, rb = src_a.read_at(ta.offset + at, n), src_b.read_at(tb.offset + at, n)
+        if progress is not None:
+            progress(2 * n)
+        if ra != rb:
+            return False
+    return True
 
 
 def run_diff(pairs: Sequence, progress=None, threads: int | None = None) -> list[dict]:
