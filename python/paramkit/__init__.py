@@ -1,8 +1,8 @@
 """paramkit: read neural-network weight files at disk speed — exact parameter counts, per-tensor
 statistics, quantization error, what it takes to run a model. Start with paramkit.scan(path).
 
-The API: scan, scan_many, tensor_stats, fake_quantize, quant_error, fake_quantize_file, plan, ingest, backends,
-FormatError, BackendUnavailable, __version__. Public submodules: paramkit.quant (the quantization schemes),
+The API: scan, scan_many, tensor_stats, fake_quantize, quant_error, fake_quantize_file, plan, diff, ingest,
+backends, FormatError, BackendUnavailable, __version__. Public submodules: paramkit.quant (the quantization schemes),
 paramkit.planning (the Plan that plan() returns, its tables and formulas), paramkit.config_params (the
 parameter tensors of an architecture from its config.json). dir(paramkit) lists exactly these."""
 
@@ -11,9 +11,10 @@ __version__ = "0.1.0"
 from .errors import BackendUnavailable, FormatError
 from .backends import backends
 from .api import fake_quantize, plan, quant_error, scan, scan_many, tensor_stats
+from .model_diff import diff
 
 __all__ = ["scan", "scan_many", "tensor_stats", "fake_quantize", "quant_error", "fake_quantize_file", "plan",
-           "ingest", "backends", "FormatError", "BackendUnavailable", "__version__"]
+           "diff", "ingest", "backends", "FormatError", "BackendUnavailable", "__version__"]
 _PUBLIC_SUBMODULES = ("quant", "planning", "config_params")
 
 

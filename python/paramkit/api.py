@@ -127,12 +127,8 @@ def _chosen_tensors(table, counting, tensors) -> list[int] | None:
     """Indices (table order) of the tensors scan(tensors=...) reads; None for all of them."""
     if tensors is None:
         return None
-    import re
     if isinstance(tensors, str):
-        try:
-            rx = re.compile(tensors)
-        except re.error as e:
-            raise ValueError(f"tensors: {tensors!r} is not a valid regular expression ({e})") from None
+        rx = tensors_regex(tensors)
         chosen = [i for i, name in enumerate(table.columns.names) if rx.search(name)]
     elif callable(tensors):
         chosen = [i for i, (t, r) in enumerate(zip(table.tensors, counting.roles))
@@ -142,6 +138,15 @@ def _chosen_tensors(table, counting, tensors) -> list[int] | None:
     if not chosen:
         raise ValueError(f"tensors={_describe(tensors)!r} matches none of the {len(table):,} tensors")
     return chosen
+
+
+def tensors_regex(pattern: str):
+    """The compiled regex of a tensors= argument; ValueError naming it when it is not one."""
+    import re
+    try:
+        return re.compile(pattern)
+    except re.error as e:
+        raise ValueError(f"tensors: {pattern!r} is not a valid regular expression ({e})") from None
 
 
 def _describe(tensors) -> str:

@@ -1,6 +1,7 @@
-"""The `paramkit` command (also `python -m paramkit`): scan, demo, doctor, and the plan and quant
-subcommands of cli_plan/cli_quant; output is fitted to the terminal by cli_render. Exit codes: 0 on
-success, 2 on a FormatError (its code printed), 1 on any other error (I/O errors included)."""
+"""The `paramkit` command (also `python -m paramkit`): scan, demo, doctor, and the plan, quant, diff and ingest
+subcommands of cli_plan/cli_quant/cli_diff/cli_ingest; output is fitted to the terminal by cli_render. Exit
+codes: 0 on success, 2 on a FormatError (its code printed), 1 on any other error (I/O errors included); diff: 1
+when the models differ, 2 on any error; ingest: 3 when some models are error rows."""
 from __future__ import annotations
 
 import argparse
@@ -398,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "backend whether it can run here and why.")
     doc.add_argument("--json", action="store_true", help="print the same as JSON")
     doc.set_defaults(func=cmd_doctor)
-    for mod in ("cli_plan", "cli_quant", "cli_ingest"):
+    for mod in ("cli_plan", "cli_quant", "cli_diff", "cli_ingest"):
         try:
             m = __import__(f"paramkit.{mod}", fromlist=["register"])
         except ImportError:
@@ -414,6 +415,8 @@ def main(argv=None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 1
+    # a command whose exit status 1 has a meaning of its own (diff: the models differ) exits error_status on errors
+    failed = getattr(args, "error_status", None)
     try:
         return int(args.func(args) or 0)
     except BrokenPipeError:
@@ -425,14 +428,14 @@ def main(argv=None) -> int:
     except FormatError as e:
         where = f" (file {e.path}" + (f", tensor {e.tensor}" if e.tensor else "") + ")" if e.path else ""
         print(f"paramkit: error [{e.code}]: {e.message}{where}", file=sys.stderr)
-        return 2
+        return failed or 2
     except OSError as e:   # I/O: a path that does not exist, permissions, a failed read or write
         what = f"{e.filename}: {e.strerror}" if e.filename is not None and e.strerror else str(e)
         print(f"paramkit: error: {what}", file=sys.stderr)
-        return 1
-    except (BackendUnavailable, ValueError, TypeError, ImportError, NotImplementedError, FileExistsError) as e:
+        return failed or 1
+    except (BackendUnavailable, ValueError, TypeError, ImportError, NotImplementedError) as e:
         print(f"paramkit: error: {e}", file=sys.stderr)
-        return 1
+        return failed or 1
     except KeyboardInterrupt:
         print("paramkit: interrupted", file=sys.stderr)
         return 130

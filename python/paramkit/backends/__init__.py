@@ -45,6 +45,12 @@ class Engine(Protocol):
                   progress: ProgressFn | None = None) -> list[dict | None]:
         """run(...)[0]: statistics only."""
 
+    def run_diff(self, pairs: Sequence, *, threads: int | None = None,
+                 progress: ProgressFn | None = None) -> list[dict]:
+        """paramkit.diff's data pass: per paramkit.diff_match.DiffPair, {"bytes_equal": bool} and, where the
+        bytes differ and the values are compared, "sums" and "delta" (backends/numpy_diff.py defines them);
+        progress(bytes of both sides done so far)."""
+
     def array_stats(self, array: np.ndarray, dtype: str, *, quantiles: bool = True) -> dict:
         """The same statistics for an in-memory array whose elements are of safetensors `dtype`."""
 

@@ -143,6 +143,13 @@ class CpuEngine:
                         qout[i][s.id] = quant_sums(rec2, row, k)
         return done
 
+    def run_diff(self, pairs, *, threads: int | None = None, progress=None) -> list[dict]:
+        """Delegated to the numpy backend (paramkit._core has no diff kernel yet); last_run says so."""
+        from .numpy_backend import ENGINE as numpy_engine
+        out = numpy_engine.run_diff(pairs, threads=threads, progress=progress)
+        self.last_run = {"diff": numpy_engine.name, "fallback": "numpy: the native engine has no diff kernel"}
+        return out
+
     def array_stats(self, array: np.ndarray, dtype: str, *, quantiles: bool = True) -> dict:
         d = stats_dtype(dtype)
         raw = np.ascontiguousarray(array).reshape(-1).view(np.uint8)

@@ -217,15 +217,21 @@ def ggml_dequantizer(name: str):
     return lambda blocks: gq.dequantize(blocks, qtype)
 
 
+def dequantize_blocks(raw, dtype: str) -> np.ndarray:
+    """The float32 values of whole GGML blocks of type `dtype` (bytes or a uint8 array), by gguf.quants."""
+    d = DTYPES[dtype]
+    blocks = np.frombuffer(raw, dtype=np.uint8).reshape(-1, d.block_bytes)
+    return np.asarray(ggml_dequantizer(dtype)(blocks), dtype=np.float32).reshape(-1)
+
+
 def block_values(src, t: TensorInfo, start: int, count: int) -> np.ndarray:
     """Elements [start, start+count) of the GGML block tensor t (whole blocks), read through `src` and
     dequantized by gguf.quants to float32 (the numpy backend's statistics and quantization stream)."""
     d = DTYPES[t.dtype]
     if start % d.block or count % d.block:
         raise ValueError(f"tensor {t.name!r}: {t.dtype} values are read in whole blocks of {d.block}")
-    raw = np.frombuffer(src.read_at(t.offset + start // d.block * d.block_bytes, count // d.block * d.block_bytes),
-                        dtype=np.uint8)
-    return np.asarray(ggml_dequantizer(t.dtype)(raw.reshape(-1, d.block_bytes)), dtype=np.float32).reshape(-1)
+    return dequantize_blocks(src.read_at(t.offset + start // d.block * d.block_bytes,
+                                         count // d.block * d.block_bytes), t.dtype)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -472,6 +478,12 @@ class NumpyEngine:
                     results[i] = acc.result()
         return results
 
+
+    def run_diff(self, pairs, *, threads: int | None = None, progress=None) -> list[dict]:
+        """The diff pass of paramkit.backends.numpy_diff (pairs shared among `threads` threads)."""
+        from .numpy_diff import run_diff
+        self.last_run = {"diff": self.name}
+        return run_diff(pairs, progress=progress, threads=threads)
 
     @staticmethod
     def _block_stats(src, t: TensorInfo, d, quantiles: bool) -> dict:

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..backends.numpy_backend import block_values, decode
+from ..backends.numpy_backend import decode, dequantize_blocks
 from ..dtypes import DTYPES
 from ..sources import open_source
 from ..table import TensorInfo
@@ -23,14 +23,28 @@ def _bytes_of(t: TensorInfo, count: int) -> int:
     return count // d.block * d.block_bytes if d.kind == "block" else count * (d.bits // 8)
 
 
+def stored_bytes(src, t: TensorInfo, start: int, count: int) -> bytes:
+    """The stored bytes of elements [start, start+count) of tensor t, read through the source `src`
+    (paramkit.sources); for a GGML block type start and count must be whole blocks."""
+    d = DTYPES[t.dtype]
+    if d.kind == "block" and (start % d.block or count % d.block):
+        raise ValueError(f"tensor {t.name!r}: {t.dtype} values are read in whole blocks of {d.block}")
+    return src.read_at(t.offset + _bytes_of(t, start), _bytes_of(t, count))
+
+
+def stored_values(raw, dtype: str) -> np.ndarray:
+    """The values of stored elements of `dtype` (bytes of whole elements, or of whole blocks): decode()'s
+    exact values for a plain dtype, gguf.quants' float32 dequantized values for a GGML block type."""
+    if DTYPES[dtype].kind == "block":
+        return dequantize_blocks(raw, dtype)
+    return decode(np.frombuffer(raw, dtype=np.uint8), dtype)
+
+
 def read_values(src, t: TensorInfo, start: int, count: int) -> np.ndarray:
     """Elements [start, start+count) of tensor t, read through the source `src` (paramkit.sources), as
     float32 (F64 rounds, the rest is exact; a GGML block type's dequantized values by gguf.quants, start and
     count then whole blocks)."""
-    if DTYPES[t.dtype].kind == "block":
-        return block_values(src, t, start, count)
-    raw = np.frombuffer(src.read_at(t.offset + _bytes_of(t, start), _bytes_of(t, count)), dtype=np.uint8)
-    return np.asarray(decode(raw, t.dtype), dtype=np.float32)
+    return np.asarray(stored_values(stored_bytes(src, t, start, count), t.dtype), dtype=np.float32)
 
 
 def finite_absmax(src, t: TensorInfo, step: int = CHUNK_ELEMENTS) -> float:
