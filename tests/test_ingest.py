@@ -316,3 +316,49 @@ def test_dask_local_cluster_two_workers(tmp_path):
     assert s.ok + s.errors == len(expect) >= 200
     models, _ = _check_dataset(str(tmp_path / "out"), expect)
     assert len({m["worker"] for m in models if m["status"] == "ok"}) == 2      # both workers scanned
+
+
+def test_readme_schema_tables_list_every_column():
+    from paramkit.ingestion.schema import MODEL_COLUMNS, TENSOR_COLUMNS
+    readme = open(os.path.join(os.path.dirname(HERE), "README.md"), encoding="utf-8").read()
+    section = readme[readme.index("## Ingest"):readme.index("## Errors")]
+    models = section[section.index("`DIR/models` columns:"):section.index("`DIR/tensors` columns:")]
+    tensors = section[section.index("`DIR/tensors` columns:"):]
+    for part, cols in ((models, MODEL_COLUMNS), (tensors, TENSOR_COLUMNS)):
+        rows = [line for line in part.splitlines() if line.startswith("| `")]
+        assert rows == [f"| `{n}` | {t} | {w} |" for n, t, w in cols]
+
+
+def test_dask_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    import signal
+    import threading
+    import time
+    expect = _corpus(tmp_path / "src", n_small=40)
+    slow = tmp_path / "src" / "slow"       # bigger files: the run lasts long enough to kill a worker within it
+    slow.mkdir()
+    rng = np.random.default_rng(3)
+    for k in range(24):
+        arrays = {"w": rng.standard_normal((512, 1024)).astype(np.float32)}
+        _save_safetensors(slow / f"s{k:02d}.safetensors", arrays)
+        expect[str(slow / f"s{k:02d}.safetensors")] = ("ok", None, None)
+    out = str(tmp_path / "out")
+    result: list = []
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        run = threading.Thread(target=lambda: result.append(
+            paramkit.ingest(_arguments(tmp_path / "src") + [str(slow)], out, client=client, batch=4)))
+        run.start()
+        def parts():
+            d = os.path.join(out, "models")
+            return [n for n in os.listdir(d) if n.startswith("part-")] if os.path.isdir(d) else []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not parts():
+            time.sleep(0.02)
+        assert parts() and run.is_alive()       # mid-run: some parts written, the run still going
+        pids = client.run(os.getpid)
+        os.kill(next(iter(pids.values())), signal.SIGKILL)     # one worker process dies mid-run
+        run.join(240)
+        assert not run.is_alive()
+    assert result and result[0].ok + result[0].errors == len(expect)
+    _check_dataset(out, expect)
