@@ -149,14 +149,15 @@ def ingest(sources: Iterable[str] | str, out: str, *, client=None, workers: int 
         if client is None and (workers or scheduler):
             client, own = _dask_client(workers, scheduler)
             own = (client, own)
+        chunk = 1 if stats or quant else 16     # header-only scans: 16 sources a task
         if client is not None:
-            runner.run_dask(todo(), options, client, on_result)
+            runner.run_dask(todo(), options, client, on_result, chunk)
         else:
             n = jobs or os.cpu_count() or 1
             if n <= 1:
                 runner.run_serial(todo(), options, on_result)
             else:
-                runner.run_pool(todo(), options, n, on_result)
+                runner.run_pool(todo(), options, n, on_result, chunk)
         flush()
     finally:
         flush()

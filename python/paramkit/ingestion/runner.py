@@ -96,6 +96,23 @@ def _task(source: str, options: dict) -> dict:
     return scan_source(source, options)
 
 
+def _task_chunk(sources: list[str], options: dict) -> list[dict]:
+    """A chunk of sources in one task (header-only scans take a millisecond: one task each would cost more in
+    scheduling than in scanning)."""
+    return [scan_source(s, options) for s in sources]
+
+
+def chunks(sources: Iterator[str], size: int) -> Iterator[list[str]]:
+    chunk: list[str] = []
+    for s in sources:
+        chunk.append(s)
+        if len(chunk) >= size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
 def died_row(source: str, attempts: int, why: str) -> dict:
     from .. import __version__
     return {"source": source, "model": error_row(source, {"code": "worker_died", "type": "WorkerDied",
@@ -110,7 +127,8 @@ def timeout_row(source: str, attempts: int, seconds: float) -> dict:
                                                  attempts=attempts, worker="", version=__version__), "tensors": []}
 
 
-def run_pool(sources: Iterator[str], options: dict, workers: int, on_result: Callable[[dict], None]) -> None:
+def run_pool(sources: Iterator[str], options: dict, workers: int, on_result: Callable[[dict], None],
+             chunk: int = 1) -> None:
     """Tasks on a local process pool, at most 2 x workers in flight. A worker process that dies (killed, out of
     memory) breaks the pool, and the pool cannot say which task it was running: the tasks in flight then run
     again one at a time, each alone in a pool of its own, so that only the task that kills its worker is
@@ -118,7 +136,7 @@ def run_pool(sources: Iterator[str], options: dict, workers: int, on_result: Cal
     in the pool that broke too). Nothing is lost, and a source gets one row."""
     limit = 2 * workers
     retries = int(options.get("retries", 0))
-    pending = iter(sources)
+    pending = chunks(iter(sources), chunk)
     tries: dict[str, int] = {}
     while True:
         pool = ProcessPoolExecutor(max_workers=workers)
@@ -127,25 +145,29 @@ def run_pool(sources: Iterator[str], options: dict, workers: int, on_result: Cal
         try:
             while not suspects:
                 while len(inflight) < limit:
-                    src = next(pending, None)
-                    if src is None:
+                    part = next(pending, None)
+                    if part is None:
                         break
                     try:
-                        inflight[pool.submit(_task, src, dict(options, attempts_before=0))] = src
+                        inflight[pool.submit(_task_chunk, part, dict(options, attempts_before=0))] = part
                     except BrokenProcessPool:
-                        suspects.append(src)
+                        suspects += part
                         break
                 if not inflight and not suspects:
                     return
                 done, _ = wait(list(inflight), return_when=FIRST_COMPLETED) if inflight else (set(), set())
                 for fut in done:
-                    src = inflight.pop(fut)
+                    part = inflight.pop(fut)
                     try:
-                        on_result(fut.result())
+                        results = fut.result()
                     except BrokenProcessPool:
-                        suspects.append(src)
+                        suspects += part
+                        continue
+                    for r in results:
+                        on_result(r)
                 if suspects:
-                    suspects += list(inflight.values())
+                    for part in inflight.values():
+                        suspects += part
                     inflight.clear()
         finally:
             pool.shutdown(wait=not suspects, cancel_futures=True)
@@ -177,7 +199,8 @@ def run_serial(sources: Iterator[str], options: dict, on_result: Callable[[dict]
         on_result(scan_source(src, options))
 
 
-def run_dask(sources: Iterator[str], options: dict, client, on_result: Callable[[dict], None]) -> None:
+def run_dask(sources: Iterator[str], options: dict, client, on_result: Callable[[dict], None],
+             chunk: int = 1) -> None:
     """Tasks on a Dask cluster, at most 2 x its worker threads in flight (at least 4). Dask reruns the tasks
     of a worker that dies; a task past --timeout gets a timeout row here and is cancelled (Dask cannot stop a
     running thread: that worker thread finishes its scan and the result is dropped)."""
@@ -185,37 +208,40 @@ def run_dask(sources: Iterator[str], options: dict, client, on_result: Callable[
     nthreads = sum(client.nthreads().values()) or 1
     limit = max(4, 2 * nthreads)
     timeout = options.get("timeout")
-    pending = iter(sources)
+    pending = chunks(iter(sources), chunk)
     inflight: dict = {}
     started: dict = {}
-    exhausted = False
+    submitted = 0
     while True:
-        while not exhausted and len(inflight) < limit:
-            src = next(pending, None)
-            if src is None:
-                exhausted = True
+        while len(inflight) < limit:
+            part = next(pending, None)
+            if part is None:
                 break
-            fut = client.submit(_task, src, options, key=f"paramkit-scan-{len(started)}-{hash(src)}",
+            submitted += 1
+            fut = client.submit(_task_chunk, part, options, key=f"paramkit-scan-{submitted}-{os.getpid()}",
                                 pure=False, retries=0)
-            inflight[fut] = src
+            inflight[fut] = part
             started[fut] = time.monotonic()
         if not inflight:
             return
         done, _ = dwait(list(inflight), timeout=1.0 if timeout else None, return_when="FIRST_COMPLETED")
         for fut in done:
-            src = inflight.pop(fut)
+            part = inflight.pop(fut)
             started.pop(fut, None)
             try:
-                on_result(fut.result())
+                results = fut.result()
             except Exception as e:   # the task itself never raises: a cluster-side failure (KilledWorker, ...)
                 from .. import __version__
-                on_result({"source": src, "model": error_row(src, {"code": "worker_died", "type": type(e).__name__,
-                                                                   "message": str(e)}, attempts=1, worker="",
-                                                             version=__version__), "tensors": []})
+                results = [{"source": src, "model": error_row(src, {"code": "worker_died", "type": type(e).__name__,
+                                                                    "message": str(e)}, attempts=1, worker="",
+                                                              version=__version__), "tensors": []} for src in part]
+            for r in results:
+                on_result(r)
         if timeout:
             now = time.monotonic()
-            for fut in [f for f, t in started.items() if now - t > timeout + 5 and f in inflight]:
-                src = inflight.pop(fut)
+            for fut in [f for f, t in started.items() if now - t > timeout * len(inflight[f]) + 5]:
+                part = inflight.pop(fut)
                 started.pop(fut)
                 fut.cancel()
-                on_result(timeout_row(src, 1, timeout))
+                for src in part:
+                    on_result(timeout_row(src, 1, timeout))
