@@ -289,6 +289,9 @@ def test_readable_with_pandas_and_schema_metadata(tmp_path):
     assert schema.metadata[b"paramkit_ingest_schema"] == b"1"
     q = json.loads(t.loc[t.name == "w"].iloc[0]["quant"])
     assert "int8_channel" in q and q["int8_channel"]["sqnr_db"] > 20
+    dd = pytest.importorskip("dask.dataframe")
+    dm = dd.read_parquet(str(tmp_path / "out" / "models")).compute()
+    assert sorted(dm.source) == sorted(m.source) and sorted(dm.total_params.dropna()) == sorted(m.total_params.dropna())
 
 
 def test_cli_summary_exit_codes_and_refusal(tmp_path):
