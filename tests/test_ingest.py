@@ -365,3 +365,26 @@ def test_dask_worker_killed_mid_run_loses_and_duplicates_nothing(tmp_path):
         assert not run.is_alive()
     assert result and result[0].ok + result[0].errors == len(expect)
     _check_dataset(out, expect)
+
+
+def test_remote_sources_rows_equal_local_and_resume_skips_them(tmp_path, server):
+    pytest.importorskip("urllib3")
+    arrays = {"w": np.arange(12, dtype=np.float32).reshape(3, 4) - 5.5}
+    local = tmp_path / "m.safetensors"
+    _save_safetensors(local, arrays)
+    url = server.add_file("models/m.safetensors", str(local))
+    out = str(tmp_path / "out")
+    s = paramkit.ingest([url, str(local)], out, jobs=1)
+    assert s.ok == 2
+    models, tensors = _read(out)
+    remote, here = (next(m for m in models if m["source"] == src) for src in (url, str(local)))
+    for k in ("total_params", "n_tensors", "size_bytes", "format", "agg_absmax", "agg_mean"):
+        assert remote[k] == here[k], k
+    ident = json.loads(remote["identity"])
+    assert ident["objects"][url] == {"size": local.stat().st_size, "validator": server.etags["/models/m.safetensors"]}
+    t = next(t for t in tensors if t["source"] == url)
+    assert t["min"] == -5.5 and t["max"] == 5.5 and t["mean"] == 0.0
+    assert json.loads(remote["transfer"])["requests"] >= 1 and here["transfer"] is None
+    before = len(server.requests())
+    s = paramkit.ingest([url, str(local)], out, jobs=1, resume=True)
+    assert s.skipped == 2 and len(server.requests()) == before      # nothing fetched again

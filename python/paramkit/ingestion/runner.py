@@ -76,6 +76,8 @@ def scan_source(source: str, options: dict) -> dict:
                 except Exception:     # a plan that cannot be made is no reason to lose the model's row
                     plan = None
             tensors = d.pop("tensors", [])
+            if ident is None and d.get("transfer"):     # remote: the objects' sizes and ETags, the hub commit
+                ident = {k: d["transfer"][k] for k in ("objects", "hub") if k in d["transfer"]}
             return {"source": source,
                     "model": model_row(source, d, identity=ident, attempts=attempts, scan_s=time.perf_counter() - t0,
                                        worker=worker_name(), plan=plan),

@@ -17,7 +17,7 @@ MODEL_COLUMNS: list[tuple[str, str, str]] = [
     ("error_type", "string", "the exception's class name"),
     ("error_message", "string", "the exception's message"),
     ("attempts", "int32", "scans tried (1 + retries used)"),
-    ("identity", "string", "JSON: what --resume compares (local files: path, size, mtime ns; remote: URL, size, ETag)"),
+    ("identity", "string", "JSON: local: the path and its files' size and mtime ns (what --resume compares); remote: each object's size and ETag and the hub commit"),
     ("format", "string", "safetensors, pytorch, numpy or gguf"),
     ("files", "list<string>", "the weight files used"),
     ("n_files", "int32", "len(files)"),

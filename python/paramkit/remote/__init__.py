@@ -98,6 +98,9 @@ class Session:
             d["data"] = {k: v for k, v in self.data.to_dict().items() if k != "files"}
         if self.revision is not None:
             d["hub"] = dict(self.revision)
+        # what identifies the bytes read (a resumable job keeps it): each object's size and validator
+        d["objects"] = {url: {"size": size, "validator": self.validators.get(url)}
+                        for url, size in sorted(self.sizes.items())}
         return d
 
 
