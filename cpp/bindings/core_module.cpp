@@ -21,23 +21,15 @@ using namespace paramkit;
 void register_quant(py::module_& m);   // quant_bindings.cpp
 void register_header(py::module_& m);  // header_bindings.cpp
 void register_records(py::module_& m);  // records_bindings.cpp
+void register_diff(py::module_& m);     // diff_bindings.cpp
 
 namespace {
 
 py::dict run(const std::vector<std::string>& files, const std::vector<EngineTask>& tasks, EngineOptions opt,
              py::object progress) {
-  ProgressBridge bridge{progress};
-  auto cb = [&](uint64_t done) -> bool { return bridge(done); };
-  EngineOutput out;
   EngineInfo info;
-  try {
-    py::gil_scoped_release nogil;
-    out = run_engine(files, tasks, opt, cb, &info);
-  } catch (EngineCancelled&) {
-    bridge.rethrow();
-  } catch (std::system_error& e) {
-    raise_os_error(e);
-  }
+  EngineOutput out = call_engine<EngineCancelled>(
+      progress, [&](const std::function<bool(uint64_t)>& cb) { return run_engine(files, tasks, opt, cb, &info); });
   py::dict d = pack(out.stats, opt.quantiles ? int(opt.levels.size()) : 0);
   int ns = int(opt.schemes.size());
   d["quant"] = pack_quant(out.quant, ns);
@@ -103,6 +95,7 @@ PYBIND11_MODULE(_core, m) {
   register_quant(m);
   register_header(m);
   register_records(m);
+  register_diff(m);
   // DLPack input, zero-copy: the capsule is read, never consumed, and stays the array's base (keeping the
   // producer's memory alive); host memory only (kDLCPU, kDLCUDAHost)
   m.def("dlpack_host_view", [](const py::capsule& cap) {

@@ -8,12 +8,15 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <tuple>
 #include <utility>
 #include <stdexcept>
+#include <system_error>
 #include <vector>
 
+#include "os_error.hpp"
 #include "paramkit/ggml_blocks.hpp"
 #include "paramkit/quant.hpp"
 #include "paramkit/read_plan.hpp"
@@ -200,5 +203,21 @@ struct ProgressBridge {
     throw std::runtime_error("cancelled");
   }
 };
+
+// Runs engine(cb) with the GIL released, cb relaying progress to the Python progress(done) (or None): the
+// engine's Cancelled exception re-raises what cancelled it, a std::system_error becomes OSError.
+template <class Cancelled, class Engine>
+auto call_engine(const pybind11::object& progress, Engine&& engine) {
+  ProgressBridge bridge{progress};
+  std::function<bool(uint64_t)> cb = [&](uint64_t done) -> bool { return bridge(done); };
+  try {
+    pybind11::gil_scoped_release nogil;
+    return engine(cb);
+  } catch (Cancelled&) {
+    bridge.rethrow();
+  } catch (std::system_error& e) {
+    raise_os_error(e);
+  }
+}
 
 }  // namespace paramkit

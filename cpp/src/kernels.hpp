@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include "paramkit/diff.hpp"
 #include "paramkit/quant.hpp"
 #include "paramkit/stats.hpp"
 
@@ -27,6 +28,11 @@ struct Kernels {
   float (*decode_for_quant)(int dt, const uint8_t* p, size_t n, float* out, QuantSums& base);
   // nblocks whole blocks of GGML type t (one ggml_blocks.hpp dequantizes) -> float32
   void (*dequantize)(int t, const uint8_t* p, size_t nblocks, float* out);
+  // n elements of plain dtype dt (dtype.hpp) -> their values as float64 (decode_to_double)
+  void (*to_f64)(int dt, const uint8_t* p, size_t n, double* out);
+  // the diff of n value pairs (diff.hpp diff_update, element i in lane i % 8, the lanes merged in order into
+  // `sums`); d[i] = a[i] - b[i]
+  void (*diff)(const double* a, const double* b, size_t n, double* d, DiffSums& sums);
 };
 
 const Kernels& kernels_generic();

@@ -601,7 +601,50 @@ static void dequantize_blocks(int t, const uint8_t* p, size_t nblocks, float* ou
     ggml_dequantize_block(t, p + i * size_t(b.bytes), out + i * size_t(b.elements));
 }
 
-static const Kernels table = {PK_KISA, hist8, hist16, wide, quant_piece, decode_for_quant, dequantize_blocks};
+// Values of n plain elements as float64, one loop per dtype (the compiler vectorises the float ones)
+template <class T, class F>
+static inline void to_f64_loop(const uint8_t* p, size_t n, double* out, F f) {
+  for (size_t i = 0; i < n; ++i) out[i] = f(load<T>(p + i * sizeof(T)));
+}
+static void to_f64(int dt, const uint8_t* p, size_t n, double* out) {
+  switch (dt) {
+    case F64: std::memcpy(out, p, n * 8); break;
+    case F32: to_f64_loop<float>(p, n, out, [](float v) { return double(v); }); break;
+    case BF16: to_f64_loop<uint16_t>(p, n, out, [](uint16_t v) { return double(decode_bf16(v)); }); break;
+    case F16: to_f64_loop<uint16_t>(p, n, out, [](uint16_t v) { return double(decode_f16(v)); }); break;
+    case I8: to_f64_loop<int8_t>(p, n, out, [](int8_t v) { return double(v); }); break;
+    case U8: to_f64_loop<uint8_t>(p, n, out, [](uint8_t v) { return double(v); }); break;
+    case I16: to_f64_loop<int16_t>(p, n, out, [](int16_t v) { return double(v); }); break;
+    case U16: to_f64_loop<uint16_t>(p, n, out, [](uint16_t v) { return double(v); }); break;
+    case I32: to_f64_loop<int32_t>(p, n, out, [](int32_t v) { return double(v); }); break;
+    case U32: to_f64_loop<uint32_t>(p, n, out, [](uint32_t v) { return double(v); }); break;
+    case I64: to_f64_loop<int64_t>(p, n, out, [](int64_t v) { return double(v); }); break;
+    case U64: to_f64_loop<uint64_t>(p, n, out, [](uint64_t v) { return double(v); }); break;
+    default: {   // F8 types, BOOL
+      const int es = dtype_size(dt);
+      for (size_t i = 0; i < n; ++i) {
+        uint64_t raw = 0;
+        std::memcpy(&raw, p + i * size_t(es), size_t(es));
+        out[i] = decode_to_double(dt, raw);
+      }
+    }
+  }
+}
+
+// diff.hpp's diff_update over n pairs in L fixed lanes (element i in lane i % L, the tail in lane 0), the
+// lanes merged in lane order: the same operations in every ISA build, so the same bits.
+static void diff_values(const double* a, const double* b, size_t n, double* d, DiffSums& sums) {
+  DiffSums ln[L];
+  size_t i = 0;
+  for (; i + L <= n; i += L)
+    for (int j = 0; j < L; ++j) d[i + j] = diff_update(ln[j], a[i + j], b[i + j]);
+  for (; i < n; ++i) d[i] = diff_update(ln[0], a[i], b[i]);
+  sums = ln[0];
+  for (int j = 1; j < L; ++j) merge_diff_sums(sums, ln[j]);
+}
+
+static const Kernels table = {PK_KISA, hist8, hist16, wide, quant_piece, decode_for_quant, dequantize_blocks,
+                              to_f64, diff_values};
 
 }  // namespace PK_KNS
 }  // namespace paramkit

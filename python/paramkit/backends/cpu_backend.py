@@ -144,10 +144,32 @@ class CpuEngine:
         return done
 
     def run_diff(self, pairs, *, threads: int | None = None, progress=None) -> list[dict]:
-        """Delegated to the numpy backend (paramkit._core has no diff kernel yet); last_run says so."""
+        """paramkit._core.run_diff (native_diff.py: both files pread in fixed pieces, bytes compared first, then
+        the values as float64 in one fused pass) for every pair it takes; the others (native_diff.numpy_reason:
+        llama.cpp's Q/K permutation, block types only gguf-py dequantizes) first on the numpy backend.
+        last_run: "diff" (this engine), and "diff_fallback" {reason: pairs} when some went to numpy."""
+        from .native_diff import numpy_reason, run_native_diff
         from .numpy_backend import ENGINE as numpy_engine
-        out = numpy_engine.run_diff(pairs, threads=threads, progress=progress)
-        self.last_run = {"diff": numpy_engine.name, "fallback": "numpy: the native engine has no diff kernel"}
+        why = [numpy_reason(p) for p in pairs]
+        fb = [i for i, w in enumerate(why) if w is not None]
+        out: list[dict | None] = [None] * len(pairs)
+        done = 0
+        if fb:
+            got = numpy_engine.run_diff([pairs[i] for i in fb], threads=threads, progress=progress)
+            for i, r in zip(fb, got):
+                out[i] = r
+            done = sum(pairs[i].a.nbytes + pairs[i].b.nbytes for i in fb)
+        native = [i for i, w in enumerate(why) if w is None]
+        cb = (lambda d: progress(done + d)) if progress else None
+        got, info = run_native_diff(self._core, [pairs[i] for i in native], threads=threads, progress=cb)
+        for i, r in zip(native, got):
+            out[i] = r
+        self.last_run = {"diff": self.name, **info}
+        if fb:
+            reasons: dict[str, int] = {}
+            for i in fb:
+                reasons[why[i]] = reasons.get(why[i], 0) + 1
+            self.last_run["diff_fallback"] = {f"numpy: {k}": v for k, v in reasons.items()}
         return out
 
     def array_stats(self, array: np.ndarray, dtype: str, *, quantiles: bool = True) -> dict:

@@ -99,6 +99,14 @@ class CudaEngine(CpuEngine):
         h["hold_capacity"] = max(h.get("hold_capacity", 0), int(rec["hold_capacity"]))
         return rec
 
+    def run_diff(self, pairs, *, threads=None, progress=None) -> list[dict]:
+        """Delegated to the cpu engine's native diff pass (paramkit._cuda has no diff kernel yet; the per-element
+        math it would use is cpp/include/paramkit/diff.hpp); last_run says so."""
+        cpu = self._cpu_engine()
+        out = cpu.run_diff(pairs, threads=threads, progress=progress)
+        self.last_run = dict(cpu.last_run, fallback="cpu: paramkit._cuda has no diff kernel")
+        return out
+
     def array_quant(self, x, scheme, *, want_values: bool, tensor_absmax: float | None = None):
         return self._cpu_engine().array_quant(x, scheme, want_values=want_values, tensor_absmax=tensor_absmax)
 
