@@ -3,6 +3,9 @@ copy: most tensors changed by small noise, a few identical), warm page cache, ag
 baseline a user would write (safetensors load both + NumPy per tensor). GB/s count the bytes of both inputs.
 
     PYTHONPATH=python python bench/diff_bench.py [--size-mb 100] [--dtype f32|bf16] [--dir /tmp/paramkit-diff-bench]
+
+Rows: cat of both, the cpu engine's native pass (identical copy; a changed pair, default threads and 1), the numpy
+backend's pass, and the naive baseline.
 """
 from __future__ import annotations
 
@@ -69,6 +72,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="f32", choices=("f32", "bf16"))
     ap.add_argument("--dir", default="/tmp/paramkit-diff-bench")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--slow-rounds", type=int, default=1, help="rounds of the numpy pass and the naive baseline")
     args = ap.parse_args()
     import paramkit
     a, b, c = make_pair(args.dir, args.size_mb, args.dtype)
@@ -76,13 +80,19 @@ def main() -> None:
     subprocess.run(["cat", a, b, c], stdout=subprocess.DEVNULL, check=True)     # warm the page cache
     rows = [("cat A B > /dev/null", timed(lambda: subprocess.run(["cat", a, b], stdout=subprocess.DEVNULL,
                                                                    check=True), args.rounds))]
-    rows.append(("paramkit.diff(A, copy of A): identical", timed(lambda: paramkit.diff(a, c), args.rounds)))
-    rows.append(("paramkit.diff(A, B), default threads", timed(lambda: paramkit.diff(a, b), args.rounds)))
-    rows.append(("paramkit.diff(A, B), threads=1", timed(lambda: paramkit.diff(a, b, threads=1), args.rounds)))
-    rows.append(("naive: safetensors load both + numpy", timed(lambda: naive(a, b), args.rounds)))
+    rows.append(("paramkit.diff(A, copy of A), cpu: identical",
+                 timed(lambda: paramkit.diff(a, c, backend="cpu"), args.rounds)))
+    rows.append(("paramkit.diff(A, B), cpu (native), default threads",
+                 timed(lambda: paramkit.diff(a, b, backend="cpu"), args.rounds)))
+    rows.append(("paramkit.diff(A, B), cpu (native), threads=1",
+                 timed(lambda: paramkit.diff(a, b, backend="cpu", threads=1), args.rounds)))
+    slow = max(1, args.slow_rounds)
+    rows.append(("paramkit.diff(A, B), numpy pass", timed(lambda: paramkit.diff(a, b, backend="numpy"), slow)))
+    rows.append(("naive: safetensors load both + numpy", timed(lambda: naive(a, b), slow)))
     base = rows[-1][1]
     print(f"files: {os.path.basename(a)}, {os.path.basename(b)}: {both / 1e9:.3f} GB together, {args.dtype}, "
-          f"{os.cpu_count()} cores; median of {args.rounds} rounds, warm page cache")
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}; median of {args.rounds} rounds "
+          f"({args.slow_rounds} for the numpy pass and the naive baseline), warm page cache")
     print("| approach | seconds | GB/s (both inputs) | cat / approach | x naive |")
     print("|---|---:|---:|---:|---:|")
     for name, s in rows:

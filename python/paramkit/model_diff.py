@@ -171,7 +171,8 @@ def diff(a, b, *, backend: str = "auto", threads: int | None = None, progress=No
     sqnr_db = 10 log10(sum A^2 / sum (A-B)^2), frac_changed and delta (the statistics of A - B), all in
     float64; NaN rules in the README. tensors: a regex (re.search on either side's name) or a
     callable(name) -> bool: only those tensors are compared and reported. backend, threads, progress: as for
-    scan(); the diff pass itself runs on the numpy backend today (DiffReport.backend says which computed it).
+    scan(); the cpu engine's native pass computes it under cpu, cuda (delegated) and auto, the numpy pass under
+    numpy and for the pairs the native one leaves to it (DiffReport.backend and engine_info say which).
     Raises FormatError on malformed input, OSError on I/O errors."""
     from .api import _describe
     from .backends import get_engine
