@@ -20,6 +20,7 @@ SCAN_SECTIONS = (("summary", "Summary"), ("parameters", "Parameters by module an
 DIFF_SECTIONS = (("summary", "Summary"), ("layers", "Change per layer"), ("most-changed", "Most changed tensors"),
                  ("structure", "Added, removed and reshaped tensors"))
 OUTLIER_ROWS = 15
+METADATA_ROWS = 30
 MOST_CHANGED_ROWS = 20
 
 CSS = """
@@ -185,9 +186,23 @@ def _summary(r) -> str:
                           [[_fmt(a["min"]), _fmt(a["max"]), _fmt(a["mean"]), _fmt(a["std"]), _fmt(a["absmax"]),
                             f"{a['zeros']:,} ({percent(a['zeros'], a['numel'])})", f"{a['nan']:,}",
                             f"{a['posinf'] + a['neginf']:,}"]], [True] * 8))
+    meta = dict(r.metadata or {})
+    if meta:
+        out.append("<h3>File metadata</h3>")
+        items = list(meta.items())
+        out.append(_table(["key", "value"], [[k, _clip(v)] for k, v in items[:METADATA_ROWS]], name_cols=(0, 1)))
+        if len(items) > METADATA_ROWS:
+            out.append(_note(f"… {len(items) - METADATA_ROWS:,} more keys (paramkit scan --json lists them all)"))
     for n in d.get("notes") or []:
         out.append(_note(n))
     return "".join(out)
+
+
+def _clip(v, n: int = 240) -> str:
+    if isinstance(v, (list, tuple)) and len(v) > 8:   # GGUF token tables: 262k entries
+        return f"{len(v):,} items: " + _clip(list(v[:8]), n)[:-1] + ", …]"
+    text = v if isinstance(v, str) else repr(v)
+    return text if len(text) <= n else text[:n] + f"… ({len(text):,} characters)"
 
 
 def _parameters(r, layers: list[str]) -> str:

@@ -56,13 +56,27 @@ def to_svg(fig) -> str:
     return s
 
 
-def _plain_ticks(ax, axis: str = "y", log: bool = False) -> None:
-    """Tick labels as plain text (1.2M, 0.001), never mathtext or an offset like "1e7" (the page shows text as is)."""
+def _plain_ticks(ax, axis: str = "y", log: bool = False, counts: bool = False) -> None:
+    """Tick labels as plain text, never mathtext or an offset like "1e7" (the page shows text as is): counts
+    and log axes as 1.2M / 0.001, other values with the digits their spacing needs."""
     from matplotlib.ticker import FuncFormatter, NullFormatter
     a = ax.yaxis if axis == "y" else ax.xaxis
-    a.set_major_formatter(FuncFormatter(lambda v, _: _tick(v)))
-    if log:
+    if counts or log:
+        a.set_major_formatter(FuncFormatter(lambda v, _: _tick(v)))
+    else:   # digits as the tick spacing needs them (0.9961, 0.9962), no offset, no mathtext
+        from matplotlib.ticker import ScalarFormatter
+        f = ScalarFormatter(useOffset=False, useMathText=False)
+        f.set_powerlimits((-4, 6))
+        a.set_major_formatter(f)
+    if log:   # labels at 1, 2, 5 x 10^k: a range of one or two decades still gets several
+        from matplotlib.ticker import LogLocator
+        a.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0) if _decades(a) < 3 else (1.0,)))
         a.set_minor_formatter(NullFormatter())
+
+
+def _decades(axis) -> float:
+    lo, hi = axis.get_view_interval()
+    return math.log10(hi / lo) if lo > 0 and hi > lo else 0.0
 
 
 def _tick(v: float) -> str:
@@ -95,7 +109,7 @@ def hbars(labels: Sequence[str], values: Sequence[float], *, title: str, xlabel:
     for i, v in enumerate(values):
         ax.text(v + top * 0.01, i, f"{_human(v)}", va="center", fontsize=8)
     ax.set_xlim(0, top * 1.15 if top else 1)
-    _plain_ticks(ax, "x")
+    _plain_ticks(ax, "x", counts=True)
     return to_svg(fig)
 
 
@@ -116,7 +130,7 @@ def bars(labels: Sequence[str], values: Sequence[float], *, title: str, ylabel: 
     ax.set_title(title, loc="left")
     ax.set_ylabel(ylabel)
     ax.grid(axis="x", visible=False)
-    _plain_ticks(ax)
+    _plain_ticks(ax, counts=True)
     return to_svg(fig)
 
 
@@ -147,7 +161,7 @@ def layer_lines(labels: Sequence[str], series: dict[str, Sequence[float | None]]
     if log:
         ax.set_yscale("log")
     elif floor0:
-        ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1e-9))
+        ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1.08 * max(vals, default=0), 1e-9))
     _plain_ticks(ax, log=log)
     _layer_ticks(ax, labels)
     ax.set_title(title, loc="left")
