@@ -160,6 +160,7 @@ def _changed_copy(arrays, path):
     b = dict(arrays)
     b["model.layers.2.self_attn.q_proj.weight"] = arrays["model.layers.2.self_attn.q_proj.weight"] * np.float32(1.5)
     b["model.layers.3.mlp.down_proj.weight"] = arrays["model.layers.3.mlp.down_proj.weight"] + np.float32(1e-3)
+    b[CRAFTED] = arrays[CRAFTED] * np.float32(1.01)
     del b["model.layers.0.input_layernorm.weight"]
     save_file(b, path)
 
@@ -182,7 +183,7 @@ def test_diff_html(model, tmp_path, capsys):
     assert "0.5</td>" in rows[0]
     structure = text.split('<section id="structure">', 1)[1]
     assert "model.layers.0.input_layernorm.weight" in structure and "removed" in structure
-    assert "<script>" not in text
+    assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in most
 
 
 def test_diff_to_html_of_identical_models(model, tmp_path):
