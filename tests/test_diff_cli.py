@@ -98,7 +98,7 @@ def test_errors_exit_2_with_one_line(pair, tmp_path, capsys):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
     for argv in ([pa, str(tmp_path / "missing.safetensors")], [pa, str(bad)], [pa, pa, "--tensors", "("],
-                 [pa, pa, "-o", str(tmp_path / "r.html")]):
+                 [pa, pa, "-o", str(tmp_path / "no-such-dir" / "r.html")]):
         rc, out, err = run(capsys, *argv)
         assert rc == 2, argv
         assert len(err.strip().splitlines()) == 1 and err.startswith("paramkit: error"), err

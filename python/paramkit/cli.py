@@ -399,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "backend whether it can run here and why.")
     doc.add_argument("--json", action="store_true", help="print the same as JSON")
     doc.set_defaults(func=cmd_doctor)
-    for mod in ("cli_plan", "cli_quant", "cli_diff", "cli_ingest"):
+    for mod in ("cli_plan", "cli_quant", "cli_diff", "cli_report", "cli_ingest"):
         try:
             m = __import__(f"paramkit.{mod}", fromlist=["register"])
         except ImportError:

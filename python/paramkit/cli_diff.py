@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 
 from rich.text import Text
 
+from ._atomic import write_text_atomic
 from .cli_render import Col, drop_order, fit_table, fmt_value, human, key_values, make_console, percent
 
 #: per-tensor columns of the table (drop rank: the highest goes first when the terminal is too narrow)
@@ -52,7 +52,9 @@ def register(subparsers):
                    help="table (default; fitted to the terminal) or json (DiffReport.to_dict(); with "
                         "--only-changed its tensors list too is only those)")
     p.add_argument("-o", "--output", default=None, metavar="FILE",
-                   help="also write the JSON report (DiffReport.to_dict()) to FILE")
+                   help="also write the report to FILE: a self-contained HTML page with charts when FILE ends in "
+                        ".html or .htm (DiffReport.to_html; needs the report extra), else the JSON report "
+                        "(DiffReport.to_dict())")
     p.add_argument("--tensors", default=None, metavar="REGEX",
                    help="compare only the tensors whose name (in A or B) matches REGEX (re.search)")
     p.add_argument("--all", action="store_true", help=f"list every tensor (default: the first {DEFAULT_ROWS})")
@@ -170,24 +172,13 @@ def render_diff(d, console, rows, *, wide: bool, threshold: float | None, hidden
                            style="dim"))
 
 
-def _write_json(path: str, text: str) -> None:
-    """Write `text` to `path` atomically (a temporary file beside it, renamed when complete)."""
-    tmp = f"{path}.{os.getpid()}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def cmd_diff(args) -> int:
     from .model_diff import diff
     from .report import _json_safe
-    if args.output and args.output.lower().endswith((".html", ".htm")):
-        raise ValueError("-o writes the JSON report; an HTML report is not available in this version")
+    html = bool(args.output) and args.output.lower().endswith((".html", ".htm"))
+    if html:   # fail before the data pass when matplotlib is missing
+        from .report_charts import require
+        require()
     if args.threshold is not None and not args.threshold >= 0:
         raise ValueError("--threshold X needs X >= 0")
     d = diff(args.a, args.b, backend=args.backend, threads=args.threads, tensors=args.tensors,
@@ -199,8 +190,10 @@ def cmd_diff(args) -> int:
         keep = {id(t) for t in listed}
         out["tensors"] = [row for t, row in zip(d.tensors, out["tensors"]) if id(t) in keep]
     text = json.dumps(_json_safe(out), indent=2, allow_nan=False)
-    if args.output:
-        _write_json(args.output, text)
+    if html:
+        d.to_html(args.output)
+    elif args.output:
+        write_text_atomic(args.output, text)
     if args.format == "json":
         print(text)
     else:

@@ -112,6 +112,14 @@ class DiffReport:
                 "notes": list(self.notes), "options": dict(self.options), "timing": dict(self.timing),
                 "engine": dict(self.engine_info), "tensors": [t.to_dict() for t in self.tensors]}
 
+    def to_html(self, path=None) -> str:
+        """A self-contained HTML page of this diff (inline CSS and SVG, no script, no network): summary,
+        rel_l2 / cosine / changed share per layer, the most changed tensors, added / removed / reshaped ones.
+        Written to `path` (atomically) when given; returns the HTML. Needs pip install 'paramkit[report]'."""
+        from .html_report import diff_html
+        from ._atomic import written
+        return written(path, diff_html(self))
+
     def to_json(self, indent: int | None = None) -> str:
         from .report import _json_safe
         return json.dumps(_json_safe(self.to_dict()), indent=indent, allow_nan=False)

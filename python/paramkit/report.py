@@ -294,6 +294,16 @@ class ScanReport:
             rows.append(r)
         return pd.DataFrame(rows)
 
+    def to_html(self, path=None, *, histograms: int = 12, context: int = 8192) -> str:
+        """A self-contained HTML page of this report (inline CSS and SVG charts, no script, no network):
+        summary, parameters by module and layer, per-layer absmax / std / zeros, value histograms of up to
+        `histograms` tensors (read again from the file), SQNR per layer and scheme (with scan(quant=...)), the
+        outlier table and the plan (KV cache for `context` tokens). Written to `path` (atomically) when
+        given; returns the HTML. Needs matplotlib: pip install 'paramkit[report]'."""
+        from .html_report import scan_html
+        from ._atomic import written
+        return written(path, scan_html(self, histograms=histograms, context=context))
+
     def plan(self, context: int = 8192, batch: int = 1, gpus=None, **kw):
         """What it takes to run or train this model (see paramkit.planning.plan)."""
         from .planning import plan
