@@ -5,6 +5,7 @@ is wrong; an object replaced between its header read and its data is RemoteChang
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import numpy as np
@@ -159,3 +160,35 @@ def test_missing_store_package_names_it(monkeypatch):
 def test_unknown_scheme(monkeypatch):
     with pytest.raises(ValueError, match="no fsspec filesystem for nosuchstore://"):
         paramkit.scan("nosuchstore://bucket/model.safetensors", stats=False)
+
+
+def test_header_cache_revalidates_an_object_store_url_by_its_info(memory, tmp_path, monkeypatch):
+    """PARAMKIT_HEADER_CACHE on: the second header-only scan of an unchanged memory:// object reads no byte range
+    (its fs.info, made at every open, is the revalidation); a replaced object is read again."""
+    fs, prefix = memory
+    _write_model(tmp_path / "m")
+    url = _upload(fs, prefix, tmp_path / "m") + "/model.safetensors"
+    monkeypatch.setenv("PARAMKIT_HEADER_CACHE", str(tmp_path / "cache"))
+    reads = []
+    real = type(fs).cat_file
+
+    def counted(self, path, start=None, end=None, **kw):
+        reads.append((path, start, end))
+        return real(self, path, start=start, end=end, **kw)
+    monkeypatch.setattr(type(fs), "cat_file", counted)
+    first = paramkit.scan(url, stats=False)
+    assert reads and os.listdir(tmp_path / "cache")
+    reads.clear()
+    second = paramkit.scan(url, stats=False)
+    assert [r for r in reads if r[0].endswith("model.safetensors")] == []
+    assert second.transfer["bytes"] < first.transfer["bytes"]
+    assert _doc(second)["tensors"] == _doc(first)["tensors"]
+    import time
+    time.sleep(0.01)                       # a new modification time for the replaced object
+    _write_model(tmp_path / "m2")
+    from safetensors.numpy import save_file
+    save_file({"other": np.ones(3, np.float32)}, str(tmp_path / "m2" / "model.safetensors"))
+    fs.pipe(f"{prefix}/model.safetensors", (tmp_path / "m2" / "model.safetensors").read_bytes())
+    reads.clear()
+    third = paramkit.scan(url, stats=False)
+    assert [t.name for t in third.tensors] == ["other"] and reads

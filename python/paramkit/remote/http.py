@@ -309,11 +309,8 @@ class HttpFile(RangedSource):
         kept = cache.load(url)
         if kept is not None and self._still(*kept[:2]):    # the header cache's ranges of this very object
             self.size, self._validator = kept[:2]
-            for start, data in kept[2]:
-                self._keep(start, data)
-            self._next = max(start + len(data) for start, data in kept[2])
-            self._dirty = False
-            return
+            if self._restore():
+                return
         data = self._fetch(0, window)
         if data:
             self._keep(0, data)
@@ -328,14 +325,6 @@ class HttpFile(RangedSource):
         cr = _CONTENT_RANGE.match(r.headers.get("Content-Range", "") or "")
         return (cr is not None and cr.group(3) == str(size)
                 and (r.headers.get("ETag") or r.headers.get("Last-Modified")) == validator)
-
-    def close(self) -> None:
-        """Forget the fetched ranges, first keeping them in the header cache (when it is on, and they are new)."""
-        with self._lock:
-            if self._dirty and self._validator and self._blocks and cache.directory():
-                cache.store(self.name, self.size, self._validator, list(self._blocks))
-            self._dirty = False
-        super().close()
 
     # ---- requests ----------------------------------------------------------------------------------------
     def _get(self, start: int, end: int, headers: dict | None = None) -> Response:

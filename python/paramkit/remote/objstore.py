@@ -104,8 +104,8 @@ class FsspecFile(RangedSource):
             if expect != (self.size, self._validator):
                 raise RemoteChanged(url, f"the object changed since its header was read (size {expect[0]:,} -> "
                                     f"{self.size:,}, validator {expect[1]!r} -> {self._validator!r}); scan it again")
-        elif self.size:           # the first window at once, as HttpFile reads it: a safetensors header in one read
-            self._keep(0, self._fetch(0, window))
+        elif self.size and not self._restore():   # the header cache's ranges of this object (same validator), or
+            self._keep(0, self._fetch(0, window))  # the first window at once, as HttpFile: a safetensors header
 
     def _fetch(self, start: int, end: int) -> bytes:
         end = min(end, self.size)

@@ -146,8 +146,27 @@ class RangedSource:
             for (a, _), data in zip(spans, got):
                 self._keep(a, data)
 
+    # ---- the on-disk header cache (remote.cache; off unless PARAMKIT_HEADER_CACHE is set) --------------------
+    def _restore(self) -> bool:
+        """The ranges the header cache kept of this very object (same size and validator, which the caller has
+        just had from the store), put back in the read-ahead cache; False when there is no such entry."""
+        from . import cache
+        kept = cache.load(self.name) if self._validator else None
+        if kept is None or tuple(kept[:2]) != (self.size, self._validator) or not kept[2]:
+            return False
+        for start, data in kept[2]:
+            self._keep(start, data)
+        self._next = max(start + len(data) for start, data in kept[2])
+        self._dirty = False
+        return True
+
     def close(self) -> None:
+        """Forget the fetched ranges, first keeping them in the header cache (when it is on, and they are new)."""
+        from . import cache
         with self._lock:
+            if self._dirty and self._validator and self._blocks and cache.directory():
+                cache.store(self.name, self.size, self._validator, list(self._blocks))
+            self._dirty = False
             self._blocks = []
             self._cached = 0
 
