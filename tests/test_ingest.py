@@ -388,3 +388,19 @@ def test_remote_sources_rows_equal_local_and_resume_skips_them(tmp_path, server)
     before = len(server.requests())
     s = paramkit.ingest([url, str(local)], out, jobs=1, resume=True)
     assert s.skipped == 2 and len(server.requests()) == before      # nothing fetched again
+
+
+def test_scheduler_address_and_progress_bar(tmp_path):
+    """--scheduler ADDRESS of a running cluster (here a LocalCluster started by the test), and the bar on
+    stderr with --progress."""
+    distributed = pytest.importorskip("distributed")
+    expect = _corpus(tmp_path / "src", n_small=5)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=True,
+                                  dashboard_address=None) as cluster:
+        env = dict(os.environ, PYTHONPATH=PYTHON_DIR, COLUMNS="100")
+        r = subprocess.run([sys.executable, "-m", "paramkit", "ingest", *_arguments(tmp_path / "src"), "--out",
+                            str(tmp_path / "o"), "--scheduler", cluster.scheduler_address, "--progress"],
+                           capture_output=True, text=True, env=env)
+    assert r.returncode == 3, r.stderr
+    assert "ingest" in r.stderr and "models/s" in r.stderr and "errors 4" in r.stderr
+    _check_dataset(str(tmp_path / "o"), expect)

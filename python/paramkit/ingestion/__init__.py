@@ -59,9 +59,12 @@ class _Bar:
     def start(self):
         if not self.enabled:
             return
+        import sys
+
+        from rich.console import Console
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
         self._p = Progress(TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                           TimeElapsedColumn(), transient=False)
+                           TimeElapsedColumn(), transient=False, console=Console(file=sys.stderr))
         self._p.start()
         self._t = self._p.add_task("ingest", total=None, rate="")
 
