@@ -32,7 +32,8 @@ class IngestSummary:
     def line(self) -> str:
         rate = (self.ok + self.errors) / self.seconds if self.seconds else 0.0
         codes = ", ".join(f"{c} {n}" for c, n in sorted(self.errors_by_code.items(), key=lambda kv: -kv[1]))
-        return (f"{self.ok:,} ok, {self.errors:,} errors" + (f" ({codes})" if codes else "") +
+        return (f"{self.ok:,} ok, {self.errors:,} error{'' if self.errors == 1 else 's'}" +
+                (f" ({codes})" if codes else "") +
                 f", {self.skipped:,} skipped (already done) in {self.seconds:.1f} s "
                 f"({rate:.1f} models/s, {self.bytes_scanned / 1e9:.2f} GB)")
 
