@@ -2,6 +2,7 @@
 shared experts and routers tagged on the roles, and total vs active parameters (top-k / number of experts)."""
 from __future__ import annotations
 
+import functools
 import re
 from fractions import Fraction
 from typing import Any
@@ -193,5 +194,6 @@ def _is_router(parts: list[str]) -> bool:
 _DIGIT_RUN = re.compile(r"(\d+)")
 
 
-def _natural(s: str):
+@functools.lru_cache(maxsize=65536)
+def _natural(s: str):     # layer names repeat across the models of a fleet: each split once
     return [int(p) if p.isdigit() else p for p in _DIGIT_RUN.split(s)]

@@ -223,6 +223,7 @@ class NamePatterns:
         heads: dict[str, int] = {}
         head_of = np.full(len(self.patterns), -1, dtype=np.int64)
         literal = np.zeros(len(self.patterns), dtype=np.int64)
+        masked_head: dict[str, tuple[str, int]] = {}     # a head without masked digits -> (masked head, its digits)
         for p in self.live:
             e = ends[p]
             if e is None:
@@ -230,10 +231,12 @@ class NamePatterns:
             head = self.patterns[p][:e]
             if self.masked and _NUL not in head:
                 # a refined pattern's literal digits, as a masked head and its digits' value
-                digits = _NON_DIGITS.sub("", head)
-                if 0 < len(digits) <= MAX_MASKED:
-                    literal[p] = int(digits)
-                    head = head.encode("ascii").translate(_MASK).decode("ascii")
+                got = masked_head.get(head)
+                if got is None:
+                    digits = _NON_DIGITS.sub("", head)
+                    got = masked_head[head] = (head.encode("ascii").translate(_MASK).decode("ascii"), int(digits)) \
+                        if 0 < len(digits) <= MAX_MASKED else (head, 0)
+                head, literal[p] = got
             head_of[p] = heads.setdefault(head, len(heads))
         spans = [None if e is None or _NUL not in self.patterns[p][:e] else (0, e) for p, e in enumerate(ends)]
         if not any(spans) and not literal.any():
