@@ -292,6 +292,12 @@ def test_readable_with_pandas_and_schema_metadata(tmp_path):
     dd = pytest.importorskip("dask.dataframe")
     dm = dd.read_parquet(str(tmp_path / "out" / "models")).compute()
     assert sorted(dm.source) == sorted(m.source) and sorted(dm.total_params.dropna()) == sorted(m.total_params.dropna())
+    duckdb = pytest.importorskip("duckdb")     # in the test extra: CI has it
+    glob = str(tmp_path / "out" / "models" / "*.parquet")
+    rows = duckdb.sql(f"SELECT status, count(*) FROM '{glob}' GROUP BY status ORDER BY status").fetchall()
+    assert rows == [("error", int((m.status == "error").sum())), ("ok", int((m.status == "ok").sum()))]
+    n = duckdb.sql(f"SELECT count(*) FROM '{str(tmp_path / 'out' / 'tensors' / '*.parquet')}'").fetchall()[0][0]
+    assert n == len(t)
 
 
 def test_cli_summary_exit_codes_and_refusal(tmp_path):
