@@ -122,13 +122,13 @@ def ingest(sources: Iterable[str] | str, out: str, *, client=None, workers: int 
             tensors.clear()
 
     def todo():
-        from .schema import _json
+        from .schema import to_json
         from .sources import identity, is_remote
         for src in expand(sources):
             summary.total += 1
             prev = done.get(src)
             # a remote source with an ok row is not fetched again (comparing its ETags would cost requests)
-            if prev is not None and prev[0] == "ok" and (is_remote(src) or prev[1] == _json(identity(src))):
+            if prev is not None and prev[0] == "ok" and (is_remote(src) or prev[1] == to_json(identity(src))):
                 summary.skipped += 1
                 bar.update(summary, t0)
                 continue
@@ -148,12 +148,12 @@ def ingest(sources: Iterable[str] | str, out: str, *, client=None, workers: int 
             flush()
         bar.update(summary, t0)
 
-    own = None
+    own_client = own_cluster = None       # what this call started, and closes
     bar.start()
     try:
         if client is None and (workers or scheduler):
-            client, own = _dask_client(workers, scheduler)
-            own = (client, own)
+            own_client, own_cluster = _dask_client(workers, scheduler)
+            client = own_client
         chunk = 1 if stats or quant else 16     # header-only scans: 16 sources a task
         if client is not None:
             runner.run_dask(todo(), options, client, on_result, chunk)
@@ -163,14 +163,13 @@ def ingest(sources: Iterable[str] | str, out: str, *, client=None, workers: int 
                 runner.run_serial(todo(), options, on_result)
             else:
                 runner.run_pool(todo(), options, n, on_result, chunk)
-        flush()
     finally:
-        flush()
+        flush()             # the last part, also when the run stops early: what was scanned is kept
         bar.stop()
-        if own is not None:
-            own[0].close()
-            if own[1] is not None:
-                own[1].close()
+        if own_client is not None:
+            own_client.close()
+        if own_cluster is not None:
+            own_cluster.close()
     summary.compacted_rows += ds.compact()
     summary.seconds = time.perf_counter() - t0
     return summary

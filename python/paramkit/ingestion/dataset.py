@@ -49,7 +49,9 @@ class Dataset:
         os.makedirs(self.models_dir, exist_ok=True)
         os.makedirs(self.tensors_dir, exist_ok=True)
         from .. import __version__
-        _write_json(os.path.join(self.out, MARKER), {"schema_version": SCHEMA_VERSION, "paramkit_version": __version__})
+        from .._atomic import write_text_atomic
+        write_text_atomic(os.path.join(self.out, MARKER),
+                          json.dumps({"schema_version": SCHEMA_VERSION, "paramkit_version": __version__}, indent=1))
         # part names sort in the order they were written, across runs (compaction keeps the newest rows)
         self.run_id = f"{time.time_ns():020d}-{os.getpid()}"
         self._seq = 0
@@ -67,7 +69,10 @@ class Dataset:
 
     def _write_table(self, path: str, rows: list[dict], columns, schema) -> None:
         data = {c: [r.get(c) for r in rows] for c, _, _ in columns}
-        table = self.pa.Table.from_pydict(data, schema=schema)
+        self._write_parquet(self.pa.Table.from_pydict(data, schema=schema), path)
+
+    def _write_parquet(self, table, path: str) -> None:
+        """`table` to `path` under a temporary name (".NAME.tmp", which compact() removes), then renamed."""
         tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
         self.pq.write_table(table, tmp, compression="zstd")
         os.replace(tmp, path)
@@ -124,14 +129,5 @@ class Dataset:
                     if os.path.exists(tp):
                         os.remove(tp)
                     break
-                tmp = os.path.join(d, "." + n + ".tmp")
-                self.pq.write_table(t.cast(schema), tmp, compression="zstd")
-                os.replace(tmp, path)
+                self._write_parquet(t.cast(schema), path)
         return dropped
-
-
-def _write_json(path: str, obj) -> None:
-    tmp = os.path.join(os.path.dirname(path), "." + os.path.basename(path) + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)

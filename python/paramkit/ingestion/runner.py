@@ -42,7 +42,7 @@ def _deadline(seconds: float | None):
         return
 
     def on_alarm(signum, frame):
-        raise ScanTimeout(f"the scan ran past --timeout {seconds:g} s")
+        raise ScanTimeout(_timeout_message(seconds))
     old = signal.signal(signal.SIGALRM, on_alarm)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
@@ -59,7 +59,7 @@ def worker_name() -> str:
 def scan_source(source: str, options: dict) -> dict:
     """One model's rows: {"source", "model": models row, "tensors": tensors rows}. Never raises for the model's own
     errors (they become its error row); transient ones are retried options["retries"] times with backoff."""
-    from .. import __version__, scan
+    from .. import scan
     from ..api import error_dict
     retries = int(options.get("retries", 0))
     attempts = options.get("attempts_before", 0)
@@ -89,8 +89,7 @@ def scan_source(source: str, options: dict) -> dict:
                 time.sleep(min(0.1 * 2 ** (attempts - 1), 5.0))
                 continue
             err = error_dict(e, source)
-        return {"source": source, "model": error_row(source, err, attempts=attempts, worker=worker_name(),
-                                                     version=__version__), "tensors": []}
+        return error_result(source, err["code"], err["type"], err["message"], attempts, worker_name())
 
 
 def _task(source: str, options: dict) -> dict:
@@ -115,18 +114,16 @@ def chunks(sources: Iterator[str], size: int) -> Iterator[list[str]]:
         yield chunk
 
 
-def died_row(source: str, attempts: int, why: str) -> dict:
+def error_result(source: str, code: str, type_name: str, message: str, attempts: int, worker: str = "") -> dict:
+    """The task result of a source that failed: its error row and no tensor rows."""
     from .. import __version__
-    return {"source": source, "model": error_row(source, {"code": "worker_died", "type": "WorkerDied",
-                                                          "message": why}, attempts=attempts,
-                                                 worker="", version=__version__), "tensors": []}
+    return {"source": source, "model": error_row(source, {"code": code, "type": type_name, "message": message},
+                                                 attempts=attempts, worker=worker, version=__version__),
+            "tensors": []}
 
 
-def timeout_row(source: str, attempts: int, seconds: float) -> dict:
-    from .. import __version__
-    return {"source": source, "model": error_row(source, {"code": "timeout", "type": "ScanTimeout",
-                                                          "message": f"the scan ran past --timeout {seconds:g} s"},
-                                                 attempts=attempts, worker="", version=__version__), "tensors": []}
+def _timeout_message(seconds: float) -> str:
+    return f"the scan ran past --timeout {seconds:g} s"
 
 
 def run_pool(sources: Iterator[str], options: dict, workers: int, on_result: Callable[[dict], None],
@@ -186,8 +183,8 @@ def _run_alone(src: str, options: dict, retries: int, tries: dict, on_result) ->
         except BrokenProcessPool:
             tries[src] = tries.get(src, 0) + 1
             if tries[src] > retries:
-                on_result(died_row(src, tries[src] + 1, f"the worker process died while scanning it "
-                                                        f"({tries[src] + 1} time(s))"))
+                on_result(error_result(src, "worker_died", "WorkerDied", "the worker process died while "
+                                       f"scanning it ({tries[src] + 1} time(s))", tries[src] + 1))
                 return
             continue
         finally:
@@ -233,10 +230,7 @@ def run_dask(sources: Iterator[str], options: dict, client, on_result: Callable[
             try:
                 results = fut.result()
             except Exception as e:   # the task itself never raises: a cluster-side failure (KilledWorker, ...)
-                from .. import __version__
-                results = [{"source": src, "model": error_row(src, {"code": "worker_died", "type": type(e).__name__,
-                                                                    "message": str(e)}, attempts=1, worker="",
-                                                              version=__version__), "tensors": []} for src in part]
+                results = [error_result(src, "worker_died", type(e).__name__, str(e), 1) for src in part]
             for r in results:
                 on_result(r)
         if timeout:
@@ -246,4 +240,4 @@ def run_dask(sources: Iterator[str], options: dict, client, on_result: Callable[
                 started.pop(fut)
                 fut.cancel()
                 for src in part:
-                    on_result(timeout_row(src, 1, timeout))
+                    on_result(error_result(src, "timeout", "ScanTimeout", _timeout_message(timeout), 1))

@@ -91,7 +91,7 @@ def model_id(source: str) -> str:
     return hashlib.sha1(source.encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def _json(v) -> str | None:
+def to_json(v) -> str | None:
     return None if v is None else json.dumps(v, sort_keys=True, default=str, allow_nan=True)
 
 
@@ -121,24 +121,24 @@ def model_row(source: str, d: dict, *, identity, attempts: int, scan_s: float, w
     per_token = kv.get("per_token")
     row = {name: None for name, _, _ in MODEL_COLUMNS}
     row.update(
-        source=source, model_id=model_id(source), status="ok", attempts=attempts, identity=_json(identity),
+        source=source, model_id=model_id(source), status="ok", attempts=attempts, identity=to_json(identity),
         format=d.get("format"), files=list(d.get("files") or []), n_files=len(d.get("files") or []),
         size_bytes=_int(d.get("bytes_total")), n_tensors=_int(d.get("n_tensors")),
         total_params=_int(d.get("total_params")), active_params=_int(d.get("active_params")),
         buffer_elements=_int(d.get("buffer_elements")), quant_state_elements=_int(d.get("quant_state_elements")),
         packed_logical_params=_int(d.get("packed_logical_params")),
-        elements_by_dtype=_json(d.get("elements_by_dtype")), params_by_dtype=_json(d.get("params_by_dtype")),
+        elements_by_dtype=to_json(d.get("elements_by_dtype")), params_by_dtype=to_json(d.get("params_by_dtype")),
         quant_method=q.get("method"), tied=bool((d.get("ties") or {}).get("tie_word_embeddings")),
-        moe=bool(moe.get("detected")), moe_detail=_json(moe), quantization=_json(q),
+        moe=bool(moe.get("detected")), moe_detail=to_json(moe), quantization=to_json(q),
         agg_absmax=_num(agg.get("absmax")), agg_mean=_num(agg.get("mean")), agg_std=_num(agg.get("std")),
         agg_nan=_int(agg.get("nan")),
         agg_inf=None if not agg else int(agg.get("posinf", 0)) + int(agg.get("neginf", 0)),
         agg_zeros=_int(agg.get("zeros")),
-        quant_summary=_json((d.get("quant") or {}).get("summary")),
+        quant_summary=to_json((d.get("quant") or {}).get("summary")),
         weights_bytes_bf16=_weights_bytes(plan, "bf16"), weights_bytes_int8=_weights_bytes(plan, "int8"),
         weights_bytes_int4=_weights_bytes(plan, "int4"),
         kv_bytes_per_token=_num(per_token.get("value") if isinstance(per_token, dict) else per_token),
-        transfer=_json(d.get("transfer")), scan_s=float(scan_s), worker=worker,
+        transfer=to_json(d.get("transfer")), scan_s=float(scan_s), worker=worker,
         paramkit_version=d.get("paramkit_version"))
     return row
 
@@ -160,7 +160,7 @@ def tensor_rows(source: str, tensors: list[dict]) -> list[dict]:
         s = t.get("stats") or {}
         row = {"model_id": mid, "source": source, "name": t["name"], "dtype": t["dtype"],
                "shape": [int(x) for x in t["shape"]], "numel": int(t["numel"]), "nbytes": int(t["nbytes"]),
-               "role": t.get("role"), "quantiles": _json(s.get("quantiles")), "quant": _json(t.get("quant"))}
+               "role": t.get("role"), "quantiles": to_json(s.get("quantiles")), "quant": to_json(t.get("quant"))}
         for k in _STAT_KEYS:
             v = s.get(k)
             row[k] = None if v is None else (int(v) if k in ("zeros", "nan", "posinf", "neginf", "subnormal")
