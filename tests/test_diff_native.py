@@ -178,6 +178,46 @@ def test_values_against_float64_numpy(tmp_path, dtype):
             check(t, a[t["name"]], b[t["name"]])
 
 
+# kDiffBlock of cpp/src/diff_engine.cpp: pairs of float32 values (F32, BF16, F16, GGML blocks) go through the
+# fused one-pass kernel a block of this many pairs at a time, a block with a NaN or Inf through diff_update
+FUSED_BLOCK = 2048
+
+
+@pytest.mark.parametrize("da,db", [("F32", "F32"), ("BF16", "BF16"), ("F16", "F16"), ("BF16", "F32"),
+                                   ("F16", "BF16")])
+def test_fused_float32_blocks_against_float64_numpy(tmp_path, da, db):
+    """Tensors of many blocks where only some blocks hold NaN/Inf (fused and long-way blocks merged in one
+    tensor), shifted differences (B = A + c: the delta's std is tiny next to its mean), a first pair far from
+    the rest (the block's shift K an outlier), ±0 pairs, the largest finite values, against float64 NumPy."""
+    rng = np.random.default_rng(7)
+    n = 5 * FUSED_BLOCK + 333
+    big = float(np.finfo(NP[da]).max) / 4 if da != "BF16" else 1e38
+    x = rng.standard_normal(n) * 0.02
+    a = {"mixed": x, "shifted": x + 3.0, "outlier": x.copy(), "zeros": np.zeros(n), "huge": x * big / 0.1}
+    b = {"mixed": x + rng.standard_normal(n) * 1e-4, "shifted": x + 3.0 + 1e-2 + rng.standard_normal(n) * 1e-6,
+         "outlier": x.copy(), "zeros": -np.zeros(n), "huge": -x * big / 0.1}
+    a["outlier"][FUSED_BLOCK] = 100.0        # the first pair of the second block, its d = K far from the rest
+    b["outlier"][FUSED_BLOCK] = 101.0
+    b["outlier"][::7] += 1e-3
+    a["mixed"][FUSED_BLOCK + 5], b["mixed"][3 * FUSED_BLOCK + 1] = np.nan, np.inf
+    b["zeros"][[10, 4000]] = 1e-3
+    with np.errstate(over="ignore"):
+        a = {k: np.asarray(v.astype(NP[da])) for k, v in a.items()}
+        b = {k: np.asarray(v.astype(NP[db])) for k, v in b.items()}
+    pa, pb = str(tmp_path / "a.safetensors"), str(tmp_path / "b.safetensors")
+    save_file(a, pa)
+    save_file(b, pb)
+    d = paramkit.diff(pa, pb, backend="cpu", threads=2)
+    got = {t["name"]: t for t in d.to_dict()["tensors"]}
+    assert set(got) == set(a)
+    for k in a:
+        assert got[k]["status"] == ("changed" if da == db else "dtype_changed") or k == "zeros", k
+        check(got[k], a[k], b[k])
+    want = paramkit.diff(pa, pb, backend="numpy")
+    for g, w in zip(d.tensors, want.tensors):
+        assert_same_result(g, w, g.name)
+
+
 def test_known_values(tmp_path):
     """A small pair worked out by hand: d = (0, -1, NaN (NaN - 1), NaN (Inf - Inf), 2e-310 (subnormal))."""
     a = np.array([1.0, 2.0, np.nan, np.inf, 3e-310])

@@ -128,3 +128,38 @@ def test_generic_and_simd_quant_kernels_agree():
             assert a[k] == b[k], (key, k, a[k], b[k])
         for k in ("sse", "sum_w2", "sum_q2", "sum_wq"):
             assert a[k] == pytest.approx(b[k], rel=1e-12, abs=1e-300), (key, k)
+
+
+DIFF_SCRIPT = r"""
+import json, os, sys, numpy as np, ml_dtypes, paramkit
+from safetensors.numpy import save_file
+rng = np.random.default_rng(5)
+d = sys.argv[1]
+NP = {"F32": np.float32, "BF16": ml_dtypes.bfloat16, "F16": np.float16, "F64": np.float64}
+a, b = {}, {}
+# sizes around the fused kernel's 4-pair groups and 2048-pair blocks; NaN/Inf in some blocks only
+for k, (da, db, n) in enumerate([("F32", "F32", 1), ("BF16", "BF16", 7), ("F16", "F16", 2049), ("BF16", "F32", 4099),
+                                 ("F32", "F32", 10_001), ("F64", "F32", 999), ("F16", "BF16", 6000)]):
+    x = rng.standard_normal(n) * 10.0 ** rng.uniform(-3, 3, n)
+    y = x + rng.standard_normal(n) * 1e-3 * (rng.random(n) < 0.5)
+    if n > 4000:
+        x[3000] = np.nan; y[n - 3] = np.inf
+    with np.errstate(over="ignore"):
+        a[f"t{k}"], b[f"t{k}"] = x.astype(NP[da]), y.astype(NP[db])
+save_file(a, os.path.join(d, "a.safetensors")); save_file(b, os.path.join(d, "b.safetensors"))
+r = paramkit.diff(os.path.join(d, "a.safetensors"), os.path.join(d, "b.safetensors"), backend="cpu").to_dict()
+for key in ("timing", "options", "engine"):
+    r.pop(key)
+print(json.dumps(r, sort_keys=True))
+"""
+
+
+def test_generic_and_simd_diff_kernels_bit_identical(tmp_path):
+    """The fused float32 diff kernel (AVX2 lanes vs the scalar loop) and the long way give the same bits."""
+    assert cpu_engine_built(), "the C++ extension must be built for this test"
+    runs = {}
+    for isa in ("generic", "native"):
+        res = subprocess.run([sys.executable, "-c", DIFF_SCRIPT, str(tmp_path)], env=dict(os.environ, PARAMKIT_ISA=isa),
+                             capture_output=True, text=True, check=True)
+        runs[isa] = res.stdout
+    assert json.loads(runs["generic"])["tensors"] and runs["generic"] == runs["native"]

@@ -1,6 +1,6 @@
 // The CPU engine's diff pass (see diff_engine.hpp): fixed pieces of each pair, read with pread on worker
 // threads, compared byte for byte, then as float64 values (diff.hpp per element, stats.hpp's F64 kernel for
-// A - B), merged per pair in piece order.
+// A - B; pairs of float32 values in one fused pass, kernels_impl.inl diff_f32), merged per pair in piece order.
 #include "diff_engine.hpp"
 
 #include <algorithm>
@@ -124,13 +124,14 @@ std::vector<DiffResult> run_diff_engine(const std::vector<std::string>& files, c
   std::atomic<uint64_t> bytes_done{0};
 
   // the buffers of each worker thread (allocated by it on first use)
-  struct Buffers { std::vector<uint8_t> ra, rb; std::vector<float> fa, fb; std::vector<double> da, db, dd; };
+  struct Buffers { std::vector<uint8_t> ra, rb; std::vector<float> fa, fb, xa, xb; std::vector<double> da, db, dd; };
   std::vector<Buffers> bufs(static_cast<size_t>(nthreads));
   auto buffers = [&](int w) -> Buffers& {
     Buffers& b = bufs[size_t(w)];
     if (b.ra.empty()) {
       b.ra.resize(max_bytes); b.rb.resize(max_bytes);
       b.da.resize(kDiffBlock); b.db.resize(kDiffBlock); b.dd.resize(kDiffBlock);
+      b.xa.resize(kDiffBlock); b.xb.resize(kDiffBlock);
     }
     return b;
   };
@@ -162,8 +163,15 @@ std::vector<DiffResult> run_diff_engine(const std::vector<std::string>& files, c
     const size_t ea = size_t(dtype_size(dta)), eb = size_t(dtype_size(dtb));
     o.sums = DiffSums{};
     o.delta = PieceStats{};
+    auto is_f32_value = [](int dt) { return dt == F32 || dt == BF16 || dt == F16; };
+    const bool fused = is_f32_value(dta) && is_f32_value(dtb);
     for (uint64_t s = 0; s < p.count; s += kDiffBlock) {
       const size_t m = size_t(std::min<uint64_t>(kDiffBlock, p.count - s));
+      if (fused) {   // float32 values on both sides: one pass (a block with a NaN or Inf goes the long way)
+        K.to_f32(dta, pa + s * ea, m, B.xa.data());
+        K.to_f32(dtb, pb + s * eb, m, B.xb.data());
+        if (K.diff_f32(B.xa.data(), B.xb.data(), m, o.sums, o.delta)) continue;
+      }
       K.to_f64(dta, pa + s * ea, m, B.da.data());
       K.to_f64(dtb, pb + s * eb, m, B.db.data());
       DiffSums bs;

@@ -33,6 +33,11 @@ struct Kernels {
   // the diff of n value pairs (diff.hpp diff_update, element i in lane i % 8, the lanes merged in order into
   // `sums`); d[i] = a[i] - b[i]
   void (*diff)(const double* a, const double* b, size_t n, double* d, DiffSums& sums);
+  // n elements of F32, BF16 or F16 -> float32
+  void (*to_f32)(int dt, const uint8_t* p, size_t n, float* out);
+  // the fused diff of n float32 pairs (kernels_impl.inl): adds their DiffSums to `sums` and the statistics of
+  // their float64 differences to `delta`; false, adding nothing, when a value is NaN or +-Inf
+  bool (*diff_f32)(const float* a, const float* b, size_t n, DiffSums& sums, PieceStats& delta);
 };
 
 const Kernels& kernels_generic();

@@ -643,8 +643,104 @@ static void diff_values(const double* a, const double* b, size_t n, double* d, D
   for (int j = 1; j < L; ++j) merge_diff_sums(sums, ln[j]);
 }
 
+// n elements of F32, BF16 or F16 -> float32 (exact: every such value is a float32)
+static void to_f32(int dt, const uint8_t* p, size_t n, float* out) {
+  size_t i = 0;
+  if (dt == F32) { std::memcpy(out, p, n * 4); return; }
+#if defined(PK_KAVX2)
+  if (dt == BF16)
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(out + i, load8_bf16(p, i));
+  else
+    for (; i + 8 <= n; i += 8)
+      _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 2 * i))));
+#endif
+  for (; i < n; ++i) out[i] = dt == BF16 ? decode_bf16(load<uint16_t>(p + 2 * i)) : decode_f16(load<uint16_t>(p + 2 * i));
+}
+
+// ---- the fused diff of float32 pairs (F32, BF16, F16, a GGML block type's values: every one a float32) ----
+// For float32 a and b the float64 d = a - b is never subnormal (the smallest nonzero |d| is 2^-149) and
+// never overflows, nor do a*a, b*b, a*b (|a| <= FLT_MAX: a*a < 1.2e77), so one pass over a block of up to
+// kDiffBlock pairs yields diff.hpp's sums and the statistics of d, in LD float64 lanes (pair t in lane
+// t % LD): sums of d*d, a*a, b*b, a*b, |d|, max |d|, min / max d, the count of d == 0, and the moments of d
+// about K = the block's first d (the shift of f32_stats). Multiply then add (never an FMA), lanes reduced
+// in one fixed order: the AVX2 loop and the scalar one give the same bits. A block holding a NaN or Inf
+// (seen as a non-finite sum of a*a or b*b: squares cannot cancel) returns false with nothing added, and
+// the caller takes it through diff_update and the F64 statistics instead.
+constexpr int LD = 4;
+struct DiffF32Lanes {
+  double sse[LD] = {}, sa2[LD] = {}, sb2[LD] = {}, sab[LD] = {}, sabs[LD] = {}, mabs[LD] = {}, s1[LD] = {},
+         s2[LD] = {}, mn[LD], mx[LD];
+  uint64_t zer[LD] = {};
+};
+
+static inline void diff_f32_pair(DiffF32Lanes& l, int j, float x, float y, double K) {
+  const double a = double(x), b = double(y), d = a - b, ad = std::fabs(d), k = d - K;
+  l.sse[j] += d * d; l.sa2[j] += a * a; l.sb2[j] += b * b; l.sab[j] += a * b;
+  l.sabs[j] += ad; l.mabs[j] = ad > l.mabs[j] ? ad : l.mabs[j];
+  l.mn[j] = d < l.mn[j] ? d : l.mn[j]; l.mx[j] = d > l.mx[j] ? d : l.mx[j];
+  l.zer[j] += d == 0; l.s1[j] += k; l.s2[j] += k * k;
+}
+
+static inline double lanes_sum(const double* v) { return (v[0] + v[1]) + (v[2] + v[3]); }
+
+static bool diff_f32(const float* a, const float* b, size_t n, DiffSums& sums, PieceStats& delta) {
+  if (n == 0) return true;
+  DiffF32Lanes l;
+  const double K = double(a[0]) - double(b[0]);
+  for (int j = 0; j < LD; ++j) { l.mn[j] = INFINITY; l.mx[j] = -INFINITY; }
+  size_t i = 0;
+#if defined(PK_KAVX2)
+  {
+    const __m256d SIGN = _mm256_set1_pd(-0.0), Kv = _mm256_set1_pd(K), Z = _mm256_setzero_pd();
+    __m256d sse = Z, sa2 = Z, sb2 = Z, sab = Z, sabs = Z, mabs = Z, s1 = Z, s2 = Z;
+    __m256d mn = _mm256_set1_pd(INFINITY), mx = _mm256_set1_pd(-INFINITY);
+    __m256i zer = _mm256_setzero_si256();
+    for (; i + LD <= n; i += LD) {
+      const __m256d x = _mm256_cvtps_pd(_mm_loadu_ps(a + i)), y = _mm256_cvtps_pd(_mm_loadu_ps(b + i));
+      const __m256d d = _mm256_sub_pd(x, y), ad = _mm256_andnot_pd(SIGN, d), k = _mm256_sub_pd(d, Kv);
+      sse = _mm256_add_pd(sse, _mm256_mul_pd(d, d));
+      sa2 = _mm256_add_pd(sa2, _mm256_mul_pd(x, x));
+      sb2 = _mm256_add_pd(sb2, _mm256_mul_pd(y, y));
+      sab = _mm256_add_pd(sab, _mm256_mul_pd(x, y));
+      sabs = _mm256_add_pd(sabs, ad);
+      mabs = _mm256_max_pd(ad, mabs);          // ad > mabs ? ad : mabs, as the scalar loop
+      mn = _mm256_min_pd(d, mn);
+      mx = _mm256_max_pd(d, mx);
+      zer = _mm256_sub_epi64(zer, _mm256_castpd_si256(_mm256_cmp_pd(d, Z, _CMP_EQ_OQ)));
+      s1 = _mm256_add_pd(s1, k);
+      s2 = _mm256_add_pd(s2, _mm256_mul_pd(k, k));
+    }
+    _mm256_storeu_pd(l.sse, sse); _mm256_storeu_pd(l.sa2, sa2); _mm256_storeu_pd(l.sb2, sb2);
+    _mm256_storeu_pd(l.sab, sab); _mm256_storeu_pd(l.sabs, sabs); _mm256_storeu_pd(l.mabs, mabs);
+    _mm256_storeu_pd(l.s1, s1); _mm256_storeu_pd(l.s2, s2); _mm256_storeu_pd(l.mn, mn); _mm256_storeu_pd(l.mx, mx);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(l.zer), zer);
+  }
+#endif
+  for (; i < n; ++i) diff_f32_pair(l, int(i % LD), a[i], b[i], K);
+  const double sa2 = lanes_sum(l.sa2), sb2 = lanes_sum(l.sb2);
+  if (!(sa2 - sa2 == 0) || !(sb2 - sb2 == 0)) return false;
+  uint64_t zeros = 0;
+  double mn = l.mn[0], mx = l.mx[0], mabs = l.mabs[0];
+  for (int j = 0; j < LD; ++j) {
+    zeros += l.zer[j];
+    mn = l.mn[j] < mn ? l.mn[j] : mn; mx = l.mx[j] > mx ? l.mx[j] : mx; mabs = l.mabs[j] > mabs ? l.mabs[j] : mabs;
+  }
+  DiffSums s;
+  s.n = n; s.changed = n - zeros;
+  s.sse = lanes_sum(l.sse); s.sum_a2 = sa2; s.sum_b2 = sb2; s.sum_ab = lanes_sum(l.sab);
+  s.sum_abs = lanes_sum(l.sabs); s.max_abs = mabs;
+  merge_diff_sums(sums, s);
+  PieceStats p;
+  p.zeros = zeros; p.nonnan = n; p.fmin = mn; p.fmax = mx;
+  const double c = lanes_sum(l.s1), q = lanes_sum(l.s2);
+  p.mom.n = double(n); p.mom.mean = K + c / p.mom.n; p.mom.m2 = q - c * c / p.mom.n;
+  if (p.mom.m2 < 0) p.mom.m2 = 0;
+  merge_piece(delta, p);
+  return true;
+}
+
 static const Kernels table = {PK_KISA, hist8, hist16, wide, quant_piece, decode_for_quant, dequantize_blocks,
-                              to_f64, diff_values};
+                              to_f64, diff_values, to_f32, diff_f32};
 
 }  // namespace PK_KNS
 }  // namespace paramkit
