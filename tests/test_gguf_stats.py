@@ -154,6 +154,29 @@ def test_many_pieces_thread_count_independent(tmp_path, backend, qtype):
     compare_stats(one["big"], one["big"], ref["big"])
 
 
+@pytest.mark.skipif(not cpu_engine_built(), reason="paramkit._core is not built")
+@pytest.mark.parametrize("qtype", NATIVE_TYPES)
+def test_block_statistics_paths_give_the_f32_bits(tmp_path, qtype):
+    """The cpu engine's two block paths, dequantized 1,024 values at a time inside the statistics pass (no
+    quantization schemes) and as a whole piece (with them), give bit for bit the statistics of an F32 tensor of
+    gguf-py's dequantized values (under the same scheme, if any): several pieces, a short last one, special
+    scales in some blocks."""
+    rng = np.random.default_rng(11)
+    g = GGML_TYPES_BY_NAME[qtype]
+    blocks = (2 << 20) // g.block + 5
+    raw = _random_blocks(qtype, 1, blocks, rng, None)
+    at = SCALE_AT.get(qtype, 0)
+    if at is not None:
+        rows = raw.reshape(blocks, g.type_size)
+        for k, special in enumerate(("nan", "inf", "subnormal", "max")):
+            rows[1000 * k + 7, at:at + 2] = np.frombuffer(np.uint16(SPECIAL_F16[special]).tobytes(), np.uint8)
+    blk = _write(tmp_path / "b.gguf", [("w", qtype, raw)])
+    f32 = _write_f32(tmp_path / "f.gguf", [("w", _dequantized(raw, qtype))])
+    for quant in (None, "int8_channel"):    # (a scheme's rows can move the piece boundaries: both files alike)
+        want = paramkit.scan(f32, backend="cpu", quant=quant).tensors[0].stats
+        assert paramkit.scan(blk, backend="cpu", quant=quant).tensors[0].stats == want, quant
+
+
 def test_gemma_block_tensors_against_gguf_py(gemma_gguf_path):
     """A few tensors of each block type of the real file: the numpy backend = float64 reductions here, and
     every native backend's full scan = the numpy backend's."""

@@ -190,6 +190,13 @@ EngineOutput run_engine(const std::vector<std::string>& files, const std::vector
             return ka < kb;
           });
         }
+      } else if (prefix) {   // the wide kernels (K.wide's qhist) fill the first sub-histogram only
+        for (int raw = 0; raw < nb; ++raw) {
+          const uint32_t c = h0[raw];
+          if (!c) continue;
+          if (into) into[raw] += c;
+          h0[raw] = 0;
+        }
       } else {
         for (int raw = 0; raw < nb; ++raw) {
           uint64_t c = uint64_t(h0[raw]) + h1[raw] + h2[raw] + h3[raw];
@@ -240,17 +247,25 @@ EngineOutput run_engine(const std::vector<std::string>& files, const std::vector
         const StorageUnit c = storage_unit(T.dtype);
         const int dt = c.values;
         uint64_t n = pc.nbytes / c.bytes * c.elements;
-        if (c.ggml >= 0) {   // whole blocks -> float32, then everything below runs as for an F32 piece
-          dequant.resize(n);
-          K.dequantize(c.ggml, p, size_t(pc.nbytes / c.bytes), dequant.data());
-          p = reinterpret_cast<const uint8_t*>(dequant.data());
-        }
         bool small = opt.stats && histogram_path(dt, qs != nullptr);
         bool want_hist = opt.stats && (small || qs != nullptr);
         bool prefix = !small;
         int nb = prefix ? 65536 : (dtype_key_bits(dt) == 8 ? 256 : 65536);
+        // a GGML piece whose dequantized values nothing reads again (no quantization schemes, no sparse drain of
+        // its histogram) gets its statistics dequantized block by block (K.ggml_stats, the same bits); any
+        // other becomes a whole float32 piece and runs below as an F32 one
+        const bool fused_ggml = c.ggml >= 0 && opt.stats && !T.quant_mask && !(want_hist && n * 4 < uint64_t(nb));
+        if (c.ggml >= 0 && !fused_ggml) {
+          dequant.resize(n);
+          K.dequantize(c.ggml, p, size_t(pc.nbytes / c.bytes), dequant.data());
+          p = reinterpret_cast<const uint8_t*>(dequant.data());
+        }
         if (opt.stats) {
-          if (small) {
+          if (fused_ggml) {
+            PieceStats ps;
+            K.ggml_stats(c.ggml, p, size_t(pc.nbytes / c.bytes), ps, qs ? hist.data() : nullptr);
+            S.pieces[pc.index] = ps;
+          } else if (small) {
             if (dtype_key_bits(dt) == 8) K.hist8(p, n, hist.data()); else K.hist16(p, n, hist.data());
           } else {
             PieceStats ps;

@@ -38,6 +38,9 @@ struct Kernels {
   // the fused diff of n float32 pairs (kernels_impl.inl): adds their DiffSums to `sums` and the statistics of
   // their float64 differences to `delta`; false, adding nothing, when a value is NaN or +-Inf
   bool (*diff_f32)(const float* a, const float* b, size_t n, DiffSums& sums, PieceStats& delta);
+  // wide(F32, ...) of the dequantized values of nblocks whole blocks of GGML type t, bit for bit, dequantized a
+  // cache-sized block at a time
+  void (*ggml_stats)(int t, const uint8_t* p, size_t nblocks, PieceStats& out, uint32_t* qhist);
 };
 
 const Kernels& kernels_generic();

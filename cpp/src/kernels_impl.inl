@@ -177,8 +177,10 @@ static inline __attribute__((always_inline)) bool f32_block_vec(const uint8_t* p
 }
 #endif
 
-static void f32_stats(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhist) {
-  auto ld = [p](size_t i) -> float { return load<float>(p + i * 4); };
+// block_at(bs, m): the m float32 values of elements [bs, bs + m) (bs a multiple of kF32Block): the piece itself,
+// or a GGML piece's blocks dequantized into a buffer while they are in L1 (ggml_stats)
+template <class BlockAt>
+static void f32_stats_of(BlockAt&& block_at, size_t n, PieceStats& s, uint32_t* qhist) {
   FloatLanes<float> ln;
   for (int j = 0; j < L; ++j) { ln.mn[j] = std::numeric_limits<float>::infinity(); ln.mx[j] = -ln.mn[j]; }
   auto count = [&](int j, float x) {
@@ -197,8 +199,8 @@ static void f32_stats(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhist
   v.mn = _mm256_loadu_ps(ln.mn); v.mx = _mm256_loadu_ps(ln.mx);
 #endif
   for (size_t bs = 0; bs < n; bs += kF32Block) {
-    const uint8_t* pb = p + 4 * bs;
     const size_t m = std::min(kF32Block, n - bs);
+    const uint8_t* pb = block_at(bs, m);
     size_t kf = 0;   // the shift: the block's first finite element (none: no moments)
     while (kf < m && (f32_to_bits(load<float>(pb + 4 * kf)) & 0x7F800000u) == 0x7F800000u) ++kf;
     const double K = kf < m ? double(load<float>(pb + 4 * kf)) : 0.0;
@@ -210,7 +212,7 @@ static void f32_stats(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhist
     bad = f32_block_vec(pb, done, K, v, a8, q8);
 #endif
     for (size_t t = done; t < m; ++t) {
-      float x = ld(bs + t);
+      float x = load<float>(pb + 4 * t);
       count(int(t % L), x);
       bool f = (f32_to_bits(x) & 0x7F800000u) != 0x7F800000u;
       double d = f ? double(x) - K : 0.0;
@@ -222,6 +224,11 @@ static void f32_stats(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhist
     } else {
       nfin = m;
     }
+    if (qhist)   // the block's bf16-prefix histogram while it is in L1
+      for (size_t t = 0; t < m; ++t) {
+        const float x = load<float>(pb + 4 * t);
+        if (x == x) qhist[f32_to_bits(x) >> 16]++;
+      }
     if (nfin > 0) {
       double c = ((a8[0] + a8[1]) + (a8[2] + a8[3])) + ((a8[4] + a8[5]) + (a8[6] + a8[7]));
       double q = ((q8[0] + q8[1]) + (q8[2] + q8[3])) + ((q8[4] + q8[5]) + (q8[6] + q8[7]));
@@ -254,12 +261,11 @@ static void f32_stats(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhist
     r.fmax = double(ln.mx[j]) > r.fmax ? double(ln.mx[j]) : r.fmax;
   }
   r.nonnan = n - r.nan;
-  if (qhist)
-    for (size_t i = 0; i < n; ++i) {
-      float x = ld(i);
-      if (x == x) qhist[f32_to_bits(x) >> 16]++;
-    }
   s = r;
+}
+
+static void f32_stats(const uint8_t* p, size_t n, PieceStats& s, uint32_t* qhist) {
+  f32_stats_of([p](size_t bs, size_t) { return p + 4 * bs; }, n, s, qhist);
 }
 
 // ---- bfloat16 / float16 statistics in one pass over memory (the quantiles=False path) ----
@@ -601,6 +607,20 @@ static void dequantize_blocks(int t, const uint8_t* p, size_t nblocks, float* ou
     ggml_dequantize_block(t, p + i * size_t(b.bytes), out + i * size_t(b.elements));
 }
 
+// f32_stats of the float32 values of nblocks GGML blocks of type t, dequantized kF32Block values at a time into a
+// buffer that stays in L1 (kF32Block is a whole number of blocks of every type): the same bits as dequantize_blocks
+// followed by wide(F32), without the round trip of a whole dequantized piece through memory.
+static void ggml_stats(int t, const uint8_t* p, size_t nblocks, PieceStats& s, uint32_t* qhist) {
+  const GgmlBlock b = ggml_block(t);
+  static_assert(kF32Block % 256 == 0, "a statistics block holds whole GGML blocks");
+  alignas(64) float buf[kF32Block];
+  const size_t be = size_t(b.elements), bb = size_t(b.bytes);
+  f32_stats_of([&](size_t bs, size_t m) {
+    dequantize_blocks(t, p + bs / be * bb, m / be, buf);
+    return reinterpret_cast<const uint8_t*>(buf);
+  }, nblocks * be, s, qhist);
+}
+
 // Values of n plain elements as float64, one loop per dtype (the compiler vectorises the float ones)
 template <class T, class F>
 static inline void to_f64_loop(const uint8_t* p, size_t n, double* out, F f) {
@@ -740,7 +760,7 @@ static bool diff_f32(const float* a, const float* b, size_t n, DiffSums& sums, P
 }
 
 static const Kernels table = {PK_KISA, hist8, hist16, wide, quant_piece, decode_for_quant, dequantize_blocks,
-                              to_f64, diff_values, to_f32, diff_f32};
+                              to_f64, diff_values, to_f32, diff_f32, ggml_stats};
 
 }  // namespace PK_KNS
 }  // namespace paramkit

@@ -43,13 +43,17 @@ PK_HD PK_INLINE void k_scale_min(const uint8_t* s, int i, int& sc, int& mn) {
   else { sc = (s[i + 4] & 0x0F) | ((s[i - 4] >> 2) & 0x30); mn = (s[i + 4] >> 4) | ((s[i] >> 2) & 0x30); }
 }
 
+// The 32-element types loop over the two halves of a run (low nibbles, then high), a fixed shift each, so the
+// compiler vectorises them; element j = 16 h + k is nibble32(qs, j).
 PK_HD PK_INLINE void q4_0(const uint8_t* b, float* y) {
   float d = f16_at(b);
-  for (int j = 0; j < 32; ++j) y[j] = fmul(d, float(nibble32(b + 2, j) - 8));
+  for (int h = 0; h < 2; ++h)
+    for (int k = 0; k < 16; ++k) y[16 * h + k] = fmul(d, float(((b[2 + k] >> (4 * h)) & 0xF) - 8));
 }
 PK_HD PK_INLINE void q4_1(const uint8_t* b, float* y) {
   float d = f16_at(b), m = f16_at(b + 2);
-  for (int j = 0; j < 32; ++j) y[j] = fadd(fmul(d, float(nibble32(b + 4, j))), m);
+  for (int h = 0; h < 2; ++h)
+    for (int k = 0; k < 16; ++k) y[16 * h + k] = fadd(fmul(d, float((b[4 + k] >> (4 * h)) & 0xF)), m);
 }
 PK_HD PK_INLINE uint32_t u32_at(const uint8_t* p) {
   return uint32_t(p[0]) | (uint32_t(p[1]) << 8) | (uint32_t(p[2]) << 16) | (uint32_t(p[3]) << 24);
@@ -57,78 +61,105 @@ PK_HD PK_INLINE uint32_t u32_at(const uint8_t* p) {
 PK_HD PK_INLINE void q5_0(const uint8_t* b, float* y) {
   float d = f16_at(b);
   uint32_t qh = u32_at(b + 2);
-  for (int j = 0; j < 32; ++j) y[j] = fmul(d, float(int(nibble32(b + 6, j) | (((qh >> j) & 1) << 4)) - 16));
+  for (int h = 0; h < 2; ++h)
+    for (int k = 0; k < 16; ++k) {
+      const int j = 16 * h + k;
+      y[j] = fmul(d, float(int(((b[6 + k] >> (4 * h)) & 0xF) | (((qh >> j) & 1) << 4)) - 16));
+    }
 }
 PK_HD PK_INLINE void q5_1(const uint8_t* b, float* y) {
   float d = f16_at(b), m = f16_at(b + 2);
   uint32_t qh = u32_at(b + 4);
-  for (int j = 0; j < 32; ++j) y[j] = fadd(fmul(d, float(nibble32(b + 8, j) | (((qh >> j) & 1) << 4))), m);
+  for (int h = 0; h < 2; ++h)
+    for (int k = 0; k < 16; ++k) {
+      const int j = 16 * h + k;
+      y[j] = fadd(fmul(d, float(((b[8 + k] >> (4 * h)) & 0xF) | (((qh >> j) & 1) << 4))), m);
+    }
 }
 PK_HD PK_INLINE void q8_0(const uint8_t* b, float* y) {
   float d = f16_at(b);
   for (int j = 0; j < 32; ++j) y[j] = fmul(float(int8_t(b[2 + j])), d);
 }
+// The 256-element types: value j = 128 g + 32 r + 16 h + k takes 2 bits at shift 2r of qs[32 g + 16 h + k] and the
+// scale of sub-block j / 16 = 8 g + 2 r + h; one scale and fixed shifts per 16-value inner loop (vectorised).
 PK_HD PK_INLINE void q2_k(const uint8_t* b, float* y) {   // scales[16] qs[64] d dmin
   const uint8_t *sc = b, *qs = b + 16;
   float d = f16_at(b + 80), dmin = f16_at(b + 82);
-  for (int j = 0; j < 256; ++j) {
-    int g = j >> 7, s = (j >> 5) & 3, k = j & 31, i = j >> 4;
-    float q = float((qs[g * 32 + k] >> (2 * s)) & 3);
-    y[j] = fsub(fmul(fmul(d, float(sc[i] & 0xF)), q), fmul(dmin, float(sc[i] >> 4)));
-  }
+  for (int g = 0; g < 2; ++g)
+    for (int r = 0; r < 4; ++r)
+      for (int h = 0; h < 2; ++h) {
+        const int i = 8 * g + 2 * r + h;
+        const float dl = fmul(d, float(sc[i] & 0xF)), ml = fmul(dmin, float(sc[i] >> 4));
+        const uint8_t* q = qs + 32 * g + 16 * h;
+        float* o = y + 128 * g + 32 * r + 16 * h;
+        for (int k = 0; k < 16; ++k) o[k] = fsub(fmul(dl, float((q[k] >> (2 * r)) & 3)), ml);
+      }
 }
 PK_HD PK_INLINE void q3_k(const uint8_t* b, float* y) {   // hmask[32] qs[64] scales[12] d
   const uint8_t *hm = b, *qs = b + 32, *s = b + 96;
   float d = f16_at(b + 108);
-  for (int j = 0; j < 256; ++j) {
-    int i = j >> 4;
-    int lo = i < 8 ? (s[i] & 0xF) : (s[i - 8] >> 4);
-    int hi = (s[8 + (i & 3)] >> (2 * (i >> 2))) & 3;
-    float scale = float(int8_t(uint8_t(lo | (hi << 4))) - 32);
-    int g = j >> 7, sh = (j >> 5) & 3, k = j & 31;
-    int ql = (qs[g * 32 + k] >> (2 * sh)) & 3;
-    int bit = j >> 5, hb = ((hm[k] >> bit) & 1) ^ 1;
-    y[j] = fmul(fmul(d, scale), float(ql - (hb << 2)));
-  }
+  for (int g = 0; g < 2; ++g)
+    for (int r = 0; r < 4; ++r)
+      for (int h = 0; h < 2; ++h) {
+        const int i = 8 * g + 2 * r + h, bit = 4 * g + r;   // the high bit: bit j / 32 of hm[j % 32]
+        const int lo = i < 8 ? (s[i] & 0xF) : (s[i - 8] >> 4);
+        const int hi = (s[8 + (i & 3)] >> (2 * (i >> 2))) & 3;
+        const float dl = fmul(d, float(int8_t(uint8_t(lo | (hi << 4))) - 32));
+        const uint8_t *q = qs + 32 * g + 16 * h, *m = hm + 16 * h;
+        float* o = y + 128 * g + 32 * r + 16 * h;
+        for (int k = 0; k < 16; ++k) {
+          const int ql = (q[k] >> (2 * r)) & 3, hb = ((m[k] >> bit) & 1) ^ 1;
+          o[k] = fmul(dl, float(ql - (hb << 2)));
+        }
+      }
 }
 PK_HD PK_INLINE void q4_k(const uint8_t* b, float* y) {   // d dmin scales[12] qs[128]
   float d = f16_at(b), dmin = f16_at(b + 2);
   const uint8_t *s = b + 4, *qs = b + 16;
+  // sub-block i (32 values): the low (i even) or high (i odd) nibbles of qs[32 * (i / 2) ...]; one fixed shift
+  // per inner loop, so the compiler vectorises it
   for (int i = 0; i < 8; ++i) {
     int sc, mn;
     k_scale_min(s, i, sc, mn);
-    float ds = fmul(d, float(sc)), dm = fmul(dmin, float(mn));
-    for (int k = 0; k < 32; ++k) {
-      int j = i * 32 + k, g = j >> 6, sh = (j >> 5) & 1;
-      y[j] = fsub(fmul(ds, float((qs[g * 32 + k] >> (4 * sh)) & 0xF)), dm);
-    }
+    const float ds = fmul(d, float(sc)), dm = fmul(dmin, float(mn));
+    const uint8_t* q = qs + 32 * (i >> 1);
+    const int sh = 4 * (i & 1);
+    float* o = y + 32 * i;
+    for (int k = 0; k < 32; ++k) o[k] = fsub(fmul(ds, float((q[k] >> sh) & 0xF)), dm);
   }
 }
 PK_HD PK_INLINE void q5_k(const uint8_t* b, float* y) {   // d dmin scales[12] qh[32] qs[128]
   float d = f16_at(b), dmin = f16_at(b + 2);
   const uint8_t *s = b + 4, *qh = b + 16, *qs = b + 48;
-  for (int i = 0; i < 8; ++i) {
+  for (int i = 0; i < 8; ++i) {   // as q4_k, the fifth bit from bit i of qh[k]
     int sc, mn;
     k_scale_min(s, i, sc, mn);
-    float ds = fmul(d, float(sc)), dm = fmul(dmin, float(mn));
-    for (int k = 0; k < 32; ++k) {
-      int j = i * 32 + k, g = j >> 6, sh = (j >> 5) & 1;
-      int q = ((qs[g * 32 + k] >> (4 * sh)) & 0xF) | (((qh[k] >> i) & 1) << 4);
-      y[j] = fsub(fmul(ds, float(q)), dm);
-    }
+    const float ds = fmul(d, float(sc)), dm = fmul(dmin, float(mn));
+    const uint8_t* q = qs + 32 * (i >> 1);
+    const int sh = 4 * (i & 1);
+    float* o = y + 32 * i;
+    for (int k = 0; k < 32; ++k) o[k] = fsub(fmul(ds, float(((q[k] >> sh) & 0xF) | (((qh[k] >> i) & 1) << 4))), dm);
   }
 }
 PK_HD PK_INLINE void q6_k(const uint8_t* b, float* y) {   // ql[128] qh[64] scales[16] (int8) d
   const uint8_t *ql = b, *qh = b + 128;
   const int8_t* sc = reinterpret_cast<const int8_t*>(b + 192);
   float d = f16_at(b + 208);
-  for (int j = 0; j < 256; ++j) {
-    int g = j >> 7, lo_s = (j >> 6) & 1, lo_b = j & 63, hi_s = (j >> 5) & 3, hi_b = j & 31;
-    int lo = (ql[g * 64 + lo_b] >> (4 * lo_s)) & 0xF;
-    int hi = (qh[g * 32 + hi_b] >> (2 * hi_s)) & 3;
-    int q = int(int8_t(uint8_t(lo | (hi << 4)))) - 32;
-    y[j] = fmul(fmul(d, float(sc[j >> 4])), float(q));
-  }
+  // value j = 128 g + 32 r + k (g 0..1, r 0..3, k 0..31): low 4 bits from nibble r / 2 of ql[64 g + 32 (r & 1) + k],
+  // high 2 bits from bits 2r of qh[32 g + k], scale sc[j / 16]; fixed shifts per inner loop (vectorised)
+  for (int g = 0; g < 2; ++g)
+    for (int r = 0; r < 4; ++r)
+      for (int h = 0; h < 2; ++h) {
+        const float ds = fmul(d, float(sc[8 * g + 2 * r + h]));
+        const uint8_t* lo = ql + 64 * g + 32 * (r & 1) + 16 * h;
+        const uint8_t* hi = qh + 32 * g + 16 * h;
+        const int ls = 4 * (r >> 1), hs = 2 * r;
+        float* o = y + 128 * g + 32 * r + 16 * h;
+        for (int k = 0; k < 16; ++k) {
+          const int q = int(int8_t(uint8_t(((lo[k] >> ls) & 0xF) | (((hi[k] >> hs) & 3) << 4)))) - 32;
+          o[k] = fmul(ds, float(q));
+        }
+      }
 }
 PK_HD PK_INLINE void iq4_nl(const uint8_t* b, float* y) {
   float d = f16_at(b);
