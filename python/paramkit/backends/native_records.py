@@ -9,7 +9,7 @@ import numpy as np
 
 from ..dtypes import DTYPES
 from ..materialize import reads_in_place
-from ..stats import QUANTILE_KEYS
+from ..stats import HISTOGRAM_BINS, QUANTILE_KEYS
 from ..table import TensorInfo
 
 
@@ -114,3 +114,21 @@ def to_stats(rec: dict, row: int, dtype: str, quantiles: bool) -> dict:
         "zeros": zeros, "nan": nan, "posinf": posinf, "neginf": neginf, "subnormal": sub,
         "quantiles": q,
     }
+
+
+def histogram_rows(rec: dict) -> tuple:
+    """The compact histogram arrays of a native result, converted once per result (to_histogram's `rows`)."""
+    counts = rec["hist_counts"].astype(np.int64)
+    assert counts.shape[1] == HISTOGRAM_BINS, counts.shape
+    return counts, rec["hist_range"], rec["hist_nonfinite"], rec["hist_flags"]
+
+
+def to_histogram(rows: tuple, row: int) -> dict | None:
+    """One tensor's compact histogram (paramkit.stats) from histogram_rows(rec): None when the engine made none
+    (quantiles off); counts is a view of the result's (n, HISTOGRAM_BINS) array."""
+    counts, rng, nonfinite, flags = rows
+    if not flags[row, 0]:
+        return None
+    lo, hi = float(rng[row, 0]), float(rng[row, 1])
+    return {"lo": None if math.isnan(lo) else lo, "hi": None if math.isnan(hi) else hi, "counts": counts[row],
+            "nonfinite": int(nonfinite[row]), "exact": bool(flags[row, 1])}
