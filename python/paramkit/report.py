@@ -308,7 +308,7 @@ class ScanReport:
     def to_html(self, path=None, *, histograms: int = 12, context: int = 8192) -> str:
         """A self-contained HTML page of this report (inline CSS and SVG charts, no script, no network):
         summary, parameters by module and layer, per-layer absmax / std / zeros, value histograms of up to
-        `histograms` tensors (read again from the file), SQNR per layer and scheme (with scan(quant=...)), the
+        `histograms` tensors (the compact histograms of the statistics pass), SQNR per layer and scheme (with scan(quant=...)), the
         outlier table and the plan (KV cache for `context` tokens). Written to `path` (atomically) when
         given; returns the HTML. Needs matplotlib: pip install 'paramkit[report]'."""
         from .html_report import scan_html
