@@ -217,6 +217,8 @@ PK_HD PK_INLINE int compact_bin(double v, double lo, double hi) {
   return k < 0 ? 0 : (k > double(kHistBins - 1) ? kHistBins - 1 : int(k));
 }
 
+PK_HD PK_INLINE bool finite_value(double v) { return v - v == 0; }   // false for NaN and +-Inf
+
 // The value a histogram bin stands for: the bit pattern's own value, or the bf16 prefix's (`prefix`).
 PK_HD PK_INLINE double binned_value(int dt, bool prefix, uint32_t raw) {
   return prefix ? double(decode_bf16(uint16_t(raw))) : decode_to_double(dt, raw);
@@ -224,26 +226,23 @@ PK_HD PK_INLINE double binned_value(int dt, bool prefix, uint32_t raw) {
 
 // The compact histogram of a tensor from the value-ordered histogram its statistics pass built (bins as for
 // finalize_small, or for finalize_prefix_quantiles when `prefix`: the binned value of a wide element is its
-// bf16 prefix). Each source bin goes wholly into one compact bin. `unbinned`: NaN elements the source
-// histogram left out (the prefix histogram bins only non-NaN elements), counted as nonfinite.
+// bf16 prefix). In value order the non-finite bins (-NaN, -Inf ... +Inf, +NaN) are at the two ends, so lo and
+// hi are the first and last finite bins; then each source bin goes wholly into one compact bin (one pass).
+// `unbinned`: NaN elements the source histogram left out (the prefix histogram bins only non-NaN elements),
+// counted as nonfinite.
 template <class Bin>
 PK_HD void compact_histogram(int dt, bool prefix, const Bin* bins, int nbins, uint64_t unbinned, CompactHist& h) {
   h = CompactHist{};
   h.present = true;
   h.exact = !prefix;
   h.nonfinite = unbinned;
-  bool any = false;
-  for (int i = 0; i < nbins; ++i) {   // value order: the first finite bin is the smallest, the last the largest
-    double v = binned_value(dt, prefix, bins[i].raw);
-    if (!(v - v == 0)) { h.nonfinite += bins[i].count; continue; }
-    if (!any) { h.lo = v; any = true; }
-    h.hi = v;
-  }
-  if (!any) return;
-  for (int i = 0; i < nbins; ++i) {
-    double v = binned_value(dt, prefix, bins[i].raw);
-    if (v - v == 0) h.counts[compact_bin(v, h.lo, h.hi)] += bins[i].count;
-  }
+  int a = 0, b = nbins;   // the finite bins: [a, b)
+  while (a < b && !finite_value(binned_value(dt, prefix, bins[a].raw))) h.nonfinite += bins[a++].count;
+  while (b > a && !finite_value(binned_value(dt, prefix, bins[b - 1].raw))) h.nonfinite += bins[--b].count;
+  if (a == b) return;
+  h.lo = binned_value(dt, prefix, bins[a].raw);
+  h.hi = binned_value(dt, prefix, bins[b - 1].raw);
+  for (int i = a; i < b; ++i) h.counts[compact_bin(binned_value(dt, prefix, bins[i].raw), h.lo, h.hi)] += bins[i].count;
 }
 
 }  // namespace paramkit

@@ -13,7 +13,7 @@ from ..table import TensorInfo
 from ..quant.plan import engine_kind
 from . import device_memory_refused
 from .block_types import block_types, numpy_fallback
-from .native_records import histogram_rows, quant_sums, task_spec, to_histogram, to_stats
+from .native_records import histograms as native_histograms, quant_sums, task_spec, to_stats
 
 # Piece size: results are merged per piece, so it is fixed (never derived from the thread count).
 CHUNK_BYTES = 4 << 20
@@ -116,12 +116,12 @@ class CpuEngine:
         self.last_run = {"isa": rec["isa"], "threads": rec["threads"], "units": rec["units"]}
         held = rec.get("held")   # the cuda engine completes the second pass of tensors it kept on the device
         done += int(spec[:, 2].sum())
-        hrows = histogram_rows(rec) if stats and histograms else None
+        hists = native_histograms(rec) if stats and histograms else None
         for row, i in enumerate(where):
             if stats:
                 out[i] = to_stats(rec, row, tensors[i].dtype, quantiles)
-                if hrows is not None:
-                    out[i]["histogram"] = to_histogram(hrows, row)
+                if hists is not None:
+                    out[i]["histogram"] = hists[row]
             if masks is not None and masks[i]:
                 qout[i] = {s.id: quant_sums(rec, row, k) for k, s in enumerate(quant.schemes) if masks[i] >> k & 1}
         second = quant.second_pass_bits if quant is not None else 0

@@ -116,19 +116,13 @@ def to_stats(rec: dict, row: int, dtype: str, quantiles: bool) -> dict:
     }
 
 
-def histogram_rows(rec: dict) -> tuple:
-    """The compact histogram arrays of a native result, converted once per result (to_histogram's `rows`)."""
+
+def histograms(rec: dict) -> list[dict | None]:
+    """Each row's compact histogram (paramkit.stats) of a native result, built in bulk: None where the engine made
+    none (quantiles off); counts are views of one (n, HISTOGRAM_BINS) int64 array."""
     counts = rec["hist_counts"].astype(np.int64)
     assert counts.shape[1] == HISTOGRAM_BINS, counts.shape
-    return counts, rec["hist_range"], rec["hist_nonfinite"], rec["hist_flags"]
-
-
-def to_histogram(rows: tuple, row: int) -> dict | None:
-    """One tensor's compact histogram (paramkit.stats) from histogram_rows(rec): None when the engine made none
-    (quantiles off); counts is a view of the result's (n, HISTOGRAM_BINS) array."""
-    counts, rng, nonfinite, flags = rows
-    if not flags[row, 0]:
-        return None
-    lo, hi = float(rng[row, 0]), float(rng[row, 1])
-    return {"lo": None if math.isnan(lo) else lo, "hi": None if math.isnan(hi) else hi, "counts": counts[row],
-            "nonfinite": int(nonfinite[row]), "exact": bool(flags[row, 1])}
+    return [{"lo": None if lo != lo else lo, "hi": None if hi != hi else hi, "counts": c, "nonfinite": nf,
+             "exact": exact} if present else None
+            for c, (lo, hi), nf, (present, exact) in zip(counts, rec["hist_range"].tolist(),
+                                                         rec["hist_nonfinite"].tolist(), rec["hist_flags"].tolist())]
