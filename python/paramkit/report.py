@@ -26,8 +26,9 @@ class TensorReport:
     stats: dict | None = None
     quant: dict | None = None     # {scheme id: error record}, None when not quantized
     # the compact histogram of the statistics pass (paramkit.stats: "lo", "hi", "counts" (int64 array),
-    # "nonfinite", "exact"); None without statistics or with quantiles=False
-    histogram: dict | None = None
+    # "nonfinite", "exact"); None without statistics or with quantiles=False. Not part of ==: a numpy array
+    # in a dict has no truth value (compare histograms with numpy.array_equal)
+    histogram: dict | None = field(default=None, compare=False)
 
     def to_dict(self, histograms: bool = False) -> dict:
         """The tensor's JSON record; histograms=True adds "histogram" (counts as a list)."""
