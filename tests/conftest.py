@@ -157,6 +157,18 @@ def compare_stats(cu: dict | None, cpu: dict | None, ref: dict | None) -> None:
             assert math.isclose(a, cpu[k], rel_tol=1e-6, abs_tol=1e-300), (k, a, cpu[k])
     if cu["quantiles"] is not None:
         assert cu["quantiles"] == cpu["quantiles"], (cu["quantiles"], cpu["quantiles"])
+    if "histogram" in cu or "histogram" in ref:   # run(..., histograms=True): the same bit for bit
+        assert histogram_bits(cu["histogram"]) == histogram_bits(cpu["histogram"]) == histogram_bits(ref["histogram"])
+
+
+def histogram_bits(h: dict | None) -> str:
+    """A compact histogram as JSON text (lo/hi to the last bit, -0.0 included; counts as ints): equal text is
+    the bit-for-bit equality the engines promise."""
+    if h is None:
+        return "null"
+    assert tuple(h) == ("lo", "hi", "counts", "nonfinite", "exact"), list(h)
+    assert isinstance(h["counts"], np.ndarray) and h["counts"].dtype == np.int64 and h["counts"].shape == (64,)
+    return json.dumps({**h, "counts": h["counts"].tolist()})
 
 
 QCOUNTS = ("n", "nonfinite", "clipped", "scale_clamped")   # quantization counts that must match exactly

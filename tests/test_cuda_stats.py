@@ -16,7 +16,7 @@ from paramkit.backends import get_engine, numpy_backend
 from paramkit.table import TensorInfo
 
 from conftest import (GPU_FLOATS, GPU_INTS, GPU_SIZES, QCOUNTS, available_backends, compare_stats, emu_read_error,
-                      float_data, tensor_infos)
+                      float_data, histogram_bits, tensor_infos)
 
 GPU_ENGINES = [b for b in available_backends() if b in ("cuda", "cuda-emu")]
 if not GPU_ENGINES:
@@ -46,9 +46,9 @@ def gpu(request) -> str:
 
 def _run_all(gpu: str, path: str, quantiles: bool = True):
     infos = tensor_infos(path)
-    cu = get_engine(gpu).run_stats(infos, quantiles=quantiles)
-    cpu = get_engine("cpu").run_stats(infos, quantiles=quantiles)
-    ref = numpy_backend.ENGINE.run_stats(infos, quantiles=quantiles)
+    cu = get_engine(gpu).run_stats(infos, quantiles=quantiles, histograms=True)
+    cpu = get_engine("cpu").run_stats(infos, quantiles=quantiles, histograms=True)
+    ref = numpy_backend.ENGINE.run_stats(infos, quantiles=quantiles, histograms=True)
     return infos, cu, cpu, ref
 
 
@@ -92,7 +92,8 @@ def test_cuda_multi_piece_and_many_tensors(gpu, tmp_path, monkeypatch, dtype):
     infos, cu, cpu, ref = _run_all(gpu, path)
     for t, a, b, c in zip(infos, cu, cpu, ref):
         compare_stats(a, b, c)
-    again = get_engine(gpu).run_stats(infos, quantiles=True)
+    again = get_engine(gpu).run_stats(infos, quantiles=True, histograms=True)
+    assert [histogram_bits(s.pop("histogram")) for s in again] == [histogram_bits(s.pop("histogram")) for s in cu]
     assert json.dumps(again) == json.dumps(cu)      # bit-identical run to run
 
 

@@ -103,9 +103,9 @@ WRITERS = {"safetensors": _write_safetensors, "pytorch": _write_torch, "npz": la
 
 
 def _doc(report, local_dir=None, base=None) -> dict:
-    """The report as strict JSON (NaN as strings, so equal reports compare equal), timing dropped, the local
-    directory written as the URL's."""
-    text = report.to_json()
+    """The report as strict JSON with its histograms (NaN as strings, so equal reports compare equal), timing
+    dropped, the local directory written as the URL's."""
+    text = report.to_json(histograms=True)
     if local_dir is not None:
         text = text.replace(str(local_dir), base)
     d = json.loads(text)
@@ -136,6 +136,7 @@ def test_remote_statistics_equal_local(server, small, tmp_path, kind, backend):
     name = WRITERS[kind](d)
     report, transfer = _remote_equals_local(server, d, name, backend=backend, quant="default")
     assert any(t["stats"] for t in report["tensors"])
+    assert any(t["histogram"] for t in report["tensors"])     # the histograms too
     assert any(t.get("quant") for t in report["tensors"])
     got = server.requests(f"{d.name}/{name}")
     data = transfer["data"]

@@ -90,6 +90,8 @@ def test_gguf_report_renders(tmp_path):
     assert headings(dom) == SCAN_HEADINGS
     assert dom.count("<svg") >= 2 + 3 + 4 + 1
     assert "Q4_K" in dom and "blk.17" in dom
+    hist = dom.split('<section id="histograms">', 1)[1].split("</section>", 1)[0]
+    assert hist.count("<svg") == 4 and "bf16-resolution bins" in hist   # the engine's, of block tensors too
     assert_rendered(screenshot(tmp_path, page, 3600), min_ink=0.04)
 
 

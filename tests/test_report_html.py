@@ -1,6 +1,7 @@
 """The HTML reports (ScanReport.to_html, DiffReport.to_html, `paramkit report`, `paramkit diff -o x.html`): one
 self-contained file (no script, no external resource), the expected sections and charts, numbers that match
-the model written here, strings from the file escaped, histograms equal to numpy's, the missing-extra error."""
+the model written here, strings from the file escaped, the engines' histograms (drawn without reading the file
+again), the missing-extra error."""
 from __future__ import annotations
 
 import html.parser
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 import paramkit
+from conftest import available_backends
 from paramkit.cli import main
 
 CRAFTED = "model.layers.1.<script>alert(1)</script>.weight"
@@ -128,21 +130,63 @@ def test_strings_from_the_file_are_escaped(page):
     assert "script" not in [t for t, _ in Doc(text).tags]
 
 
-def test_histograms_equal_numpy(model):
-    from paramkit.value_histograms import histograms
+def binned_histogram(x: np.ndarray, exact: bool) -> tuple[float, float, list[int]]:
+    """(lo, hi, counts) of the compact histogram, from the definition: the binned values (the values, or their
+    bfloat16 truncation: the float32 bits with the low 16 cleared), 64 bins of floor((v - lo) / (hi - lo) * 64)."""
+    v = x.astype(np.float64).ravel()
+    if not exact:
+        v = (x.astype(np.float32).ravel().view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32).astype(np.float64)
+    v = v[np.isfinite(v)]
+    lo, hi = float(v.min()), float(v.max())
+    k = np.zeros(v.size, dtype=np.int64) if lo == hi else np.clip(np.floor((v - lo) / (hi - lo) * 64), 0, 63)
+    return lo, hi, np.bincount(k.astype(np.int64), minlength=64).tolist()
+
+
+@pytest.mark.parametrize("backend", available_backends())
+def test_histograms_are_the_engines_and_the_definitions(model, backend):
     path, arrays = model
-    r = paramkit.scan(path, backend="numpy")
-    names = ["model.embed_tokens.weight", OUTLIER, "model.layers.0.input_layernorm.weight"]
-    got = histograms(path, [r.tensor(n) for n in names])
-    for n in names:
-        x = arrays[n].astype(np.float64).ravel()
-        lo, hi = float(x.min()), float(x.max())
-        if lo == hi:
-            lo, hi = lo - 0.5, hi + 0.5
-        want = np.histogram(x, bins=64, range=(lo, hi))[0]
-        assert got[n]["counts"] == want.tolist(), n
-        assert sum(got[n]["counts"]) == x.size
-        assert got[n]["edges"][0] == lo and got[n]["edges"][-1] == hi
+    r = paramkit.scan(path, backend=backend)
+    for name, x in arrays.items():
+        h = r.tensor(name).histogram
+        exact = x.dtype == np.float16
+        lo, hi, counts = binned_histogram(x, exact)
+        assert (h["lo"], h["hi"], h["exact"], h["nonfinite"]) == (lo, hi, exact, 0), name
+        assert h["counts"].tolist() == counts, name
+        assert sum(counts) == x.size
+
+
+def test_report_draws_the_scans_histograms_without_reading_the_file(model, tmp_path):
+    from safetensors.numpy import save_file
+    _, arrays = model
+    arrays = dict(arrays, **{"model.layers.9.mlp.up_proj.weight": np.random.default_rng(5).normal(
+        0, 0.1, (32, 16)).astype(np.float16)})
+    copy = str(tmp_path / "gone.safetensors")
+    save_file(arrays, copy)
+    r = paramkit.scan(copy, backend="numpy", quant=None)
+    os.remove(copy)                                      # the report must not read it again
+    text = r.to_html(histograms=12)
+    part = text.split('<section id="histograms">', 1)[1].split("</section>", 1)[0]
+    assert part.count("<svg") == 11                      # every tensor with std > 0
+    assert "exact for 8- and 16-bit dtypes" in part and "bfloat16 truncation" in part
+    assert "F32 64×128, absmax/std" in part and "bf16-resolution bins" in part
+    assert "F16 32×16, absmax/std" in part and "exact bins" in part
+
+
+def test_report_without_quantiles_says_why_there_are_no_histograms(model):
+    path, _ = model
+    text = paramkit.scan(path, backend="numpy", quantiles=False).to_html()
+    part = text.split('<section id="histograms">', 1)[1].split("</section>", 1)[0]
+    assert "<svg" not in part and "quantiles=False" in part
+
+
+def test_histogram_bars():
+    from paramkit.html_report import histogram_bars
+    counts = np.arange(64)
+    edges, got = histogram_bars({"lo": -1.0, "hi": 3.0, "counts": counts})
+    assert len(edges) == 65 and edges[0] == -1.0 and edges[-1] == 3.0 and edges[16] == 0.0 and got == list(range(64))
+    assert histogram_bars({"lo": 2.0, "hi": 2.0, "counts": [5] + [0] * 63}) == ([1.5, 2.5], [5])
+    assert histogram_bars({"lo": 1e30, "hi": 1e30, "counts": [5] + [0] * 63}) == ([1e30 - 1e30 / 128, 1e30 + 1e30 / 128],
+                                                                                 [5])
 
 
 def test_cli_report_writes_the_file(model, tmp_path, capsys):

@@ -69,6 +69,7 @@ void test_capsule_free(void* p) { g_test_capsule_frees.fetch_add(1); std::free(p
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "paramkit CPU engine (private; use paramkit.scan / paramkit.tensor_stats)";
+  m.attr("HIST_BINS") = kHistBins;   // bins of the compact histogram (paramkit.stats.HISTOGRAM_BINS)
   // views: (task row, storage offset, storage bytes, element offset, big-endian, shape, strides) of the tasks
   // that are strided or big-endian views of a storage in their file (cpp/include/paramkit/read_plan.hpp)
   m.def("run",

@@ -24,6 +24,24 @@
 
 namespace paramkit {
 
+// The compact histograms (CompactHist): "hist_counts" (n, kHistBins) uint64, "hist_range" (n, 2) lo, hi,
+// "hist_nonfinite" (n,), "hist_flags" (n, 2) present, exact.
+inline void pack_hist(const std::vector<TensorResult>& rs, pybind11::dict& d) {
+  size_t n = rs.size();
+  pybind11::array_t<uint64_t> counts({n, size_t(kHistBins)});
+  pybind11::array_t<double> range({n, size_t(2)});
+  pybind11::array_t<uint64_t> nonfinite(n);
+  pybind11::array_t<bool> flags({n, size_t(2)});
+  auto c = counts.mutable_unchecked<2>(); auto r = range.mutable_unchecked<2>();
+  auto nf = nonfinite.mutable_unchecked<1>(); auto f = flags.mutable_unchecked<2>();
+  for (size_t i = 0; i < n; ++i) {
+    const CompactHist& h = rs[i].hist;
+    for (int k = 0; k < kHistBins; ++k) c(i, k) = h.counts[k];
+    r(i, 0) = h.lo; r(i, 1) = h.hi; nf(i) = h.nonfinite; f(i, 0) = h.present; f(i, 1) = h.exact;
+  }
+  d["hist_counts"] = counts; d["hist_range"] = range; d["hist_nonfinite"] = nonfinite; d["hist_flags"] = flags;
+}
+
 inline pybind11::dict pack(const std::vector<TensorResult>& rs, int nq) {
   size_t n = rs.size();
   pybind11::array_t<uint64_t> counts({n, size_t(7)});
@@ -47,6 +65,7 @@ inline pybind11::dict pack(const std::vector<TensorResult>& rs, int nq) {
   }
   pybind11::dict d;
   d["counts"] = counts; d["fext"] = fext; d["iext"] = iext; d["uext"] = uext; d["moments"] = mom; d["quantiles"] = q;
+  pack_hist(rs, d);
   return d;
 }
 

@@ -55,6 +55,7 @@ def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "au
         t_count = time.perf_counter()
         results: list = [None] * len(table)
         qsums: list = [None] * len(table)
+        want_hist = bool(stats and quantiles)   # the compact histograms come with the quantiles' histogram
         engine_name = None
         engine_info: dict = {}
         if threads is not None and (not isinstance(threads, int) or threads < 1):
@@ -81,7 +82,8 @@ def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "au
                 from .remote.stream import remote_run
                 with pause.resumed():
                     got, qgot, engine_info = remote_run(table.remote, engine, read, stats=stats, quantiles=quantiles,
-                                                        threads=threads, progress=progress, quant=run_plan)
+                                                        threads=threads, progress=progress, quant=run_plan,
+                                                        histograms=want_hist)
                 table.transfer = table.remote.report()
             else:
                 cb, close = make_progress(progress, total)
@@ -89,7 +91,7 @@ def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "au
                     with pause.resumed(), plain_tensors(read, engine_reads_views=engine.reads_views) as plain:
                         # the data pass: gc as the caller had it
                         got, qgot = engine.run(plain, stats=stats, quantiles=quantiles, threads=threads,
-                                               progress=cb, quant=run_plan)
+                                               progress=cb, quant=run_plan, histograms=want_hist)
                 finally:
                     close()
                 engine_info = dict(getattr(engine, "last_run", {}) or {})
@@ -99,11 +101,13 @@ def scan(path, *, stats: bool = True, quantiles: bool = True, backend: str = "au
                 for k, i in enumerate(chosen):
                     results[i], qsums[i] = got[k], qgot[k]
         t_stats = time.perf_counter()
+        hists = [s.pop("histogram", None) if s is not None else None for s in results] if want_hist else None
         if stats:   # a tie that config.json claims, checked against the statistics (counting read no values)
             counting = confirm_with_statistics(counting, table, results)
         quant_records = None if plan is None else [_quant_records(plan, i, qsums[i], info)
                                                    for i, info in enumerate(table.tensors)]
-        reports = Deferred(lambda: tensor_reports(table.columns, counting.role_columns, results, quant_records))
+        reports = Deferred(lambda: tensor_reports(table.columns, counting.role_columns, results, quant_records,
+                                                  hists))
         data_s = t_stats - t_count
         timing = {"header_s": t_header - t0, "count_s": t_count - t_header, "stats_s": data_s if stats else 0.0,
                   "total_s": t_stats - t0,

@@ -224,6 +224,10 @@ def cmd_scan(args) -> int:
     if args.json and args.format not in ("table", "json"):
         raise ValueError(f"--json is --format json; it cannot go with --format {args.format}")
     pattern = name_pattern("--filter", args.filter)
+    if args.histograms and fmt != "json":
+        raise ValueError("--histograms adds the histograms to the JSON report: use it with --json")
+    if args.histograms and (args.no_stats or args.no_quantiles):
+        raise ValueError("--histograms needs the statistics with quantiles: leave out --no-stats / --no-quantiles")
     if args.no_stats and args.sort in STAT_KEYS:
         raise ValueError(f"--sort {args.sort} needs the statistics: leave out --no-stats")
     if args.top is not None and args.top < 1:
@@ -241,7 +245,7 @@ def cmd_scan(args) -> int:
     rows = select_tensors(r.tensors, pattern=pattern, sort=args.sort, top=top)
     if fmt == "json":
         from .report import _json_safe
-        d = r.to_dict()
+        d = r.to_dict(histograms=args.histograms)
         if pattern is not None or args.sort != "file" or args.top is not None:
             index = {id(t): i for i, t in enumerate(r.tensors)}
             d["tensors"] = [d["tensors"][index[id(t)]] for t in rows]
@@ -373,6 +377,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--wide", action="store_true", help=WIDE_HELP)
     s.add_argument("--no-stats", action="store_true", help="headers only: counts, no tensor data read")
     s.add_argument("--no-quantiles", action="store_true", help="skip the quantile histograms")
+    s.add_argument("--histograms", action="store_true",
+                   help="with --json: each tensor's compact histogram from the statistics pass (\"histogram\": "
+                        "64 equal-width bins over its finite [min, max], exact for 8/16-bit dtypes, bf16 "
+                        "resolution otherwise; ScanReport.to_dict(histograms=True))")
     s.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="compute backend (default auto: cuda, then cpu, then numpy; $PARAMKIT_BACKEND overrides auto)")
     s.add_argument("--threads", type=int, default=None,

@@ -241,28 +241,62 @@ def _layers(r, layers: list[str], by: dict) -> str:
     return '<div class="grid">' + "".join(out) + "</div>"
 
 
+def choose(tensors, n: int = 12) -> list:
+    """Up to n parameter tensors with statistics worth a picture: the largest half of them by element count,
+    the rest by absmax/std (the heaviest tails), file order kept among the chosen."""
+    have = [t for t in tensors if t.stats and t.role == "parameter" and t.numel > 1 and t.stats.get("std")
+            and t.stats.get("min") is not None]
+    big = sorted(have, key=lambda t: -t.numel)[: (n + 1) // 2]
+    seen = {id(t) for t in big}
+    tails = [t for t in sorted(have, key=lambda t: -tail_ratio(t)) if id(t) not in seen][: n - len(big)]
+    keep = seen | {id(t) for t in tails}
+    return [t for t in tensors if id(t) in keep]
+
+
+def tail_ratio(t) -> float:
+    """absmax / std of a tensor's statistics (0 when either is missing or std is 0)."""
+    s = t.stats or {}
+    am, sd = s.get("absmax"), s.get("std")
+    if am is None or not sd or not math.isfinite(float(am)):
+        return 0.0
+    return float(am) / float(sd)
+
+
+def histogram_bars(h: dict) -> tuple[list[float], list[int]]:
+    """(bin edges, counts) to draw a compact histogram (paramkit.stats): its HISTOGRAM_BINS bins over [lo, hi];
+    one bar around the value when lo == hi (all its finite elements are in bin 0)."""
+    from .stats import HISTOGRAM_BINS as B
+    lo, hi, counts = h["lo"], h["hi"], [int(c) for c in h["counts"]]
+    if hi > lo:
+        return [lo + (hi - lo) * k / B for k in range(B + 1)], counts
+    w = 0.5 if lo - 0.5 != lo else abs(lo) / 128
+    return [lo - w, lo + w], counts[:1]
+
+
 def _histograms(r, n: int) -> str:
-    from .value_histograms import BINS, choose, histograms
+    from .stats import HISTOGRAM_BINS
     if not r.backend:
         return _note("no statistics: the scan read the headers only")
-    chosen = choose(r.tensors, n)
-    try:
-        got = histograms(r.path, chosen)
-    except (OSError, ValueError) as err:   # a remote or vanished source: the rest of the report still stands
-        return _note(f"histograms not available: {err}")
+    if r.options.get("quantiles") is False:
+        return _note("no histograms: the scan ran with quantiles=False (the engines derive them from the "
+                     "quantiles' histogram)")
+    chosen = [t for t in choose(r.tensors, n) if t.histogram is not None and t.histogram["lo"] is not None]
     figs = []
     for t in chosen:
-        h = got.get(t.name)
-        if h is None:
-            continue
+        h = t.histogram
         extra = f", {h['nonfinite']:,} non-finite left out" if h["nonfinite"] else ""
-        figs.append(_figure(charts.histogram(h["edges"], h["counts"], title=t.name,
+        res = "exact bins" if h["exact"] else "bf16-resolution bins"
+        edges, counts = histogram_bars(h)
+        figs.append(_figure(charts.histogram(edges, counts, title=t.name,
                                              subtitle=f"{t.dtype} {_shape(t.shape)}, absmax/std "
-                                                      f"{t.stats['absmax'] / t.stats['std']:.1f}{extra}")))
+                                                      f"{t.stats['absmax'] / t.stats['std']:.1f}, {res}{extra}")))
     if not figs:
         return _note("no tensor with finite statistics to draw")
-    return (_note(f"{len(figs)} tensors: the largest, and those with the heaviest tails (absmax/std); {BINS} "
-                  "equal-width bins over [min, max], counts on a log scale; values read again from the file")
+    return (_note(f"{len(figs)} tensors: the largest, and those with the heaviest tails (absmax/std); "
+                  f"{HISTOGRAM_BINS} equal-width bins over [min, max] of the finite values, counts on a log scale, "
+                  "from the engine's statistics pass. The bins are exact for 8- and 16-bit dtypes (every element "
+                  "binned at its own value); for 32/64-bit dtypes and GGML block types each value is binned at "
+                  "its bfloat16 truncation, so counts are exact only to bf16 resolution near the bin edges")
             + '<div class="grid">' + "".join(figs) + "</div>")
 
 
@@ -297,7 +331,6 @@ def _db(v) -> str:
 
 
 def _outliers(r) -> str:
-    from .value_histograms import tail_ratio
     have = [t for t in r.tensors if t.stats and t.stats.get("absmax") is not None and t.role == "parameter"]
     if not have:
         return _note("no statistics: the scan read the headers only")

@@ -25,29 +25,39 @@ class TensorReport:
     file: str
     stats: dict | None = None
     quant: dict | None = None     # {scheme id: error record}, None when not quantized
+    # the compact histogram of the statistics pass (paramkit.stats: "lo", "hi", "counts" (int64 array),
+    # "nonfinite", "exact"); None without statistics or with quantiles=False. Not part of ==: a numpy array
+    # in a dict has no truth value (compare histograms with numpy.array_equal)
+    histogram: dict | None = field(default=None, compare=False)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, histograms: bool = False) -> dict:
+        """The tensor's JSON record; histograms=True adds "histogram" (counts as a list)."""
         d = {"name": self.name, "dtype": self.dtype, "shape": list(self.shape), "numel": self.numel,
              "nbytes": self.nbytes, "role": self.role, "stats": self.stats, "quant": self.quant}
         if self.logical_numel != self.numel:
             d["logical_numel"] = self.logical_numel
+        if histograms:
+            h = self.histogram
+            d["histogram"] = None if h is None else {**h, "counts": [int(c) for c in h["counts"]]}
         return d
 
 
 _make_reports = record_maker(TensorReport, ("name", "dtype", "shape", "numel", "nbytes", "role", "logical_numel", "file",
-                                            "stats", "quant"))
+                                            "stats", "quant", "histogram"))
 
 
-def tensor_reports(columns: TensorColumns, roles, stats: list, quant: list | None = None) -> list[TensorReport]:
+def tensor_reports(columns: TensorColumns, roles, stats: list, quant: list | None = None,
+                   histograms: list | None = None) -> list[TensorReport]:
     """One TensorReport per tensor of `columns` (a TensorTable's), with its counting role (`roles`: the
-    counting's RoleColumns), its statistics and its quantization records (None: none for any tensor), built
-    from the columns in bulk."""
+    counting's RoleColumns), its statistics, its quantization records and its compact histogram (None: none
+    for any tensor), built from the columns in bulk."""
     from .counting.roles import ROLES
     n = len(columns)
     with gc_paused():   # two acyclic objects per tensor
         return _make_reports(columns.names, columns.dtypes(), columns.shapes(), columns.numel.tolist(),
                              columns.nbytes.tolist(), list(map(ROLES.__getitem__, roles.code.tolist())),
-                             roles.logical.tolist(), columns.files(), stats, [None] * n if quant is None else quant)
+                             roles.logical.tolist(), columns.files(), stats, [None] * n if quant is None else quant,
+                             [None] * n if histograms is None else histograms)
 
 
 def aggregate(tensors: list[TensorReport], counted=None) -> dict | None:
@@ -226,7 +236,9 @@ class ScanReport:
                 return t
         raise KeyError(name)
 
-    def to_dict(self) -> dict:
+    def to_dict(self, histograms: bool = False) -> dict:
+        """The report as the versioned schema's dict; histograms=True adds each tensor's compact histogram
+        ("histogram", paramkit.stats; None where there is none), left out by default (64 counts a tensor)."""
         from . import __version__
         c = self.counting.to_dict(tensors=False)
         d: dict[str, Any] = {
@@ -263,12 +275,12 @@ class ScanReport:
         if self.transfer is not None:
             d["transfer"] = dict(self.transfer)
         with gc_paused():   # 100k acyclic dicts for an MoE header: generational passes would double the time
-            d["tensors"] = [t.to_dict() for t in self.tensors]
+            d["tensors"] = [t.to_dict(histograms) for t in self.tensors]
         return d
 
-    def to_json(self, indent: int | None = None) -> str:
-        """Strict JSON (non-finite floats as "NaN"/"Infinity"/"-Infinity" strings)."""
-        d = self.to_dict()
+    def to_json(self, indent: int | None = None, histograms: bool = False) -> str:
+        """Strict JSON (non-finite floats as "NaN"/"Infinity"/"-Infinity" strings); histograms as for to_dict."""
+        d = self.to_dict(histograms)
         try:   # most reports hold no non-finite float: then _json_safe (a Python walk of every value) changes nothing
             return json.dumps(d, indent=indent, allow_nan=False)
         except ValueError:
@@ -297,7 +309,7 @@ class ScanReport:
     def to_html(self, path=None, *, histograms: int = 12, context: int = 8192) -> str:
         """A self-contained HTML page of this report (inline CSS and SVG charts, no script, no network):
         summary, parameters by module and layer, per-layer absmax / std / zeros, value histograms of up to
-        `histograms` tensors (read again from the file), SQNR per layer and scheme (with scan(quant=...)), the
+        `histograms` tensors (the compact histograms of the statistics pass), SQNR per layer and scheme (with scan(quant=...)), the
         outlier table and the plan (KV cache for `context` tokens). Written to `path` (atomically) when
         given; returns the HTML. Needs matplotlib: pip install 'paramkit[report]'."""
         from .html_report import scan_html

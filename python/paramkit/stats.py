@@ -20,10 +20,29 @@ dtypes; BOOL decodes as 0/1 with any non-zero byte being 1):
   bits cleared (truncated to bfloat16 precision, so relative error < 2^-7). F64 and 32/64-bit
   integers: first cast to float32 (round to nearest even), then truncated the same way.
   ``quantiles`` is ``None`` when the scan ran with ``quantiles=False``.
+
+The compact histogram (``TensorReport.histogram``; an engine's ``run(..., histograms=True)``), derived from the
+same value-ordered histogram as the quantiles, with quantiles on only: a dict
+
+* ``counts``: ``HISTOGRAM_BINS`` int64 counts of the finite *binned* values (as above: the value itself for
+  8/16-bit dtypes, the bfloat16 truncation otherwise; GGML block types: of their dequantized float32 values);
+  binned value v is in bin k = floor((v - lo) / (hi - lo) * HISTOGRAM_BINS) computed in float64 in this order,
+  clamped to [0, HISTOGRAM_BINS - 1] (v = hi is in the last bin); when lo == hi (one distinct finite value)
+  every finite element is in bin 0. Every source bin (a bit pattern, or a bfloat16 prefix) goes wholly into
+  one bin, so every backend gives the same counts, bit for bit.
+* ``lo``, ``hi``: the smallest and largest finite binned value (``None`` when there is none); for 8/16-bit
+  dtypes the exact finite min and max, otherwise within bfloat16 resolution of them (truncation toward zero).
+* ``nonfinite``: elements whose binned value is NaN or ±Inf (F64 values beyond the float32 range bin as ±Inf,
+  as for the quantiles); ``sum(counts) + nonfinite`` is the element count.
+* ``exact``: ``True`` for 8/16-bit dtypes (each element is binned at its own value); ``False`` otherwise: an
+  element within bfloat16 resolution (relative 2^-7) of a bin edge may be counted in the bin next to it.
 """
 from __future__ import annotations
 
 QUANTILE_LEVELS: tuple[float, ...] = (0.001, 0.01, 0.5, 0.99, 0.999)
 QUANTILE_KEYS: tuple[str, ...] = ("0.001", "0.01", "0.5", "0.99", "0.999")
+HISTOGRAM_BINS = 64       # cpp/include/paramkit/stats.hpp kHistBins (paramkit._core.HIST_BINS)
+HISTOGRAM_KEYS: tuple[str, ...] = ("lo", "hi", "counts", "nonfinite", "exact")
 STATS_KEYS: tuple[str, ...] = ("min", "max", "mean", "std", "absmax", "l2", "zeros", "nan",
                                "posinf", "neginf", "subnormal", "quantiles")
+

@@ -9,6 +9,19 @@
 namespace paramkit {
 
 constexpr int kMaxQuantiles = 8;
+// Bins of the compact per-tensor histogram (compact_histogram below; python/paramkit/stats.py
+// HISTOGRAM_BINS is the same number, checked by the tests against paramkit._core.HIST_BINS).
+constexpr int kHistBins = 64;
+
+// The compact histogram of one tensor: kHistBins equal-width bins over [lo, hi], the smallest and
+// largest finite binned values (NaN: none), and the binned values that are NaN or +-Inf.
+struct CompactHist {
+  double lo = NAN, hi = NAN;
+  uint64_t nonfinite = 0;
+  uint64_t counts[kHistBins] = {};
+  bool present = false;   // computed (statistics with quantiles)
+  bool exact = false;     // binned values are the elements' own (8/16-bit dtypes), not bf16 prefixes
+};
 
 // Count, mean and sum of squared deviations of the finite values, held scaled by 2^-exp (mean)
 // and 2^-2exp (m2) so that float64 data near 1e308 or 1e-308 neither overflows nor underflows;
@@ -63,6 +76,7 @@ struct TensorResult {
   double q[kMaxQuantiles] = {};
   int nq = 0;
   bool done = false;
+  CompactHist hist;
 };
 
 // ldexp(x, e) for a result that is a statistic of finite values: one whose true value is at most
@@ -192,6 +206,43 @@ PK_HD void finalize_prefix_quantiles(const Bin* bins, int nbins, const double* q
     }
   }
   for (; qi < nq; ++qi) r.q[qi] = NAN;
+}
+
+// The compact histogram bin of a finite binned value v in [lo, hi]: floor((v - lo) / (hi - lo) * kHistBins)
+// in float64, in exactly this operation order (the numpy backend computes the same expression, so every
+// backend agrees bit for bit), clamped to [0, kHistBins - 1]; every value is in bin 0 when lo == hi.
+PK_HD PK_INLINE int compact_bin(double v, double lo, double hi) {
+  if (!(hi > lo)) return 0;
+  double k = floor((v - lo) / (hi - lo) * double(kHistBins));
+  return k < 0 ? 0 : (k > double(kHistBins - 1) ? kHistBins - 1 : int(k));
+}
+
+PK_HD PK_INLINE bool finite_value(double v) { return v - v == 0; }   // false for NaN and +-Inf
+
+// The value a histogram bin stands for: the bit pattern's own value, or the bf16 prefix's (`prefix`).
+PK_HD PK_INLINE double binned_value(int dt, bool prefix, uint32_t raw) {
+  return prefix ? double(decode_bf16(uint16_t(raw))) : decode_to_double(dt, raw);
+}
+
+// The compact histogram of a tensor from the value-ordered histogram its statistics pass built (bins as for
+// finalize_small, or for finalize_prefix_quantiles when `prefix`: the binned value of a wide element is its
+// bf16 prefix). In value order the non-finite bins (-NaN, -Inf ... +Inf, +NaN) are at the two ends, so lo and
+// hi are the first and last finite bins; then each source bin goes wholly into one compact bin (one pass).
+// `unbinned`: NaN elements the source histogram left out (the prefix histogram bins only non-NaN elements),
+// counted as nonfinite.
+template <class Bin>
+PK_HD void compact_histogram(int dt, bool prefix, const Bin* bins, int nbins, uint64_t unbinned, CompactHist& h) {
+  h = CompactHist{};
+  h.present = true;
+  h.exact = !prefix;
+  h.nonfinite = unbinned;
+  int a = 0, b = nbins;   // the finite bins: [a, b)
+  while (a < b && !finite_value(binned_value(dt, prefix, bins[a].raw))) h.nonfinite += bins[a++].count;
+  while (b > a && !finite_value(binned_value(dt, prefix, bins[b - 1].raw))) h.nonfinite += bins[--b].count;
+  if (a == b) return;
+  h.lo = binned_value(dt, prefix, bins[a].raw);
+  h.hi = binned_value(dt, prefix, bins[b - 1].raw);
+  for (int i = a; i < b; ++i) h.counts[compact_bin(binned_value(dt, prefix, bins[i].raw), h.lo, h.hi)] += bins[i].count;
 }
 
 }  // namespace paramkit

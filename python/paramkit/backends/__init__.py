@@ -35,14 +35,16 @@ class Engine(Protocol):
 
     def run(self, tensors: Sequence[TensorInfo], *, stats: bool = True, quantiles: bool = True,
             threads: int | None = None, progress: ProgressFn | None = None,
-            quant=None) -> tuple[list[dict | None], list[dict | None]]:
+            quant=None, histograms: bool = False) -> tuple[list[dict | None], list[dict | None]]:
         """One data pass over `tensors`: (statistics per tensor (None for dtypes without statistics, or
         when stats=False), error sums per tensor {scheme id: sums} for the schemes of `quant`, a
         paramkit.quant.plan.QuantPlan, else None). Reads each byte once (plus the per-tensor-scale
-        second pass); progress(bytes done so far)."""
+        second pass); progress(bytes done so far). histograms=True: each stats dict also has the key
+        "histogram", the tensor's compact histogram of paramkit.stats from the same pass (None with
+        quantiles=False), identical on every engine."""
 
     def run_stats(self, tensors: Sequence[TensorInfo], *, quantiles: bool = True, threads: int | None = None,
-                  progress: ProgressFn | None = None) -> list[dict | None]:
+                  progress: ProgressFn | None = None, histograms: bool = False) -> list[dict | None]:
         """run(...)[0]: statistics only."""
 
     def run_diff(self, pairs: Sequence, *, threads: int | None = None,

@@ -13,7 +13,7 @@ from ..table import TensorInfo
 from ..quant.plan import engine_kind
 from . import device_memory_refused
 from .block_types import block_types, numpy_fallback
-from .native_records import quant_sums, task_spec, to_stats
+from .native_records import histograms as native_histograms, quant_sums, task_spec, to_stats
 
 # Piece size: results are merged per piece, so it is fixed (never derived from the thread count).
 CHUNK_BYTES = 4 << 20
@@ -34,11 +34,11 @@ class CpuEngine:
         self.last_run: dict = {}
 
     def run_stats(self, tensors: Sequence[TensorInfo], *, quantiles: bool = True, threads: int | None = None,
-                  progress=None) -> list[dict | None]:
-        return self.run(tensors, quantiles=quantiles, threads=threads, progress=progress)[0]
+                  progress=None, histograms: bool = False) -> list[dict | None]:
+        return self.run(tensors, quantiles=quantiles, threads=threads, progress=progress, histograms=histograms)[0]
 
     def run(self, tensors: Sequence[TensorInfo], *, stats: bool = True, quantiles: bool = True,
-            threads: int | None = None, progress=None, quant=None):
+            threads: int | None = None, progress=None, quant=None, histograms: bool = False):
         """_run_native over every tensor, after the numpy backend has done the GGML block tensors this engine
         cannot dequantize (block_types.numpy_fallback: first, so that progress only grows); the report's
         engine.block_types says which backend computed which block type."""
@@ -48,9 +48,9 @@ class CpuEngine:
         if fb:
             from .numpy_backend import ENGINE as numpy_engine
             fb_got = numpy_engine.run([tensors[i] for i in fb], stats=stats, quantiles=quantiles, progress=progress,
-                                      quant=None if quant is None else quant.take(fb))
+                                      quant=None if quant is None else quant.take(fb), histograms=histograms)
         out, qout = self._run_native(tensors, stats=stats, quantiles=quantiles, threads=threads, progress=progress,
-                                     quant=quant)
+                                     quant=quant, histograms=histograms)
         if fb_got is not None:
             for k, i in enumerate(fb):
                 out[i], qout[i] = fb_got[0][k], fb_got[1][k]
@@ -60,7 +60,7 @@ class CpuEngine:
         return out, qout
 
     def _run_native(self, tensors: Sequence[TensorInfo], *, stats: bool = True, quantiles: bool = True,
-                    threads: int | None = None, progress=None, quant=None):
+                    threads: int | None = None, progress=None, quant=None, histograms: bool = False):
         """One streaming pass: statistics and every row/group quantization scheme of `quant` (a
         paramkit.quant.plan.QuantPlan); per-tensor-scale schemes (int8_tensor, fp8_e4m3) need the
         tensor's absmax first, so they run in a second pass over just those tensors. To keep that
@@ -79,7 +79,8 @@ class CpuEngine:
                 progress(total)
             return out, qout
         for batch in self._batches(tensors, where, masks, second):
-            done = self._run_batch(tensors, batch, stats, quantiles, threads, progress, quant, done, out, qout)
+            done = self._run_batch(tensors, batch, stats, quantiles, threads, progress, quant, done, out, qout,
+                                   histograms)
         return out, qout
 
     def _batches(self, tensors, where, masks, second) -> list[list[int]]:
@@ -102,7 +103,8 @@ class CpuEngine:
         return self._core.run(files, spec, absmax, bool(stats), bool(quantiles), int(threads or 0), CHUNK_BYTES,
                               levels, schemes, cb, views)
 
-    def _run_batch(self, tensors, batch, stats, quantiles, threads, progress, quant, done, out, qout) -> int:
+    def _run_batch(self, tensors, batch, stats, quantiles, threads, progress, quant, done, out, qout,
+                   histograms=False) -> int:
         """Both passes over the tensors `batch`; `done` = bytes reported so far; returns the new count."""
         masks = quant.masks if quant is not None else None
         schemes = [engine_kind(s) for s in quant.schemes] if quant is not None else []
@@ -114,9 +116,12 @@ class CpuEngine:
         self.last_run = {"isa": rec["isa"], "threads": rec["threads"], "units": rec["units"]}
         held = rec.get("held")   # the cuda engine completes the second pass of tensors it kept on the device
         done += int(spec[:, 2].sum())
+        hists = native_histograms(rec) if stats and histograms else None
         for row, i in enumerate(where):
             if stats:
                 out[i] = to_stats(rec, row, tensors[i].dtype, quantiles)
+                if hists is not None:
+                    out[i]["histogram"] = hists[row]
             if masks is not None and masks[i]:
                 qout[i] = {s.id: quant_sums(rec, row, k) for k, s in enumerate(quant.schemes) if masks[i] >> k & 1}
         second = quant.second_pass_bits if quant is not None else 0

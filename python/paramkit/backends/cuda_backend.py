@@ -60,20 +60,20 @@ class CudaEngine(CpuEngine):
         return get_engine("cpu")
 
     def run(self, tensors, *, stats: bool = True, quantiles: bool = True, threads=None, progress=None,
-            quant=None):
+            quant=None, histograms: bool = False):
         if quant is not None and len(quant.schemes):
             unit = self._largest_quant_unit(tensors, quant)
             if unit > ring_bytes():
                 cpu = self._cpu_engine()
                 res = cpu.run(tensors, stats=stats, quantiles=quantiles, threads=threads, progress=progress,
-                              quant=quant)
+                              quant=quant, histograms=histograms)
                 self.last_run = dict(cpu.last_run, fallback=(
                     f"cpu: a quantization unit of {unit} bytes (a whole channel or row) is larger than one "
                     f"{ring_bytes()}-byte ring slot of the GPU pipeline (PARAMKIT_CUDA_RING_MB)"))
                 return res
         self.held_last = {}
         res = super().run(tensors, stats=stats, quantiles=quantiles, threads=threads, progress=progress,
-                          quant=quant)
+                          quant=quant, histograms=histograms)
         self.last_run.update(self.held_last)
         return res
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from ..dtypes import DTYPES
 from ..materialize import reads_in_place
-from ..stats import QUANTILE_KEYS
+from ..stats import HISTOGRAM_BINS, QUANTILE_KEYS
 from ..table import TensorInfo
 
 
@@ -114,3 +114,15 @@ def to_stats(rec: dict, row: int, dtype: str, quantiles: bool) -> dict:
         "zeros": zeros, "nan": nan, "posinf": posinf, "neginf": neginf, "subnormal": sub,
         "quantiles": q,
     }
+
+
+
+def histograms(rec: dict) -> list[dict | None]:
+    """Each row's compact histogram (paramkit.stats) of a native result, built in bulk: None where the engine made
+    none (quantiles off); counts are views of one (n, HISTOGRAM_BINS) int64 array."""
+    counts = rec["hist_counts"].astype(np.int64)
+    assert counts.shape[1] == HISTOGRAM_BINS, counts.shape
+    return [{"lo": None if lo != lo else lo, "hi": None if hi != hi else hi, "counts": c, "nonfinite": nf,
+             "exact": exact} if present else None
+            for c, (lo, hi), nf, (present, exact) in zip(counts, rec["hist_range"].tolist(),
+                                                         rec["hist_nonfinite"].tolist(), rec["hist_flags"].tolist())]

@@ -355,6 +355,30 @@ class _Accumulator:
         np.square(f, out=f)
         self.moments.merge(n, mean, float(f.sum()), ssq, e)
 
+    def histogram(self) -> dict | None:
+        """The compact histogram of paramkit.stats (None without quantiles), from the definition: the finite
+        binned values in value order give lo and hi, then k = floor((v - lo) / (hi - lo) * B) in float64,
+        clamped, for each code or bfloat16 pattern present, with all its elements."""
+        if self.hist is None:
+            return None
+        c = _codes(self.dtype if self.small else "BF16")
+        finite = c.order[np.isfinite(c.values[c.order])]        # finite codes, in value order
+        w = self.hist[finite]
+        present = finite[w > 0]
+        counts = np.zeros(_stats.HISTOGRAM_BINS, dtype=np.int64)
+        # the wide dtypes' histogram holds their non-NaN elements only
+        nonfinite = int(self.hist.sum() - w.sum()) + (0 if self.small else self.nan)
+        lo = hi = None
+        if present.size:
+            v = c.values[present]
+            lo, hi = float(v[0]), float(v[-1])
+            if hi > lo:
+                k = np.clip(np.floor((v - lo) / (hi - lo) * _stats.HISTOGRAM_BINS), 0, _stats.HISTOGRAM_BINS - 1)
+            else:
+                k = np.zeros(v.size)
+            np.add.at(counts, k.astype(np.int64), self.hist[present])
+        return {"lo": lo, "hi": hi, "counts": counts, "nonfinite": nonfinite, "exact": self.small}
+
     def result(self) -> dict:
         mean, std, l2 = self.moments.result()
         absmax = None if self.min is None else max(abs(self.min), abs(self.max))
@@ -375,6 +399,14 @@ class _Accumulator:
                "neginf": self.neginf, "subnormal": self.subnormal, "quantiles": quantiles}
         assert tuple(out) == _stats.STATS_KEYS
         return out
+
+
+def _result(acc: _Accumulator, histograms: bool) -> dict:
+    """A tensor's stats dict (run_stats), with its "histogram" when asked for."""
+    out = acc.result()
+    if histograms:
+        out["histogram"] = acc.histogram()
+    return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -411,12 +443,12 @@ class NumpyEngine:
         return acc.result()
 
     def run(self, tensors: Sequence[TensorInfo], *, stats: bool = True, quantiles: bool = True,
-            threads: int | None = None, progress=None, quant=None):
+            threads: int | None = None, progress=None, quant=None, histograms: bool = False):
         """Statistics (run_stats) and, with a QuantPlan, the quantization error sums per tensor
         (paramkit.quant.stream, a separate chunked read: this backend is the reference, not fast)."""
         self.last_run = {}
-        out = self.run_stats(tensors, quantiles=quantiles, threads=threads, progress=progress) if stats \
-            else [None] * len(tensors)
+        out = self.run_stats(tensors, quantiles=quantiles, threads=threads, progress=progress,
+                             histograms=histograms) if stats else [None] * len(tensors)
         qout: list = [None] * len(tensors)
         if quant is not None:
             from ..quant.stream import run_quant
@@ -428,11 +460,12 @@ class NumpyEngine:
         return out, qout
 
     def run_stats(self, tensors: Sequence[TensorInfo], *, quantiles: bool = True,
-                  threads: int | None = None, progress=None) -> list[dict | None]:
+                  threads: int | None = None, progress=None, histograms: bool = False) -> list[dict | None]:
         """Statistics of each tensor (None for dtypes without statistics), in the order given,
         read in chunks of CHUNK_ELEMENTS elements; each file is opened once and read in offset
         order. `threads` is accepted and ignored. progress(bytes done) after each chunk; tensors
-        without statistics count as done when skipped, so the last call is the total nbytes."""
+        without statistics count as done when skipped, so the last call is the total nbytes.
+        histograms: each stats dict also has "histogram", the compact histogram (None without quantiles)."""
         del threads
         results: list[dict | None] = [None] * len(tensors)
         by_file: dict[str, list[int]] = {}
@@ -447,7 +480,7 @@ class NumpyEngine:
                     d = DTYPES[t.dtype]
                     if d.kind == "block":   # None without a dequantizer (gguf missing, or no gguf.quants one)
                         if ggml_dequantizer(t.dtype) is not None:
-                            results[i] = self._block_stats(src, t, d, quantiles)
+                            results[i] = _result(self._block_stats(src, t, d, quantiles), histograms)
                         done += t.nbytes
                         if progress is not None:
                             progress(done)
@@ -475,7 +508,7 @@ class NumpyEngine:
                         done += want
                         if progress is not None:
                             progress(done)
-                    results[i] = acc.result()
+                    results[i] = _result(acc, histograms)
         return results
 
 
@@ -486,16 +519,16 @@ class NumpyEngine:
         return run_diff(pairs, progress=progress, threads=threads)
 
     @staticmethod
-    def _block_stats(src, t: TensorInfo, d, quantiles: bool) -> dict:
-        """Statistics of a GGML block-quantized tensor: whole blocks (about CHUNK_ELEMENTS elements per
-        chunk) dequantized by gguf.quants.dequantize to float32, then reduced as an F32 tensor."""
+    def _block_stats(src, t: TensorInfo, d, quantiles: bool) -> _Accumulator:
+        """The accumulated statistics of a GGML block-quantized tensor: whole blocks (about CHUNK_ELEMENTS elements
+        per chunk) dequantized by gguf.quants.dequantize to float32, then reduced as an F32 tensor."""
         if t.nbytes != t.numel // d.block * d.block_bytes or t.numel % d.block:
             raise ValueError(f"tensor {t.name!r}: {t.nbytes} bytes for {t.numel} {t.dtype} elements")
         acc = _Accumulator("F32", quantiles)
         step = max(int(CHUNK_ELEMENTS) // d.block, 1) * d.block
         for start in range(0, t.numel, step):
             acc.update(block_values(src, t, start, min(step, t.numel - start)).view("<u4"))
-        return acc.result()
+        return acc
 
     def array_quant(self, x: np.ndarray, scheme, *, want_values: bool, tensor_absmax: float | None = None):
         """The reference quantizer (paramkit.quant.numpy_quant) on the float32 array `x`."""

@@ -224,7 +224,7 @@ class _Fetcher:
 
 
 def remote_run(session, engine, tensors: Sequence[TensorInfo], *, stats: bool, quantiles: bool, threads,
-               progress, quant, options: StreamOptions | None = None):
+               progress, quant, options: StreamOptions | None = None, histograms: bool = False):
     """engine.run over remote `tensors` (what scan() gives the engine for a local file): (stats per tensor, error
     sums per tensor, the engine's merged last_run with a "remote" entry). The batches are fetched one ahead of the
     engine (two halves of the window) unless one fills it; progress(done, total) counts bytes fetched."""
@@ -272,7 +272,7 @@ def remote_run(session, engine, tensors: Sequence[TensorInfo], *, stats: bool, q
                      for i, r in batch.members]
             with plain_tensors(moved, engine_reads_views=engine.reads_views) as plain:
                 got, qgot = engine.run(plain, stats=stats, quantiles=quantiles, threads=threads, progress=None,
-                                       quant=None if quant is None else quant.take(idx))
+                                       quant=None if quant is None else quant.take(idx), histograms=histograms)
             for j, i in enumerate(idx):
                 out[i], qout[i] = got[j], qgot[j]
             _merge_info(info, dict(getattr(engine, "last_run", {}) or {}))
