@@ -338,13 +338,9 @@ Output run(const std::vector<std::string>& files, const std::vector<Task>& tasks
     hist[t].reset();
     if (dtype_is_small(dt)) {
       finalize_small(dt, bins.data(), int(bins.size()), qs, qs ? nq : 0, r);
-      if (qs) compact_histogram(dt, false, bins.data(), int(bins.size()), 0, r.hist);
     } else {
       finish_piece(dt, r, acc[t]);
-      if (qs) {
-        finalize_prefix_quantiles(bins.data(), int(bins.size()), qs, nq, acc[t].nonnan, r);
-        compact_histogram(dt, true, bins.data(), int(bins.size()), acc[t].nan, r.hist);
-      }
+      if (qs) finalize_prefix_quantiles(bins.data(), int(bins.size()), qs, nq, acc[t].nonnan, r);
     }
     r.numel = T.numel;
     if (!qs) r.nq = 0;

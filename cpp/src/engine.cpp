@@ -324,15 +324,11 @@ EngineOutput run_engine(const std::vector<std::string>& files, const std::vector
             if (small) {
               finalize_small(dt, bins.data(), int(bins.size()), qs, qs ? nq : 0, R);
               R.numel = T.numel;
-              if (qs) compact_histogram(dt, false, bins.data(), int(bins.size()), 0, R.hist);
             } else {
               PieceStats all = S.pieces[0];
               for (uint32_t j = 1; j < S.npieces; ++j) merge_piece(all, S.pieces[j]);
               finish_piece(dt, R, all);
-              if (qs) {
-                finalize_prefix_quantiles(bins.data(), int(bins.size()), qs, nq, all.nonnan, R);
-                compact_histogram(dt, true, bins.data(), int(bins.size()), all.nan, R.hist);
-              }
+              if (qs) finalize_prefix_quantiles(bins.data(), int(bins.size()), qs, nq, all.nonnan, R);
               std::vector<PieceStats>().swap(S.pieces);
             }
             if (!qs) R.nq = 0;

@@ -129,8 +129,46 @@ PK_HD PK_INLINE uint64_t quantile_rank(double q, uint64_t n) {
   return uint64_t(k);
 }
 
+// The compact histogram bin of a finite binned value v in [lo, hi]: floor((v - lo) / (hi - lo) * kHistBins)
+// in float64, in exactly this operation order (the numpy backend computes the same expression, so every
+// backend agrees bit for bit), clamped to [0, kHistBins - 1]; every value is in bin 0 when lo == hi.
+PK_HD PK_INLINE int compact_bin(double v, double lo, double hi) {
+  if (!(hi > lo)) return 0;
+  double k = floor((v - lo) / (hi - lo) * double(kHistBins));
+  return k < 0 ? 0 : (k > double(kHistBins - 1) ? kHistBins - 1 : int(k));
+}
+
+PK_HD PK_INLINE bool finite_value(double v) { return v - v == 0; }   // false for NaN and +-Inf
+
+// The value a histogram bin stands for: the bit pattern's own value, or the bf16 prefix's (`prefix`).
+PK_HD PK_INLINE double binned_value(int dt, bool prefix, uint32_t raw) {
+  return prefix ? double(decode_bf16(uint16_t(raw))) : decode_to_double(dt, raw);
+}
+
+// The compact histogram of a tensor from the value-ordered histogram its statistics pass built (bins as for
+// finalize_small, or for finalize_prefix_quantiles when `prefix`: the binned value of a wide element is its
+// bf16 prefix); both of them call it when they compute quantiles. In value order the non-finite bins (-NaN,
+// -Inf ... +Inf, +NaN) are at the two ends, so lo and hi are the first and last finite bins; then each source bin goes wholly into one compact bin (one pass).
+// `unbinned`: NaN elements the source histogram left out (the prefix histogram bins only non-NaN elements),
+// counted as nonfinite.
+template <class Bin>
+PK_HD void compact_histogram(int dt, bool prefix, const Bin* bins, int nbins, uint64_t unbinned, CompactHist& h) {
+  h = CompactHist{};
+  h.present = true;
+  h.exact = !prefix;
+  h.nonfinite = unbinned;
+  int a = 0, b = nbins;   // the finite bins: [a, b)
+  while (a < b && !finite_value(binned_value(dt, prefix, bins[a].raw))) h.nonfinite += bins[a++].count;
+  while (b > a && !finite_value(binned_value(dt, prefix, bins[b - 1].raw))) h.nonfinite += bins[--b].count;
+  if (a == b) return;
+  h.lo = binned_value(dt, prefix, bins[a].raw);
+  h.hi = binned_value(dt, prefix, bins[b - 1].raw);
+  for (int i = a; i < b; ++i) h.counts[compact_bin(binned_value(dt, prefix, bins[i].raw), h.lo, h.hi)] += bins[i].count;
+}
+
 // Exact statistics of a small (8/16-bit) dtype from its bit-pattern histogram, walked in value
-// order: bins[i] = (raw bit pattern, count), sorted by sort key, zero counts absent.
+// order: bins[i] = (raw bit pattern, count), sorted by sort key, zero counts absent; with quantiles
+// (qs), also its compact histogram.
 template <class Bin>
 PK_HD void finalize_small(int dt, const Bin* bins, int nbins, const double* qs, int nq, TensorResult& r) {
   PieceStats p;
@@ -187,11 +225,13 @@ PK_HD void finalize_small(int dt, const Bin* bins, int nbins, const double* qs, 
       }
     }
     for (; qi < nq; ++qi) r.q[qi] = NAN;
+    compact_histogram(dt, false, bins, nbins, 0, r.hist);
   }
 }
 
-// Quantiles of a wide dtype from its bf16-prefix histogram (bins: raw = top 16 bits of the
-// float32 value, sorted by sort key; only non-NaN elements were binned).
+// Quantiles and the compact histogram of a wide dtype from its bf16-prefix histogram (bins: raw = top 16 bits
+// of the float32 value, sorted by sort key; only non-NaN elements were binned), after finish_piece has set r's
+// counts (r.nan: the NaN elements the histogram left out).
 template <class Bin>
 PK_HD void finalize_prefix_quantiles(const Bin* bins, int nbins, const double* qs, int nq, uint64_t nonnan,
                                      TensorResult& r) {
@@ -206,43 +246,7 @@ PK_HD void finalize_prefix_quantiles(const Bin* bins, int nbins, const double* q
     }
   }
   for (; qi < nq; ++qi) r.q[qi] = NAN;
-}
-
-// The compact histogram bin of a finite binned value v in [lo, hi]: floor((v - lo) / (hi - lo) * kHistBins)
-// in float64, in exactly this operation order (the numpy backend computes the same expression, so every
-// backend agrees bit for bit), clamped to [0, kHistBins - 1]; every value is in bin 0 when lo == hi.
-PK_HD PK_INLINE int compact_bin(double v, double lo, double hi) {
-  if (!(hi > lo)) return 0;
-  double k = floor((v - lo) / (hi - lo) * double(kHistBins));
-  return k < 0 ? 0 : (k > double(kHistBins - 1) ? kHistBins - 1 : int(k));
-}
-
-PK_HD PK_INLINE bool finite_value(double v) { return v - v == 0; }   // false for NaN and +-Inf
-
-// The value a histogram bin stands for: the bit pattern's own value, or the bf16 prefix's (`prefix`).
-PK_HD PK_INLINE double binned_value(int dt, bool prefix, uint32_t raw) {
-  return prefix ? double(decode_bf16(uint16_t(raw))) : decode_to_double(dt, raw);
-}
-
-// The compact histogram of a tensor from the value-ordered histogram its statistics pass built (bins as for
-// finalize_small, or for finalize_prefix_quantiles when `prefix`: the binned value of a wide element is its
-// bf16 prefix). In value order the non-finite bins (-NaN, -Inf ... +Inf, +NaN) are at the two ends, so lo and
-// hi are the first and last finite bins; then each source bin goes wholly into one compact bin (one pass).
-// `unbinned`: NaN elements the source histogram left out (the prefix histogram bins only non-NaN elements),
-// counted as nonfinite.
-template <class Bin>
-PK_HD void compact_histogram(int dt, bool prefix, const Bin* bins, int nbins, uint64_t unbinned, CompactHist& h) {
-  h = CompactHist{};
-  h.present = true;
-  h.exact = !prefix;
-  h.nonfinite = unbinned;
-  int a = 0, b = nbins;   // the finite bins: [a, b)
-  while (a < b && !finite_value(binned_value(dt, prefix, bins[a].raw))) h.nonfinite += bins[a++].count;
-  while (b > a && !finite_value(binned_value(dt, prefix, bins[b - 1].raw))) h.nonfinite += bins[--b].count;
-  if (a == b) return;
-  h.lo = binned_value(dt, prefix, bins[a].raw);
-  h.hi = binned_value(dt, prefix, bins[b - 1].raw);
-  for (int i = a; i < b; ++i) h.counts[compact_bin(binned_value(dt, prefix, bins[i].raw), h.lo, h.hi)] += bins[i].count;
+  compact_histogram(F32, true, bins, nbins, r.nan, r.hist);
 }
 
 }  // namespace paramkit

@@ -116,7 +116,6 @@ def to_stats(rec: dict, row: int, dtype: str, quantiles: bool) -> dict:
     }
 
 
-
 def histograms(rec: dict) -> list[dict | None]:
     """Each row's compact histogram (paramkit.stats) of a native result, built in bulk: None where the engine made
     none (quantiles off); counts are views of one (n, HISTOGRAM_BINS) int64 array."""
